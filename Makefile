@@ -1,0 +1,37 @@
+# kzoo: `make demo` and `make test` work on a fresh machine with only Python 3.11 and pip.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(STAMP)
+
+# Re-install when the pins change; the stamp marks a complete install.
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf demo-out/run
+	$(VENV)/bin/zoo train image_classify --run-dir demo-out/run --quiet
+	$(VENV)/bin/zoo export demo-out/run --to demo-out --name digits \
+		--formats saved_model,tflite,tflite_dynamic,tflite_int8 --report demo-out/report.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check zoo tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) demo-out runs *.egg-info

@@ -1,0 +1,34 @@
+"""kzoo: a Keras/TensorFlow model zoo with recipes and verified serving exports."""
+
+from setuptools import find_packages, setup
+
+# Exact pins: this stack is verified to install and import together (Python 3.11, CPU).
+STACK = [
+    "tensorflow==2.21.0",
+    "keras==3.15.1",
+    "tf-keras==2.21.0",
+    "keras-nlp==0.32.0",
+    "keras-hub==0.32.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-model-optimization==0.8.1",
+    "tensorboard==2.21.0",
+    "ai-edge-litert==2.3.0",
+    "numpy==2.4.6",
+    "scikit-learn==1.9.1",
+    "matplotlib==3.11.2",
+    "pillow==13.0.0",
+    "pyyaml==6.0.3",
+]
+
+setup(
+    name="kzoo",
+    version="0.1.0",
+    description="Keras/TensorFlow model zoo: models, training recipes, verified SavedModel/TFLite exports",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["zoo", "zoo.*"]),
+    install_requires=STACK,
+    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
+    entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
+)

@@ -1,0 +1,123 @@
+"""The ``zoo`` command: list, train, export.
+
+    zoo list
+    zoo train image_classify --epochs 5
+    zoo export runs/<run> --to exports --name digits --formats saved_model,tflite_int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from zoo.errors import ZooError
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ INFO/WARNING lines drown the output people read; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from zoo import registry
+    from zoo.recipes import list_recipes
+
+    rows = []
+    for name in registry.list_models():
+        entry = registry.get_entry(name)
+        params = None
+        if not args.no_params:
+            params = registry.build(name).count_params()
+        rows.append({"name": name, "task": entry.task, "parameters": params, "description": entry.description})
+    if args.json:
+        print(json.dumps({"models": rows, "recipes": list_recipes()}, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'model':<{width}}  {'task':<20}  {'parameters':>12}  description")
+    for r in rows:
+        params = f"{r['parameters']:,}" if r["parameters"] is not None else "-"
+        print(f"{r['name']:<{width}}  {r['task']:<20}  {params:>12}  {r['description']}")
+    print("\nrecipes: " + ", ".join(list_recipes()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from zoo.export.exporter import export_run
+    from zoo.export.verify import format_table
+
+    version_dir, report = export_run(args.run_dir, args.to, args.name or _default_name(args.run_dir),
+                                     args.formats, args.version, args.report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"published {version_dir}")
+        print(f"keras accuracy {report['keras']['accuracy']:.4f} on {report['examples']} held-out examples\n")
+        print(format_table(report))
+    return 0
+
+
+def _default_name(run_dir: str) -> str:
+    info = os.path.join(run_dir, "run.json")
+    if os.path.isfile(info):
+        with open(info, encoding="utf-8") as fh:
+            return json.load(fh).get("model", "model")
+    return "model"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_tensorflow()
+    parser = argparse.ArgumentParser(prog="zoo", description="Keras/TensorFlow model zoo with verified exports")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="the models (with parameter counts) and recipes there are")
+    p_list.add_argument("--json", action="store_true")
+    p_list.add_argument("--no-params", action="store_true", help="skip building models to count parameters")
+
+    p_train = sub.add_parser("train", help="run a recipe: zoo train RECIPE [recipe options] (see RECIPE --help)",
+                             add_help=False)
+    p_train.add_argument("recipe", nargs="?")
+
+    p_export = sub.add_parser("export", help="export a finished run as SavedModel / TFLite, verified")
+    p_export.add_argument("run_dir")
+    p_export.add_argument("--to", required=True, help="the base path (TF Serving's model_base_path parent)")
+    p_export.add_argument("--name", help="model name under the base path (default: the model's name)")
+    p_export.add_argument("--formats", default="saved_model,tflite,tflite_dynamic,tflite_int8",
+                          help="comma-separated: saved_model, tflite, tflite_float16, tflite_dynamic, tflite_int8")
+    p_export.add_argument("--version", type=int, help="version number (default: next free); never overwrites")
+    p_export.add_argument("--report", help="also write report.json here")
+    p_export.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    if argv[:1] == ["train"]:
+        # Everything after the recipe name belongs to the recipe's own parser.
+        if len(argv) < 2 or argv[1].startswith("-"):
+            from zoo.recipes import list_recipes
+
+            print("usage: zoo train RECIPE [options]\nrecipes: " + ", ".join(list_recipes())
+                  + "\n(zoo train RECIPE --help shows a recipe's options)")
+            return 0 if any(a in ("-h", "--help") for a in argv[1:]) else 2
+        try:
+            from zoo.recipes import get_recipe_module
+
+            module = get_recipe_module(argv[1])
+        except ZooError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return module.main(argv[2:])
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not getattr(args, "json", False) else logging.WARNING,
+                        format="%(levelname)s %(message)s")
+    try:
+        return {"list": cmd_list, "export": cmd_export}[args.command](args)
+    except ZooError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

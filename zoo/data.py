@@ -1,0 +1,254 @@
+"""Input pipelines: the real digits images scikit-learn ships, folders of images per class,
+TFRecords of encoded images; deterministic stratified splits; tf.data with augmentation.
+
+Bad data fails here, early, with the file named: a missing path, a corrupt image (skipped
+with a warning or an error, by config), a folder with fewer than two classes.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# The formats tf.io.decode_image reads; other files in class folders are ignored with a warning.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+@dataclass
+class ImageSource:
+    """Images of one split: either in-memory arrays or files/records read by tf.data."""
+
+    labels: np.ndarray
+    arrays: np.ndarray | None = None            # (N, H, W, C) float32 pixel values
+    files: list[str] | None = None              # image files, one per label
+    records: tuple[list[str], np.ndarray] | None = None  # (tfrecord files, record indices)
+
+    def __len__(self) -> int:
+        return int(len(self.labels))
+
+
+@dataclass
+class ImageData:
+    """Train / validation / test splits with class names and the native pixel range."""
+
+    train: ImageSource
+    validation: ImageSource | None
+    test: ImageSource | None
+    class_names: list[str]
+    pixel_max: float
+    native_size: tuple[int, int] | None = None
+    channels: int = 3
+    skipped: list[str] = field(default_factory=list)
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split indices into len(fractions)+1 parts, each class divided in the same proportions."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        start = 0
+        for p, frac in enumerate(fractions):
+            n = int(round(frac * len(idx)))
+            parts[p + 1].extend(idx[start:start + n])
+            start += n
+        parts[0].extend(idx[start:])
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _subset(src: ImageSource, idx: np.ndarray) -> ImageSource:
+    return ImageSource(
+        labels=src.labels[idx],
+        arrays=None if src.arrays is None else src.arrays[idx],
+        files=None if src.files is None else [src.files[i] for i in idx],
+        records=None if src.records is None else (src.records[0], src.records[1][idx]),
+    )
+
+
+def split_source(src: ImageSource, validation_split: float, test_split: float, seed: int,
+                 ) -> tuple[ImageSource, ImageSource | None, ImageSource | None]:
+    """Split one source into train / validation / test (either fraction may be 0)."""
+    train_idx, val_idx, test_idx = stratified_split(src.labels, (validation_split, test_split), seed)
+    if len(train_idx) == 0:
+        raise DataError("the training split is empty; lower data.validation_split / data.test_split")
+    return (_subset(src, train_idx), _subset(src, val_idx) if len(val_idx) else None,
+            _subset(src, test_idx) if len(test_idx) else None)
+
+
+def load_digits_source() -> tuple[ImageSource, list[str]]:
+    """The 1797 8x8 handwritten digits that scikit-learn ships (pixel values 0..16)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.astype("float32")[..., None]
+    return ImageSource(labels=digits.target.astype("int32"), arrays=x), [str(n) for n in digits.target_names]
+
+
+def _check_image_file(path: str) -> str | None:
+    """None if ``path`` decodes as an image, else the reason it does not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as exc:  # PIL raises many types for bad files; all mean "not decodable"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def scan_image_folder(path: str, on_corrupt: str = "skip",
+                      class_names: Sequence[str] | None = None) -> tuple[ImageSource, list[str], list[str]]:
+    """List ``path/<class>/<image>`` files; returns (source, class names, skipped files).
+
+    Every file is decoded once here so that a corrupt image is reported by name before
+    training starts rather than as a TensorFlow error deep inside an epoch.
+    """
+    if not os.path.isdir(path):
+        raise DataError(f"image folder {path!r} does not exist or is not a directory")
+    found = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    names = list(class_names) if class_names is not None else found
+    if class_names is not None:
+        unknown = sorted(set(found) - set(names))
+        if unknown:
+            raise DataError(f"{path!r} has classes not seen in training: {', '.join(unknown)}")
+    files: list[str] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    ignored = 0
+    for label, name in enumerate(names):
+        folder = os.path.join(path, name)
+        if not os.path.isdir(folder):
+            continue
+        for fname in sorted(os.listdir(folder)):
+            fpath = os.path.join(folder, fname)
+            if not os.path.isfile(fpath):
+                continue
+            if not fname.lower().endswith(IMAGE_EXTENSIONS):
+                ignored += 1
+                continue
+            problem = _check_image_file(fpath)
+            if problem:
+                if on_corrupt == "error":
+                    raise DataError(
+                        f"corrupt image {fpath!r} ({problem}); remove it, "
+                        "or set data.on_corrupt=skip to skip such files"
+                    )
+                log.warning("skipping corrupt image %s (%s)", fpath, problem)
+                skipped.append(fpath)
+                continue
+            files.append(fpath)
+            labels.append(label)
+    if ignored:
+        log.warning("ignored %d files in %s that are not %s images", ignored, path, "/".join(IMAGE_EXTENSIONS))
+    if class_names is None:
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names)) if labels else []
+        empty = [n for n, c in zip(names, counts) if c == 0] if len(labels) else names
+        if empty:
+            raise DataError(f"class folders without readable images in {path!r}: {', '.join(empty)}")
+        if len(names) < 2:
+            raise DataError(
+                f"{path!r} has {len(names)} class folder(s); an image folder dataset needs one sub-folder "
+                "per class and at least two classes"
+            )
+    return ImageSource(labels=np.asarray(labels, dtype=np.int32), files=files), names, skipped
+
+
+def tfrecord_files(pattern: str) -> list[str]:
+    """Files matched by a path, directory or glob of TFRecords; DataError when there are none."""
+    if os.path.isdir(pattern):
+        files = sorted(glob.glob(os.path.join(pattern, "*.tfrecord*")))
+    else:
+        files = sorted(glob.glob(pattern))
+    if not files:
+        raise DataError(f"no TFRecord files at {pattern!r}; pass a file, a glob such as data/*.tfrecord, or a folder")
+    return files
+
+
+def scan_tfrecord_labels(files: list[str], label_key: str) -> ImageSource:
+    """Read only the labels of every record (to count classes and split by index)."""
+    import tensorflow as tf
+
+    spec = {label_key: tf.io.FixedLenFeature([], tf.int64)}
+    labels = []
+    try:
+        for rec in tf.data.TFRecordDataset(files):
+            labels.append(int(tf.io.parse_single_example(rec, spec)[label_key]))
+    except tf.errors.OpError as exc:
+        raise DataError(
+            f"could not read labels '{label_key}' from TFRecords {files[:3]}: {exc.message.splitlines()[0]}; "
+            "set data.label_key to the feature that holds the integer class"
+        ) from None
+    if not labels:
+        raise DataError(f"TFRecord files {files[:3]} hold no records")
+    arr = np.asarray(labels, dtype=np.int32)
+    return ImageSource(labels=arr, records=(files, np.arange(len(arr), dtype=np.int64)))
+
+
+def write_image_tfrecord(path: str, encoded_images: Sequence[bytes], labels: Sequence[int],
+                         image_key: str = "image/encoded", label_key: str = "image/class/label") -> None:
+    """Write encoded images and integer labels as tf.train.Examples (the Model Garden keys)."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for img, label in zip(encoded_images, labels):
+            ex = tf.train.Example(features=tf.train.Features(feature={
+                image_key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[img])),
+                label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }))
+            writer.write(ex.SerializeToString())
+
+
+def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
+                  image_key: str = "image/encoded", label_key: str = "image/class/label") -> Any:
+    """An unbatched tf.data.Dataset of (float32 image with pixel values, int32 label)."""
+    import tensorflow as tf
+
+    size = tf.constant(image_size, dtype=tf.int32)
+
+    def fit_size(img):
+        img = tf.cast(img, tf.float32)
+        if img.shape[0] != image_size[0] or img.shape[1] != image_size[1]:
+            img = tf.image.resize(img, size)
+        return tf.ensure_shape(img, (*image_size, channels))
+
+    if src.arrays is not None:
+        arrays = src.arrays
+        if arrays.shape[-1] != channels:
+            arrays = np.repeat(arrays, channels, axis=-1) if arrays.shape[-1] == 1 else arrays[..., :channels]
+        ds = tf.data.Dataset.from_tensor_slices((arrays, src.labels))
+        return ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def decode(data):
+        img = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        img.set_shape((None, None, channels))
+        return tf.image.resize(tf.cast(img, tf.float32), size)
+
+    if src.files is not None:
+        ds = tf.data.Dataset.from_tensor_slices((src.files, src.labels))
+        return ds.map(lambda f, y: (tf.ensure_shape(decode(tf.io.read_file(f)), (*image_size, channels)), y),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+    files, keep = src.records
+    keep_table = np.zeros(int(keep.max()) + 1 if len(keep) else 1, dtype=bool)
+    keep_table[keep] = True
+    keep_t = tf.constant(keep_table)
+    spec = {image_key: tf.io.FixedLenFeature([], tf.string), label_key: tf.io.FixedLenFeature([], tf.int64)}
+    ds = tf.data.TFRecordDataset(files).enumerate()
+    n = len(keep_table)
+    ds = ds.filter(lambda i, rec: tf.logical_and(i < n, tf.gather(keep_t, tf.minimum(i, n - 1))))
+
+    def parse(i, rec):
+        ex = tf.io.parse_single_example(rec, spec)
+        return tf.ensure_shape(decode(ex[image_key]), (*image_size, channels)), tf.cast(ex[label_key], tf.int32)
+
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

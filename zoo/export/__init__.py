@@ -1,0 +1,1 @@
+"""Exports: SavedModel in TF Serving layout, TFLite, parity verification."""

@@ -1,0 +1,148 @@
+"""Export a finished run: SavedModel and TFLite files in one new TF Serving version, verified.
+
+    zoo export runs/<run> --to exports --name digits --formats saved_model,tflite,tflite_dynamic,tflite_int8
+
+writes ``exports/digits/<version>/`` holding the SavedModel (``serving_default``), the
+``.tflite`` files and ``report.json`` (per format: accuracy, differences from Keras, size,
+latency). The version appears only once everything in it is written and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import ExportError, unknown_name
+from zoo.export import saved_model as sm
+from zoo.export import tflite as tfl
+from zoo.export import verify
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("saved_model", *tfl.TFLITE_FORMATS)
+DEFAULT_FORMATS = ("saved_model", "tflite", "tflite_dynamic", "tflite_int8")
+
+
+def parse_formats(formats: str | Sequence[str]) -> list[str]:
+    """Validate a comma-separated or listed set of formats (order kept, duplicates dropped)."""
+    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    items = [f for f in items if f]
+    if not items:
+        raise ExportError(f"no export formats given; choose from {', '.join(FORMATS)}")
+    for f in items:
+        if f not in FORMATS:
+            raise unknown_name("export format", f, FORMATS)
+    return list(dict.fromkeys(items))
+
+
+def load_run(run_dir: str) -> dict[str, Any]:
+    """What export needs from a run dir, with an error naming anything missing."""
+    if not os.path.isdir(run_dir):
+        raise ExportError(f"run dir {run_dir!r} does not exist")
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(model_path):
+        raise ExportError(
+            f"run dir {run_dir!r} has no final model (model.keras): the run did not finish. "
+            "Resume it with `zoo train <recipe> --run-dir` on the same dir, then export"
+        )
+    info_path = os.path.join(run_dir, "run.json")
+    if not os.path.isfile(info_path):
+        raise ExportError(f"run dir {run_dir!r} has no run.json; it was not written by `zoo train`")
+    with open(info_path, encoding="utf-8") as fh:
+        info = json.load(fh)
+    sample_path = os.path.join(run_dir, "eval_sample.npz")
+    if not os.path.isfile(sample_path):
+        raise ExportError(f"run dir {run_dir!r} has no eval_sample.npz to verify the export against")
+    with np.load(sample_path) as z:
+        x_eval, y_eval = z["x"], z["y"]
+    calib = None
+    calib_path = os.path.join(run_dir, "calibration.npz")
+    if os.path.isfile(calib_path):
+        with np.load(calib_path) as z:
+            calib = z["x"]
+    return {"model_path": model_path, "info": info, "x": x_eval, "y": y_eval, "calibration": calib}
+
+
+def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] = DEFAULT_FORMATS,
+               version: int | None = None, report_path: str | None = None,
+               latency_runs: int = 50) -> tuple[str, dict[str, Any]]:
+    """Export, verify and publish a run; returns (version dir, report)."""
+    import zoo
+
+    fmts = parse_formats(formats)
+    run = load_run(run_dir)
+    info = run["info"]
+    if info.get("task") not in ("image_classification", "text_classification"):
+        raise ExportError(f"export of task {info.get('task')!r} is not supported yet")
+    if "tflite_int8" in fmts and run["calibration"] is None:
+        raise ExportError(f"tflite_int8 needs calibration.npz in {run_dir!r} (written by `zoo train`)")
+    model = zoo.load(run["model_path"], compile=False)
+    x, y = run["x"], run["y"]
+    input_spec = info["input"]
+    reference = verify.batched(lambda b: model(b, training=False).numpy(), x)
+    keras_scores = verify.compare(reference, reference, y)
+    scale = max(1.0, float(np.abs(reference).max()))
+    report: dict[str, Any] = {
+        "run_dir": os.path.abspath(run_dir), "model": info.get("model"), "examples": int(len(x)),
+        "keras": {"accuracy": keras_scores["accuracy"],
+                  "latency_ms": verify.latency_ms(lambda b: model(b, training=False), x[:1], latency_runs)},
+        "formats": {},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+
+    def record(fmt: str, outputs: np.ndarray, size: int, latency: dict[str, float], path: str) -> None:
+        scores = verify.compare(reference, outputs, y)
+        tol = verify.FLOAT_TOLERANCE.get(fmt)
+        if tol is not None and scores["max_abs_diff"] > tol * scale:
+            raise ExportError(
+                f"{fmt} disagrees with the Keras model: max |diff| {scores['max_abs_diff']:.3g} > {tol * scale:.3g}; "
+                "nothing was published"
+            )
+        report["formats"][fmt] = {**scores, "accuracy_delta": scores["accuracy"] - keras_scores["accuracy"],
+                                  "size_bytes": int(size), "latency_ms": latency, "file": path}
+
+    with sm.publish_version(base, name, version) as (staging, ver):
+        report["version"] = ver
+        if "saved_model" in fmts:
+            import tensorflow as tf
+
+            sm.write_classifier_saved_model(model, staging, input_spec, info.get("class_names"))
+            fn = tf.saved_model.load(staging).signatures["serving_default"]
+            call = lambda b: fn(**{input_spec["name"]: tf.constant(b)})["logits"].numpy()  # noqa: E731
+            record("saved_model", verify.batched(call, x), sm.directory_size(staging),
+                   verify.latency_ms(call, x[:1], latency_runs), ".")
+        tflite_fmts = [f for f in fmts if f in tfl.TFLITE_FORMATS]
+        if tflite_fmts:
+            with tempfile.TemporaryDirectory(dir=staging, prefix=".src-") as src:
+                sm.write_logits_saved_model(model, src, input_spec)
+                for fmt in tflite_fmts:
+                    log.info("converting %s", fmt)
+                    content = tfl.convert_saved_model(src, fmt, run["calibration"], input_spec["shape"])
+                    fname = tfl.TFLITE_FORMATS[fmt][0]
+                    with open(os.path.join(staging, fname), "wb") as fh:
+                        fh.write(content)
+                    runner = tfl.TFLiteRunner(content)
+                    outputs = verify.batched(runner, x)
+                    one = tfl.TFLiteRunner(content)
+                    record(fmt, outputs, len(content), verify.latency_ms(one, x[:1], latency_runs), fname)
+        f32 = report["formats"].get("tflite", {}).get("size_bytes")
+        for fmt, r in report["formats"].items():
+            r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None
+        with open(os.path.join(staging, "report.json"), "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    version_dir = os.path.join(base, name, str(report["version"]))
+    report["version_dir"] = version_dir
+    if report_path:
+        os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
+        tmp = report_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+        os.replace(tmp, report_path)
+    return version_dir, report

@@ -1,0 +1,146 @@
+"""SavedModels with serving signatures on raw inputs, published into TF Serving's layout.
+
+TF Serving polls ``BASE/NAME/`` and loads the highest integer sub-directory. A version is
+therefore built in a hidden temporary directory beside its final place (same filesystem),
+verified there, and only then renamed into ``BASE/NAME/<version>``: a crash at any moment
+leaves either no new version or a complete one, never a half-written one. Existing versions
+are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from zoo.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+_TMP_PREFIX = ".tmp-"
+
+
+def list_versions(model_dir: str) -> list[int]:
+    """Integer versions already published under ``BASE/NAME``."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(model_dir)
+                  if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
+
+
+def next_version(model_dir: str) -> int:
+    """One past the highest published version (1 for a new model)."""
+    versions = list_versions(model_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+@contextlib.contextmanager
+def publish_version(base: str, name: str, version: int | None = None) -> Iterator[tuple[str, int]]:
+    """Yield ``(staging_dir, version)``; on normal exit the staging dir becomes ``BASE/NAME/<version>``.
+
+    On any exception the staging directory is removed and nothing is published.
+    """
+    if not name or os.sep in name or name.startswith("."):
+        raise ExportError(f"model name {name!r} is not a valid directory name; use letters, digits, '-' or '_'")
+    model_dir = os.path.join(base, name)
+    os.makedirs(model_dir, exist_ok=True)
+    if version is None:
+        version = next_version(model_dir)
+    elif version < 1:
+        raise ExportError(f"--version {version}: TF Serving versions are positive integers")
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise ExportError(
+            f"version {version} of '{name}' already exists at {final}; versions are never overwritten. "
+            f"Omit --version to publish {next_version(model_dir)}"
+        )
+    staging = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-", dir=model_dir)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; TF Serving may run as another user
+    try:
+        yield staging, version
+        if os.path.exists(final):  # another export took the number meanwhile
+            raise ExportError(f"version {version} of '{name}' appeared while exporting; export again")
+        os.rename(staging, final)
+        # A rename is only durable once the directory entry is flushed.
+        fd = os.open(model_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("published %s", final)
+
+
+def remove_stale_staging(base: str, name: str) -> list[str]:
+    """Delete staging dirs left by killed exports (they are never loadable by TF Serving)."""
+    model_dir = os.path.join(base, name)
+    removed = []
+    if os.path.isdir(model_dir):
+        for d in os.listdir(model_dir):
+            if d.startswith(_TMP_PREFIX):
+                shutil.rmtree(os.path.join(model_dir, d), ignore_errors=True)
+                removed.append(d)
+    return removed
+
+
+def write_classifier_saved_model(model: Any, path: str, input_spec: dict[str, Any],
+                                 class_names: Sequence[str] | None = None) -> None:
+    """Write a SavedModel whose ``serving_default`` maps raw inputs to logits, probabilities and label.
+
+    Args:
+      model: a Keras 3 classifier returning logits.
+      path: an empty or missing directory.
+      input_spec: ``{"name": ..., "shape": [None, ...], "dtype": ...}`` of the raw input.
+      class_names: if given, the signature also returns ``class_name`` (tf.string).
+    """
+    import keras
+    import tensorflow as tf
+
+    spec = tf.TensorSpec(tuple(input_spec["shape"]), tf.dtypes.as_dtype(input_spec["dtype"]),
+                         name=input_spec["name"])
+    names = tf.constant(list(class_names)) if class_names else None
+
+    def serve(inputs):
+        logits = tf.cast(model(inputs, training=False), tf.float32)
+        label = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        out = {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "label": label}
+        if names is not None:
+            out["class_name"] = tf.gather(names, label)
+        return out
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, input_signature=[spec])
+    try:
+        archive.write_out(path, verbose=False)
+    except (ValueError, TypeError) as exc:
+        raise ExportError(f"could not write a SavedModel of {model.name}: {exc}") from None
+
+
+def write_logits_saved_model(model: Any, path: str, input_spec: dict[str, Any]) -> None:
+    """A SavedModel with one signature returning logits only: the source for TFLite conversion.
+
+    On-device code takes the argmax itself; a single float output keeps full-int8 conversion
+    (int8 input and output) simple.
+    """
+    import keras
+    import tensorflow as tf
+
+    spec = tf.TensorSpec(tuple(input_spec["shape"]), tf.dtypes.as_dtype(input_spec["dtype"]),
+                         name=input_spec["name"])
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda x: {"logits": tf.cast(model(x, training=False), tf.float32)},
+                         input_signature=[spec])
+    archive.write_out(path, verbose=False)
+
+
+def directory_size(path: str) -> int:
+    """Total bytes of the files under ``path``."""
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)

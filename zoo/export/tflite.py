@@ -1,0 +1,117 @@
+"""TFLite conversion (from a SavedModel: ``from_keras_model`` breaks on Keras 3) and a runner
+on the LiteRT interpreter that hides quantized input/output scaling.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import DataError, ExportError
+
+log = logging.getLogger(__name__)
+
+# format name -> (file name, description)
+TFLITE_FORMATS = {
+    "tflite": ("model_float32.tflite", "float32"),
+    "tflite_float16": ("model_float16.tflite", "float16 weights"),
+    "tflite_dynamic": ("model_dynamic_int8.tflite", "dynamic-range int8 weights"),
+    "tflite_int8": ("model_int8.tflite", "full int8, int8 input/output"),
+}
+
+
+def representative_dataset(calibration: np.ndarray, input_shape: Iterable[Any]) -> Callable[[], Iterable[list]]:
+    """Calibration inputs for full-int8 conversion, one example at a time, after checking their shape."""
+    expected = tuple(input_shape)[1:]
+    if calibration.ndim != len(expected) + 1 or any(
+            e is not None and e != a for e, a in zip(expected, calibration.shape[1:])):
+        raise DataError(
+            f"representative data has shape {calibration.shape[1:]} per example but the model takes {expected}"
+        )
+    if not np.issubdtype(calibration.dtype, np.number):
+        raise DataError(f"representative data has dtype {calibration.dtype}; expected numeric model inputs")
+    data = calibration.astype(np.float32)
+
+    def gen():
+        for i in range(len(data)):
+            yield [data[i:i + 1]]
+
+    return gen
+
+
+def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray | None = None,
+                        input_shape: Iterable[Any] | None = None) -> bytes:
+    """Convert the ``serving_default`` signature of a SavedModel into TFLite format ``fmt``."""
+    import tensorflow as tf
+
+    if fmt not in TFLITE_FORMATS:
+        raise ExportError(f"unknown TFLite format {fmt!r}; known: {', '.join(TFLITE_FORMATS)}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+    if fmt == "tflite_float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt == "tflite_dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif fmt == "tflite_int8":
+        if calibration is None or len(calibration) == 0:
+            raise ExportError("tflite_int8 needs calibration data (calibration.npz in the run dir)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset(calibration, input_shape)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError and plain Exceptions
+        raise ExportError(f"TFLite conversion to {fmt} failed: {str(exc).splitlines()[0][:500]}") from None
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - the pinned stack has it
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+class TFLiteRunner:
+    """Runs a TFLite model on float inputs, quantizing and dequantizing where the model is int8."""
+
+    def __init__(self, model_content: bytes, num_threads: int = 1):
+        self.interpreter = _interpreter_class()(model_content=model_content, num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch = int(self.input["shape"][0])
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            shape = list(self.input["shape"])
+            shape[0] = batch
+            self.interpreter.resize_tensor_input(self.input["index"], shape)
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self._batch = batch
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self._resize(len(x))
+        dtype = self.input["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        else:
+            x = x.astype(dtype)
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"])
+        if np.issubdtype(out.dtype, np.integer):
+            scale, zero = self.output["quantization"]
+            out = (out.astype(np.float32) - zero) * scale
+        return out.astype(np.float32)

@@ -1,0 +1,66 @@
+"""Parity report: the same evaluation examples through Keras, the SavedModel and every TFLite file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# A float export whose outputs differ from Keras by more than this (relative to the logit
+# scale) is a broken export and is not published.
+FLOAT_TOLERANCE = {"saved_model": 1e-4, "tflite": 1e-3}
+
+
+def latency_ms(fn: Callable[[np.ndarray], Any], x1: np.ndarray, runs: int = 50, warmup: int = 5) -> dict[str, float]:
+    """p50 / p95 wall time of ``fn`` on one example, in milliseconds."""
+    for _ in range(warmup):
+        fn(x1)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x1)
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, output differences and label agreement of ``outputs`` against ``reference``."""
+    ref_pred = reference.argmax(-1)
+    pred = outputs.argmax(-1)
+    diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "label_agreement": float((pred == ref_pred).mean()),
+    }
+
+
+def batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-format report as an aligned text table."""
+    header = ["format", "accuracy", "delta", "max |diff|", "agree", "size", "x f32", "p50 ms"]
+    rows = [header]
+    for fmt, r in report["formats"].items():
+        rows.append([
+            fmt, f"{r['accuracy']:.4f}", f"{r['accuracy_delta']:+.4f}", f"{r['max_abs_diff']:.2e}",
+            f"{r['label_agreement']:.4f}", _human(r["size_bytes"]),
+            f"{r['size_ratio']:.2f}" if r.get("size_ratio") is not None else "-", f"{r['latency_ms']['p50']:.3f}",
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,130 @@
+"""tf.distribute strategies by name, with errors that say what the machine lacks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from zoo.errors import ConfigError, DeviceError, unknown_name
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def split_cpu(num_devices: int) -> list[str]:
+    """Split the host CPU into ``num_devices`` logical devices (to test multi-replica code on CPU).
+
+    Must run before TensorFlow executes any op; afterwards the split is fixed for the process.
+    """
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    current = tf.config.get_logical_device_configuration(cpus[0])
+    if current is None or len(current) != num_devices:
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
+            )
+        except RuntimeError as exc:
+            have = len(tf.config.list_logical_devices("CPU"))
+            raise DeviceError(
+                f"cannot split the CPU into {num_devices} devices: TensorFlow is already initialized with "
+                f"{have}; pass --cpu-devices before anything else runs (or set it first in your script)"
+            ) from exc
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def _check_devices(devices: Sequence[str]) -> list[str]:
+    import tensorflow as tf
+
+    known = {d.name.lower() for d in tf.config.list_logical_devices()}
+    short = {n.split("device:")[-1].lower() for n in known}  # "/job:localhost/.../device:CPU:0" -> "cpu:0"
+    out = []
+    for dev in devices:
+        key = dev.lower().lstrip("/")
+        if key not in short and dev.lower() not in known:
+            raise DeviceError(
+                f"device {dev!r} does not exist here; available: {', '.join(sorted(short))}"
+                " (split the CPU with --cpu-devices N to get cpu:0..cpu:N-1)"
+            )
+        out.append("/" + key)
+    return out
+
+
+def build_strategy(name: str = "default", devices: Sequence[str] | None = None, tpu: str | None = None) -> Any:
+    """Return a tf.distribute strategy.
+
+    Args:
+      name: ``default`` (no distribution), ``one_device``, ``mirrored``, ``multi_worker``
+        (reads ``TF_CONFIG``) or ``tpu``.
+      devices: for ``mirrored`` the replica devices (default: all GPUs, else all logical CPUs);
+        for ``one_device`` the single device (default the first GPU, else ``cpu:0``).
+      tpu: TPU name or address for ``tpu`` (default: the one the environment describes).
+    """
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise unknown_name("strategy", name, STRATEGIES)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        if devices and len(devices) != 1:
+            raise ConfigError(f"one_device takes exactly one device, got {list(devices)}")
+        if devices:
+            device = _check_devices(devices)[0]
+        else:
+            device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "mirrored":
+        if devices:
+            devs = _check_devices(devices)
+        else:
+            gpus = tf.config.list_logical_devices("GPU")
+            devs = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        log.info("MirroredStrategy over %s", devs)
+        return tf.distribute.MirroredStrategy(devs)
+    if name == "multi_worker":
+        raw = os.environ.get("TF_CONFIG")
+        if not raw:
+            raise DeviceError(
+                "multi_worker needs TF_CONFIG describing the cluster, e.g. "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+            )
+        try:
+            tf_config = json.loads(raw)
+            tf_config["cluster"]["worker"]
+            tf_config["task"]["index"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DeviceError(f"TF_CONFIG is not a valid cluster spec ({exc!r}): {raw}") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    # tpu
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as exc:
+        raise DeviceError(
+            f"no TPU found ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "run on a TPU VM or pass --tpu NAME, or use --strategy default/mirrored here"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief() -> bool:
+    """True unless this process is a non-chief worker of a multi-worker job (those write no outputs)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        return True
+    task = spec.get("task", {})
+    if task.get("type") == "chief":
+        return True
+    first_worker = task.get("type", "worker") == "worker" and task.get("index", 0) == 0
+    return first_worker and "chief" not in spec.get("cluster", {})

@@ -1,0 +1,91 @@
+"""The model registry: one explicit table of name -> (config dataclass, builder).
+
+Importing this module imports no TensorFlow: builders import Keras when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from zoo.config import apply_overrides
+from zoo.errors import ConfigError, unknown_name
+from zoo.models import cnn
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its default config, its builder and a one-line description."""
+
+    name: str
+    default_config: Any
+    builder: Callable[..., Any]
+    task: str
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> None:
+    """Add a model to the registry (names are unique)."""
+    if entry.name in _REGISTRY:
+        raise ConfigError(f"model '{entry.name}' is registered twice")
+    _REGISTRY[entry.name] = entry
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Names of the registered models, optionally only those for one task."""
+    return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``, or UnknownNameError with a suggestion."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise unknown_name("model", name, _REGISTRY) from None
+
+
+def default_config(name: str) -> Any:
+    """The default config dataclass of model ``name``."""
+    return get_entry(name).default_config
+
+
+def make_config(name: str, **overrides: Any) -> Any:
+    """Default config of ``name`` with ``overrides`` applied (dotted keys allowed)."""
+    if "name" in overrides and overrides["name"] != name:
+        raise ConfigError(f"cannot override 'name' of model '{name}'; build the other model by its own name")
+    overrides.pop("name", None)
+    return apply_overrides(default_config(name), overrides)
+
+
+def build_from_config(config: Any, keras: Any = None) -> Any:
+    """Build the Keras model a config describes (``keras`` or ``tf_keras`` module)."""
+    entry = get_entry(config.name)
+    if not isinstance(config, type(entry.default_config)):
+        raise ConfigError(
+            f"config of type {type(config).__name__} does not fit model '{config.name}', "
+            f"which takes {type(entry.default_config).__name__}"
+        )
+    return entry.builder(config, keras)
+
+
+def build(name: str, keras: Any = None, **overrides: Any) -> Any:
+    """Build model ``name`` with config ``overrides``; ``keras`` picks Keras 3 or tf_keras."""
+    return build_from_config(make_config(name, **overrides), keras)
+
+
+register(ModelEntry("small_cnn", cnn.SmallCNNConfig(), cnn.build_small_cnn, "image_classification",
+                    "two conv layers + dense, the MNIST baseline"))
+for _depth in (18, 34, 50, 101, 152):
+    register(ModelEntry(
+        f"resnet{_depth}", cnn.resnet_config(_depth), cnn.build_resnet, "image_classification",
+        f"ResNet-{_depth} {'v1.5 bottleneck' if _depth >= 50 else 'v1 basic blocks'}",
+    ))
+register(ModelEntry("text_cnn", cnn.TextCNNConfig(), cnn.build_text_cnn, "text_classification",
+                    "Kim 2014 TextCNN on token ids"))
+
+__all__ = ["ModelEntry", "register", "list_models", "get_entry", "default_config", "make_config",
+           "build", "build_from_config"]
