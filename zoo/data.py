@@ -209,9 +209,31 @@ def write_image_tfrecord(path: str, encoded_images: Sequence[bytes], labels: Seq
             writer.write(ex.SerializeToString())
 
 
+def epoch_permutations(n: int, seed: int) -> Any:
+    """An endless dataset of indices: a fresh permutation of 0..n-1 for every epoch.
+
+    Each epoch's order is a pure function of (seed, epoch), unlike ``Dataset.shuffle``, whose
+    order depends on how many iterators were opened before (Keras' MirroredStrategy path opens
+    one extra to peek, which made 1-replica and 2-replica runs see different batches).
+    """
+    import tensorflow as tf
+
+    def one_epoch(epoch):
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(perm)
+
+    return tf.data.Dataset.counter(dtype=tf.int64).flat_map(one_epoch)
+
+
 def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
-                  image_key: str = "image/encoded", label_key: str = "image/class/label") -> Any:
-    """An unbatched tf.data.Dataset of (float32 image with pixel values, int32 label)."""
+                  image_key: str = "image/encoded", label_key: str = "image/class/label",
+                  shuffle_seed: int | None = None, shuffle_buffer: int = 4096) -> Any:
+    """A tf.data.Dataset of (float32 image with pixel values, int32 label).
+
+    With ``shuffle_seed`` the dataset is endless and reshuffled every epoch (deterministically
+    for arrays and files; with a ``shuffle_buffer`` for TFRecords, which cannot be indexed).
+    """
     import tensorflow as tf
 
     size = tf.constant(image_size, dtype=tf.int32)
@@ -226,7 +248,11 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         arrays = src.arrays
         if arrays.shape[-1] != channels:
             arrays = np.repeat(arrays, channels, axis=-1) if arrays.shape[-1] == 1 else arrays[..., :channels]
-        ds = tf.data.Dataset.from_tensor_slices((arrays, src.labels))
+        if shuffle_seed is None:
+            ds = tf.data.Dataset.from_tensor_slices((arrays, src.labels))
+        else:
+            xs, ys = tf.constant(arrays), tf.constant(src.labels)
+            ds = epoch_permutations(len(src), shuffle_seed).map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)))
         return ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
 
     def decode(data):
@@ -235,7 +261,11 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         return tf.image.resize(tf.cast(img, tf.float32), size)
 
     if src.files is not None:
-        ds = tf.data.Dataset.from_tensor_slices((src.files, src.labels))
+        if shuffle_seed is None:
+            ds = tf.data.Dataset.from_tensor_slices((src.files, src.labels))
+        else:
+            fs, ys = tf.constant(src.files), tf.constant(src.labels)
+            ds = epoch_permutations(len(src), shuffle_seed).map(lambda i: (tf.gather(fs, i), tf.gather(ys, i)))
         return ds.map(lambda f, y: (tf.ensure_shape(decode(tf.io.read_file(f)), (*image_size, channels)), y),
                       num_parallel_calls=tf.data.AUTOTUNE)
     files, keep = src.records
@@ -251,4 +281,6 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         ex = tf.io.parse_single_example(rec, spec)
         return tf.ensure_shape(decode(ex[image_key]), (*image_size, channels)), tf.cast(ex[label_key], tf.int32)
 
+    if shuffle_seed is not None:
+        ds = ds.shuffle(min(shuffle_buffer, len(keep)), seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -189,13 +189,12 @@ def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageCl
     data_cfg = dataclasses.replace(cfg.data, image_size=size, channels=channels, format=fmt)
     cfg = dataclasses.replace(cfg, model=model_cfg, data=data_cfg)
 
-    def make(src):
-        return zdata.image_dataset(src, size, channels, cfg.data.image_key, cfg.data.label_key)
+    def make(src, shuffle_seed=None):
+        return zdata.image_dataset(src, size, channels, cfg.data.image_key, cfg.data.label_key,
+                                   shuffle_seed=shuffle_seed, shuffle_buffer=cfg.data.shuffle_buffer)
 
     batch = cfg.train.batch_size
-    train_ds = make(images.train).cache()
-    train_ds = train_ds.shuffle(min(cfg.data.shuffle_buffer, len(images.train)), seed=cfg.train.seed,
-                                reshuffle_each_iteration=True).repeat().batch(batch)
+    train_ds = make(images.train, shuffle_seed=cfg.train.seed).batch(batch)
     if cfg.augment.active:
         augment = build_augmenter(cfg.augment, shape)
         train_ds = train_ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)

@@ -57,6 +57,7 @@ class TrainConfig:
     strategy: str = "default"
     devices: tuple[str, ...] = ()
     cpu_devices: int = 0
+    tpu: str = ""
     precision: str = "float32"
     jit_compile: bool = False
     seed: int = 42
@@ -173,7 +174,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     if resuming:
         log.info("found an unfinished run in %s; resuming from its last completed epoch", out_dir)
 
-    strategy = build_strategy(train.strategy, train.devices or None)
+    strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
     with precision_scope(train.precision), strategy.scope():
         model = recipe.build_model(cfg, data)
         lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs)

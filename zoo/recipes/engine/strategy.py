@@ -69,6 +69,12 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
 
     if name not in STRATEGIES:
         raise unknown_name("strategy", name, STRATEGIES)
+    raw = os.environ.get("TF_CONFIG")
+    if raw:  # every strategy but the default reads it; a malformed one fails deep inside TensorFlow
+        try:
+            json.loads(raw)
+        except ValueError:
+            raise DeviceError(f"TF_CONFIG is not a valid cluster spec (not JSON): {raw}") from None
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -109,7 +115,7 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
     except (ValueError, RuntimeError, tf.errors.OpError) as exc:
         raise DeviceError(
             f"no TPU found ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "run on a TPU VM or pass --tpu NAME, or use --strategy default/mirrored here"
+            "run on a TPU VM or name the TPU with --set train.tpu=NAME, or use --strategy default/mirrored here"
         ) from None
     return tf.distribute.TPUStrategy(resolver)
 

@@ -1,0 +1,224 @@
+"""The training engine: optimizers, schedules, strategies, precision, callbacks, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import zoo
+from zoo.errors import ConfigError, DeviceError, UnknownNameError
+from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig, WarmupDecay, build_optimizer, build_schedule
+from zoo.recipes.engine.precision import precision_scope
+from zoo.recipes.engine.run import train
+from zoo.recipes.engine.strategy import build_strategy
+
+FAST = {"train.tensorboard": False, "train.checkpoint_every_epoch": False}
+
+
+def _lr(schedule, step):
+    return float(schedule(step))
+
+
+def test_warmup_then_linear_and_cosine_decay():
+    lin = WarmupDecay(1.0, "linear", warmup_steps=10, total_steps=110, alpha=0.0)
+    assert _lr(lin, 0) == pytest.approx(0.1)
+    assert _lr(lin, 9) == pytest.approx(1.0)
+    assert _lr(lin, 10) == pytest.approx(1.0)
+    assert _lr(lin, 60) == pytest.approx(0.5)
+    assert _lr(lin, 110) == pytest.approx(0.0, abs=1e-7)
+    cos = WarmupDecay(2.0, "cosine", warmup_steps=0, total_steps=100, alpha=0.1)
+    assert _lr(cos, 0) == pytest.approx(2.0)
+    assert _lr(cos, 50) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))
+    assert _lr(cos, 100) == pytest.approx(0.2)
+    step = WarmupDecay(1.0, "step", boundaries=(20, 40), gamma=0.1, total_steps=50)
+    assert [_lr(step, s) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_schedule_from_config_converts_epochs_to_steps():
+    opt = OptimizerConfig(name="sgd", learning_rate=0.4)
+    assert build_schedule(opt, ScheduleConfig(), 10, 5) == 0.4
+    sched = build_schedule(opt, ScheduleConfig(name="step", step_epochs=(2, 4)), 10, 5)
+    assert sched.boundaries == (20, 40) and _lr(sched, 25) == pytest.approx(0.04)
+    warm = build_schedule(opt, ScheduleConfig(name="cosine", warmup_epochs=1), 10, 5)
+    assert warm.warmup_steps == 10 and warm.total_steps == 50
+    with pytest.raises(ConfigError, match="covers the whole run"):
+        build_schedule(opt, ScheduleConfig(name="linear", warmup_epochs=5), 10, 5)
+    with pytest.raises(ConfigError, match="needs step_epochs"):
+        ScheduleConfig(name="step")
+
+
+def test_schedule_survives_a_keras_file(tmp_path):
+    model = zoo.build("small_cnn", input_shape=(8, 8, 1), filters=(4,), dense_units=8)
+    model.compile(optimizer=build_optimizer(OptimizerConfig(name="adamw"), WarmupDecay(0.01, "cosine", 5, 50)),
+                  loss="mse")
+    model.save(tmp_path / "m.keras")
+    again = zoo.load(str(tmp_path / "m.keras"))
+    lr = again.optimizer.learning_rate if not hasattr(again.optimizer, "_learning_rate") else \
+        again.optimizer._learning_rate
+    assert isinstance(lr, WarmupDecay) and lr.get_config() == WarmupDecay(0.01, "cosine", 5, 50).get_config()
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", "SGD"), ("momentum", "SGD"), ("nesterov", "SGD"), ("adam", "Adam"),
+                                      ("adamw", "AdamW"), ("rmsprop", "RMSprop"), ("adamax", "Adamax")])
+def test_every_optimizer_builds_and_reduces_a_quadratic(name, cls):
+    opt = build_optimizer(OptimizerConfig(name=name, learning_rate=0.05, global_clipnorm=10.0))
+    assert type(opt).__name__ == cls
+    if name in ("momentum", "nesterov"):
+        assert opt.momentum == pytest.approx(0.9) and opt.nesterov == (name == "nesterov")
+    if name == "adamw":
+        assert opt.weight_decay == pytest.approx(0.01)
+    assert opt.global_clipnorm == 10.0
+    w = keras.Variable(np.array([3.0, -2.0], dtype="float32"))
+    import tensorflow as tf
+
+    for _ in range(30):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(w * w)
+        opt.apply_gradients([(tape.gradient(loss, w), w)])
+    assert float(tf.reduce_sum(w * w)) < 13.0 * 0.5
+
+
+def test_weight_decay_skips_biases():
+    # Zero gradients: Adam's step is zero, so only the decoupled decay (lr * wd * w) moves weights.
+    opt = build_optimizer(OptimizerConfig(name="adamw", learning_rate=0.1, weight_decay=0.5))
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+    opt.apply_gradients([(np.zeros((2, 2), "float32"), kernel), (np.zeros((2,), "float32"), bias)])
+    assert np.all(np.asarray(bias) == 1.0)
+    np.testing.assert_allclose(np.asarray(kernel), 1.0 - 0.1 * 0.5, rtol=1e-6)
+
+
+def test_strategy_errors_are_clear(monkeypatch):
+    with pytest.raises(UnknownNameError, match="did you mean 'mirrored'"):
+        build_strategy("mirored")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(DeviceError, match="TF_CONFIG"):
+        build_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(DeviceError, match="not a valid cluster spec"):
+        build_strategy("multi_worker")
+    with pytest.raises(DeviceError, match="not a valid cluster spec"):
+        build_strategy("mirrored")
+    monkeypatch.delenv("TF_CONFIG")
+    with pytest.raises(DeviceError, match="no TPU found"):
+        build_strategy("tpu")
+    with pytest.raises(DeviceError, match="device 'cpu:7' does not exist"):
+        build_strategy("mirrored", ["cpu:0", "cpu:7"])
+    assert build_strategy("mirrored", ["cpu:0", "cpu:1"]).num_replicas_in_sync == 2
+    assert build_strategy("one_device").num_replicas_in_sync == 1
+
+
+def test_precision_scope_restores_the_global_policy():
+    before = keras.config.dtype_policy().name
+    with precision_scope("mixed_bfloat16"):
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == before
+    with pytest.raises(UnknownNameError):
+        with precision_scope("float8"):
+            pass
+
+
+@pytest.mark.parametrize("precision,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_trains_with_float32_logits(precision, compute, tmp_path):
+    result = train("image_classify", str(tmp_path / "run"),
+                   {**FAST, "train.precision": precision, "train.epochs": 3}, verbose=0)
+    model = result.model
+    assert model.get_layer("conv1").compute_dtype == compute
+    assert model.get_layer("conv1").variable_dtype == "float32"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert model.output.dtype == "float32"
+    assert result.metrics["loss_scaling"] is (precision == "mixed_float16")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) is (precision == "mixed_float16")
+    losses = [e["loss"] for e in result.metrics["epochs"]]
+    assert losses[-1] < losses[0] * 0.5
+    assert result.metrics["final"]["test_accuracy"] > 0.85
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_xla_training_matches_accuracy(tmp_path):
+    result = train("image_classify", str(tmp_path / "run"), {**FAST, "train.jit_compile": True, "train.epochs": 3},
+                   verbose=0)
+    assert result.model.jit_compile is True
+    assert result.metrics["final"]["test_accuracy"] > 0.85
+
+
+def test_mirrored_two_replicas_equal_default_strategy(tmp_path):
+    """Same global batch, same data order: 2 replicas must give the same losses and weights."""
+    common = {**FAST, "model.dropout": 0.0, "train.epochs": 2, "train.batch_size": 32,
+              "train.optimizer.name": "sgd", "train.optimizer.learning_rate": 0.05}
+    single = train("image_classify", str(tmp_path / "one"), common, verbose=0)
+    mirrored = train("image_classify", str(tmp_path / "two"),
+                     {**common, "train.strategy": "mirrored", "train.devices": ["cpu:0", "cpu:1"]}, verbose=0)
+    assert mirrored.metrics["replicas"] == 2 and single.metrics["replicas"] == 1
+    for a, b in zip(single.metrics["epochs"], mirrored.metrics["epochs"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for wa, wb in zip(single.model.weights, mirrored.model.weights):
+        np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-5)
+    # and it learned something, so the comparison is not between two untrained models
+    assert single.metrics["epochs"][-1]["loss"] < single.metrics["epochs"][0]["loss"]
+
+
+def test_early_stopping_and_run_dir_contents(tmp_path):
+    run_dir = tmp_path / "run"
+    result = train("image_classify", str(run_dir),
+                   {"train.epochs": 6, "train.early_stopping.monitor": "accuracy",
+                    "train.early_stopping.mode": "max", "train.early_stopping.min_delta": 1.0,
+                    "train.early_stopping.patience": 1}, verbose=0)
+    assert result.metrics["epochs_completed"] == 2 and result.metrics["stopped_early"] is True
+    names = set(os.listdir(run_dir))
+    assert {"config.yaml", "run.json", "metrics.json", "curves.png", "model.keras", "eval_sample.npz",
+            "calibration.npz", "checkpoints", "logs"} <= names
+    assert "backup" not in names  # removed once the run finished
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["epoch-001.weights.h5", "epoch-002.weights.h5"]
+    assert any(f.startswith("events") for _, _, fs in os.walk(run_dir / "logs") for f in fs)
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(zoo.ZooError, match="holds a finished run"):
+        train("image_classify", str(run_dir), {"train.epochs": 6}, verbose=0)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_the_next_epoch(tmp_path):
+    """SIGKILL after epoch 2, restart with the same run dir: training continues at epoch 3."""
+    run_dir = str(tmp_path / "run")
+    args = ["--run-dir", run_dir, "--epochs", "4", "--quiet", "--set", "train.tensorboard=false"]
+    killer = textwrap.dedent(f"""
+        import os, signal, sys
+        import keras
+        from zoo.recipes import image_classify
+        from zoo.recipes.engine import run as engine
+
+        class KillAfterEpoch2(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        original = engine.run
+        engine.run = lambda *a, **k: original(*a, **{{**k, "extra_callbacks": [KillAfterEpoch2()]}})
+        sys.exit(image_classify.main({args!r}))
+    """)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run([sys.executable, "-c", killer], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    with open(os.path.join(run_dir, "metrics.json")) as fh:
+        partial = json.load(fh)
+    assert [e["epoch"] for e in partial["epochs"]] == [1, 2]
+    assert not os.path.exists(os.path.join(run_dir, "model.keras"))
+    second = subprocess.run([sys.executable, "-m", "zoo.recipes.image_classify", *args, "--json"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    metrics = json.loads(second.stdout)
+    assert metrics["first_epoch_this_process"] == 3
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in metrics["resumes"]] == [3]
+    assert metrics["epochs_completed"] == 4
+    assert os.path.isfile(os.path.join(run_dir, "model.keras"))
+    # epochs 1-2 were kept from the killed process, not retrained
+    assert metrics["epochs"][0] == partial["epochs"][0]
