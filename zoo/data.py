@@ -95,21 +95,33 @@ def load_digits_source() -> tuple[ImageSource, list[str]]:
     return ImageSource(labels=digits.target.astype("int32"), arrays=x), [str(n) for n in digits.target_names]
 
 
-def _check_image_file(path: str) -> str | None:
-    """None if ``path`` decodes as an image, else the reason it does not."""
+def _check_image_file(path: str) -> tuple[str | None, tuple[int, int] | None]:
+    """(None, (height, width)) if ``path`` decodes as an image, else (the reason it does not, None)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()
+            return None, (img.size[1], img.size[0])
     except Exception as exc:  # PIL raises many types for bad files; all mean "not decodable"
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", None
 
 
-def scan_image_folder(path: str, on_corrupt: str = "skip",
-                      class_names: Sequence[str] | None = None) -> tuple[ImageSource, list[str], list[str]]:
-    """List ``path/<class>/<image>`` files; returns (source, class names, skipped files).
+def most_common_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The (height, width) most images have: the default size images are resized to."""
+    if not sizes:
+        return None
+    values, counts = np.unique(np.asarray(sizes), axis=0, return_counts=True)
+    h, w = values[int(np.argmax(counts))]
+    if len(values) > 1:
+        log.info("images come in %d sizes; resizing all to the most common, %dx%d (set data.image_size to choose)",
+                 len(values), h, w)
+    return int(h), int(w)
+
+
+def scan_image_folder(path: str, on_corrupt: str = "skip", class_names: Sequence[str] | None = None,
+                      ) -> tuple[ImageSource, list[str], list[str], tuple[int, int] | None]:
+    """List ``path/<class>/<image>`` files; returns (source, class names, skipped files, common size).
 
     Every file is decoded once here so that a corrupt image is reported by name before
     training starts rather than as a TensorFlow error deep inside an epoch.
@@ -125,6 +137,7 @@ def scan_image_folder(path: str, on_corrupt: str = "skip",
     files: list[str] = []
     labels: list[int] = []
     skipped: list[str] = []
+    sizes: list[tuple[int, int]] = []
     ignored = 0
     for label, name in enumerate(names):
         folder = os.path.join(path, name)
@@ -137,7 +150,7 @@ def scan_image_folder(path: str, on_corrupt: str = "skip",
             if not fname.lower().endswith(IMAGE_EXTENSIONS):
                 ignored += 1
                 continue
-            problem = _check_image_file(fpath)
+            problem, size = _check_image_file(fpath)
             if problem:
                 if on_corrupt == "error":
                     raise DataError(
@@ -149,6 +162,7 @@ def scan_image_folder(path: str, on_corrupt: str = "skip",
                 continue
             files.append(fpath)
             labels.append(label)
+            sizes.append(size)
     if ignored:
         log.warning("ignored %d files in %s that are not %s images", ignored, path, "/".join(IMAGE_EXTENSIONS))
     if class_names is None:
@@ -161,7 +175,8 @@ def scan_image_folder(path: str, on_corrupt: str = "skip",
                 f"{path!r} has {len(names)} class folder(s); an image folder dataset needs one sub-folder "
                 "per class and at least two classes"
             )
-    return ImageSource(labels=np.asarray(labels, dtype=np.int32), files=files), names, skipped
+    source = ImageSource(labels=np.asarray(labels, dtype=np.int32), files=files)
+    return source, names, skipped, most_common_size(sizes)
 
 
 def tfrecord_files(pattern: str) -> list[str]:
@@ -193,6 +208,20 @@ def scan_tfrecord_labels(files: list[str], label_key: str) -> ImageSource:
         raise DataError(f"TFRecord files {files[:3]} hold no records")
     arr = np.asarray(labels, dtype=np.int32)
     return ImageSource(labels=arr, records=(files, np.arange(len(arr), dtype=np.int64)))
+
+
+def tfrecord_image_size(files: list[str], image_key: str) -> tuple[int, int]:
+    """(height, width) of the first record's image: the default size for the whole set."""
+    import tensorflow as tf
+
+    spec = {image_key: tf.io.FixedLenFeature([], tf.string)}
+    try:
+        rec = next(iter(tf.data.TFRecordDataset(files[:1])))
+        img = tf.io.decode_image(tf.io.parse_single_example(rec, spec)[image_key], expand_animations=False)
+    except (tf.errors.OpError, StopIteration) as exc:
+        raise DataError(f"could not decode the image feature '{image_key}' of {files[0]!r} ({exc}); "
+                        "set data.image_key to the feature holding encoded images") from None
+    return int(img.shape[0]), int(img.shape[1])
 
 
 def write_image_tfrecord(path: str, encoded_images: Sequence[bytes], labels: Sequence[int],

@@ -43,7 +43,7 @@ class DataConfig:
 
     ``source`` is ``digits``, a folder of class sub-folders, or TFRecord file(s) / glob.
     ``eval_source`` (same kinds) becomes the test split; otherwise ``test_split`` of the data is held out.
-    ``image_size`` () means 8x8 for digits and 64x64 otherwise (unless model.input_shape is set).
+    ``image_size`` () means the images' own size (the most common one), unless model.input_shape is set.
     """
 
     source: str = "digits"
@@ -132,12 +132,14 @@ def load_images(data_cfg: DataConfig, seed: int) -> Any:
         src, names = zdata.load_digits_source()
         pixel_max, native, channels = 16.0, (8, 8), 1
     elif fmt == "folder":
-        src, names, skipped = zdata.scan_image_folder(data_cfg.source, data_cfg.on_corrupt)
-        pixel_max, native, channels = 255.0, None, 3
+        src, names, skipped, native = zdata.scan_image_folder(data_cfg.source, data_cfg.on_corrupt)
+        pixel_max, channels = 255.0, 3
     else:
-        src = zdata.scan_tfrecord_labels(zdata.tfrecord_files(data_cfg.source), data_cfg.label_key)
+        files = zdata.tfrecord_files(data_cfg.source)
+        src = zdata.scan_tfrecord_labels(files, data_cfg.label_key)
         names = [str(i) for i in range(int(src.labels.max()) + 1)]
-        pixel_max, native, channels = 255.0, None, 3
+        pixel_max, channels = 255.0, 3
+        native = None if data_cfg.image_size else zdata.tfrecord_image_size(files, data_cfg.image_key)
         if src.labels.min() < 0:
             raise DataError(f"TFRecords at {data_cfg.source!r} hold negative labels; labels must be 0..K-1")
     test_frac = 0.0 if data_cfg.eval_source else data_cfg.test_split
@@ -146,7 +148,7 @@ def load_images(data_cfg: DataConfig, seed: int) -> Any:
     if data_cfg.eval_source:
         efmt = _detect_format(data_cfg.eval_source, "auto" if fmt != "digits" else "folder")
         if efmt == "folder":
-            test, _, more = zdata.scan_image_folder(data_cfg.eval_source, data_cfg.on_corrupt, class_names=names)
+            test, _, more, _ = zdata.scan_image_folder(data_cfg.eval_source, data_cfg.on_corrupt, class_names=names)
             skipped += more
         else:
             test = zdata.scan_tfrecord_labels(zdata.tfrecord_files(data_cfg.eval_source), data_cfg.label_key)
@@ -177,7 +179,7 @@ def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageCl
     elif "model.input_shape" in explicit:
         size = tuple(model_cfg.input_shape[:2])
     else:
-        size = images.native_size or (64, 64)
+        size = images.native_size or (224, 224)
     shape = (*size, channels)
     if "model.input_shape" in explicit and tuple(model_cfg.input_shape) != shape:
         raise DataError(f"model.input_shape={list(model_cfg.input_shape)} does not match the data's "
