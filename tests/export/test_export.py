@@ -67,7 +67,7 @@ def test_report_numbers_meet_the_targets(exported):
                                                                     "tflite_int8"}
     keras_acc = report["keras"]["accuracy"]
     assert keras_acc >= 0.95 and report["examples"] == 359
-    for fmt, r in report["formats"].items():
+    for r in report["formats"].values():
         assert {"accuracy", "accuracy_delta", "max_abs_diff", "mean_abs_diff", "label_agreement", "size_bytes",
                 "size_ratio", "latency_ms"} <= set(r)
         assert r["latency_ms"]["p50"] > 0 and r["size_bytes"] > 0
