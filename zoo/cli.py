@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not getattr(args, "json", False) else logging.WARNING,
                         format="%(levelname)s %(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to <staging dir>" misleads
     try:
         return {"list": cmd_list, "export": cmd_export}[args.command](args)
     except ZooError as exc:

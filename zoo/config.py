@@ -113,30 +113,8 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{path}={value!r} has the wrong type; expected bool (true/false)")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}={value!r} has the wrong type; expected int")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}={value!r} has the wrong type; expected int")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}={value!r} has the wrong type; expected float")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}={value!r} has the wrong type; expected float")
+    if tp in (int, float):
+        return _coerce_number(path, value, tp)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -150,6 +128,19 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
             return from_dict(tp, value, prefix=path + ".")
         raise ConfigError(f"{path}={value!r} has the wrong type; expected a mapping of {tp.__name__} fields")
     return value
+
+
+def _coerce_number(path: str, value: Any, tp: type) -> Any:
+    """int or float from a number or numeric string; bools and lossy floats-to-int are refused."""
+    if not isinstance(value, bool):
+        if isinstance(value, (int, float)) and (tp is float or float(value).is_integer()):
+            return tp(value)
+        if isinstance(value, str):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+    raise ConfigError(f"{path}={value!r} has the wrong type; expected {tp.__name__}")
 
 
 def parse_cli_value(text: str) -> Any:

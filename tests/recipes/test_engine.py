@@ -222,3 +222,45 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert os.path.isfile(os.path.join(run_dir, "model.keras"))
     # epochs 1-2 were kept from the killed process, not retrained
     assert metrics["epochs"][0] == partial["epochs"][0]
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_match_one_device(tmp_path):
+    """Two worker processes (MultiWorkerMirroredStrategy over localhost) train like one device."""
+    import socket
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    common = {**FAST, "model.dropout": 0.0, "train.epochs": 2, "train.optimizer.name": "sgd",
+              "train.optimizer.learning_rate": 0.05}
+    run_dir = str(tmp_path / "mw")
+    code = textwrap.dedent(f"""
+        import json
+        from zoo.recipes.engine.run import train
+        r = train("image_classify", {run_dir!r}, {{**{common!r}, "train.strategy": "multi_worker"}}, verbose=0)
+        print(json.dumps({{"replicas": r.metrics["replicas"], "loss": [e["loss"] for e in r.metrics["epochs"]]}}))
+    """)
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    single = train("image_classify", str(tmp_path / "one"), common, verbose=0)
+    expected = [e["loss"] for e in single.metrics["epochs"]]
+    for out in outputs:
+        assert out["replicas"] == 2
+        assert out["loss"] == pytest.approx(expected, abs=1e-5)
+    chief_model = zoo.load(os.path.join(run_dir, "model.keras"))
+    for wa, wb in zip(single.model.weights, chief_model.weights):
+        np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-5)
+    assert not os.path.exists(os.path.join(run_dir, ".workers"))  # the non-chief cleaned up

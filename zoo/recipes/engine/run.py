@@ -18,11 +18,13 @@ A run directory holds::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -152,15 +154,19 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     from zoo.recipes.engine.callbacks import build_callbacks
     from zoo.recipes.engine.optim import build_optimizer, build_schedule
     from zoo.recipes.engine.precision import has_loss_scaling, precision_scope
-    from zoo.recipes.engine.strategy import build_strategy, is_chief, split_cpu
+    from zoo.recipes.engine.strategy import build_strategy, is_chief, split_cpu, task_name
 
     train = cfg.train
     if train.cpu_devices:
         split_cpu(train.cpu_devices)
+    # Before any op runs: MultiWorkerMirroredStrategy configures collectives at startup only.
+    strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
     keras.utils.set_random_seed(train.seed)
     cfg, data = recipe.prepare_data(cfg, explicit)
-    chief = is_chief()
-    out_dir = run_dir if chief else os.path.join(run_dir, f".worker-{os.getpid()}")
+    # In a multi-worker job only the chief writes the run dir; the other workers keep their own
+    # resume state under .workers/<task> (stable across restarts) and drop it when done.
+    chief = train.strategy != "multi_worker" or is_chief()
+    out_dir = run_dir if chief else os.path.join(run_dir, ".workers", task_name())
     _check_resumable(out_dir, cfg)
     os.makedirs(out_dir, exist_ok=True)
     resuming = os.path.isdir(os.path.join(out_dir, "backup"))
@@ -174,13 +180,16 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     if resuming:
         log.info("found an unfinished run in %s; resuming from its last completed epoch", out_dir)
 
-    strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
     with precision_scope(train.precision), strategy.scope():
         model = recipe.build_model(cfg, data)
         lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs)
         optimizer = build_optimizer(train.optimizer, lr)
         model.compile(optimizer=optimizer, jit_compile=train.jit_compile,
                       steps_per_execution=train.steps_per_execution, **recipe.compile_args(cfg))
+    if train.strategy == "multi_worker":
+        from zoo.recipes.engine.keras_fixes import enable_multi_worker_fit
+
+        enable_multi_worker_fit(model)
     callbacks = build_callbacks(out_dir, train.early_stopping, tensorboard=train.tensorboard,
                                 checkpoint_every_epoch=train.checkpoint_every_epoch)
     callbacks.extend(extra_callbacks)
@@ -213,7 +222,11 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
         tmp = os.path.join(out_dir, "model.tmp.keras")
         model.save(tmp)
         os.replace(tmp, os.path.join(out_dir, "model.keras"))
-    return RunResult(out_dir, metrics, model)
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last worker to finish removes .workers/
+            os.rmdir(os.path.dirname(out_dir))
+    return RunResult(run_dir, metrics, model)
 
 
 def plot_curves(metrics: dict[str, Any], path: str) -> None:
@@ -330,6 +343,7 @@ def main_for(recipe: Recipe, argv: Sequence[str] | None = None,
         add_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     try:
         overrides = overrides_from_args(args, extra_overrides(args) if extra_overrides else None)
         cfg, explicit = resolve_config(recipe.config_class, overrides)

@@ -106,7 +106,13 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
             tf_config["task"]["index"]
         except (ValueError, KeyError, TypeError) as exc:
             raise DeviceError(f"TF_CONFIG is not a valid cluster spec ({exc!r}): {raw}") from None
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as exc:
+            raise DeviceError(
+                f"cannot start multi_worker here ({exc}): the strategy must be created before TensorFlow runs "
+                "any op, so create it first in your script (zoo's recipes do)"
+            ) from None
     # tpu
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
@@ -118,6 +124,15 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
             "run on a TPU VM or name the TPU with --set train.tpu=NAME, or use --strategy default/mirrored here"
         ) from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def task_name() -> str:
+    """``<type>-<index>`` of this process in TF_CONFIG (``chief-0`` when there is none)."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    except ValueError:
+        task = {}
+    return f"{task.get('type', 'chief')}-{task.get('index', 0)}"
 
 
 def is_chief() -> bool:

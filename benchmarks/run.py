@@ -1,0 +1,120 @@
+"""Benchmarks (`make bench`): training step time by precision / XLA, and export latency and size.
+
+Everything is measured side by side in one run and reported as ratios to the float32 baseline,
+so the numbers compare on any machine. Results go to bench-out/bench.json and the terminal.
+
+    python benchmarks/run.py [--steps 30] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def time_training(model_name: str, overrides: dict, shape: tuple, classes: int, batch: int, steps: int,
+                  precision: str, jit: bool) -> float:
+    """Seconds per training step (median of the timed epoch), after one warm-up epoch."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import zoo
+    from zoo.recipes.engine.precision import precision_scope
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch * 4, *shape)).astype("float32")
+    y = rng.integers(0, classes, batch * 4).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch).prefetch(4)
+    with precision_scope(precision):
+        model = zoo.build(model_name, input_shape=shape, num_classes=classes, **overrides)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter() - self._t)
+
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace / compile
+    timer = StepTimer()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+    return float(np.median(timer.times))
+
+
+def bench_training(steps: int, quick: bool) -> list[dict]:
+    cases = [("small_cnn", {}, (28, 28, 1), 10, 128)]
+    if not quick:
+        cases.append(("resnet18", {"stem": "small", "width": 32}, (32, 32, 3), 10, 64))
+    rows = []
+    for name, overrides, shape, classes, batch in cases:
+        base = None
+        for precision, jit in (("float32", False), ("float32", True), ("mixed_bfloat16", False),
+                               ("mixed_float16", False)):
+            sec = time_training(name, overrides, shape, classes, batch, steps, precision, jit)
+            base = base or sec
+            rows.append({"model": name, "input": list(shape), "batch": batch, "precision": precision, "xla": jit,
+                         "seconds_per_step": sec, "examples_per_second": batch / sec, "time_vs_float32": sec / base})
+    return rows
+
+
+def bench_export(tmp: str) -> dict:
+    from zoo.export.exporter import export_run
+    from zoo.recipes.engine.run import train
+
+    result = train("image_classify", os.path.join(tmp, "run"), {"train.epochs": 20, "train.tensorboard": False},
+                   verbose=0)
+    _, report = export_run(result.run_dir, os.path.join(tmp, "exports"), "digits",
+                           "saved_model,tflite,tflite_float16,tflite_dynamic,tflite_int8", latency_runs=200)
+    keras_ms = report["keras"]["latency_ms"]["p50"]
+    return {
+        "keras_accuracy": report["keras"]["accuracy"], "keras_p50_ms": keras_ms,
+        "formats": {f: {"accuracy": r["accuracy"], "size_ratio": r["size_ratio"], "p50_ms": r["latency_ms"]["p50"],
+                        "speedup_vs_keras": keras_ms / r["latency_ms"]["p50"]} for f, r in report["formats"].items()},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="small_cnn only")
+    parser.add_argument("--out", default="bench-out")
+    args = parser.parse_args()
+    import tempfile
+
+    os.makedirs(args.out, exist_ok=True)
+    training = bench_training(args.steps, args.quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        export = bench_export(tmp)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "training": training,
+              "export": export}
+    with open(os.path.join(args.out, "bench.json"), "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(f"{'model':<10} {'precision':<15} {'xla':<5} {'ms/step':>9} {'ex/s':>9} {'time vs f32':>12}")
+    for r in training:
+        print(f"{r['model']:<10} {r['precision']:<15} {str(r['xla']):<5} {r['seconds_per_step'] * 1e3:>9.2f} "
+              f"{r['examples_per_second']:>9.0f} {r['time_vs_float32']:>12.2f}")
+    print(f"\nexport (digits small_cnn, keras p50 {export['keras_p50_ms']:.3f} ms at batch 1)")
+    print(f"{'format':<16} {'accuracy':>8} {'size vs f32':>12} {'p50 ms':>8} {'speed vs keras':>15}")
+    for f, r in export["formats"].items():
+        ratio = f"{r['size_ratio']:.2f}" if r["size_ratio"] is not None else "-"
+        print(f"{f:<16} {r['accuracy']:>8.4f} {ratio:>12} {r['p50_ms']:>8.3f} {r['speedup_vs_keras']:>15.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
