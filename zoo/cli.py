@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -29,19 +30,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for name in registry.list_models():
         entry = registry.get_entry(name)
-        params = None
+        params = trainable = None
         if not args.no_params:
-            params = registry.build(name).count_params()
-        rows.append({"name": name, "task": entry.task, "parameters": params, "description": entry.description})
+            model = registry.build(name)
+            params = model.count_params()
+            trainable = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
+        rows.append({"name": name, "task": entry.task, "trainable_parameters": trainable, "parameters": params,
+                     "description": entry.description})
     if args.json:
         print(json.dumps({"models": rows, "recipes": list_recipes()}, indent=2))
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'model':<{width}}  {'task':<20}  {'parameters':>12}  description")
+    print(f"{'model':<{width}}  {'task':<20}  {'trainable':>12}  {'all weights':>12}  description")
     for r in rows:
+        trainable = f"{r['trainable_parameters']:,}" if r["trainable_parameters"] is not None else "-"
         params = f"{r['parameters']:,}" if r["parameters"] is not None else "-"
-        print(f"{r['name']:<{width}}  {r['task']:<20}  {params:>12}  {r['description']}")
-    print("\nrecipes: " + ", ".join(list_recipes()))
+        print(f"{r['name']:<{width}}  {r['task']:<20}  {trainable:>12}  {params:>12}  {r['description']}")
+    print("\n(trainable = the published parameter count; all weights adds BatchNorm's moving statistics)")
+    print("recipes: " + ", ".join(list_recipes()))
     return 0
 
 

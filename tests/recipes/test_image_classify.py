@@ -147,8 +147,9 @@ def test_cli_help_list_and_errors(capsys, tmp_path):
     assert err.startswith("error: data path") and "Traceback" not in err
     assert zoo_main(["list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    params = {m["name"]: m["parameters"] for m in listing["models"]}
-    assert params["resnet50"] == 25_610_152  # 25,557,032 trainable + 53,120 BatchNorm statistics
+    params = {m["name"]: (m["trainable_parameters"], m["parameters"]) for m in listing["models"]}
+    assert params["resnet50"] == (25_557_032, 25_610_152)  # + 53,120 BatchNorm statistics
+    assert params["resnet101"][0] == 44_549_160 and params["resnet152"][0] == 60_192_808
     assert "image_classify" in listing["recipes"]
 
 
