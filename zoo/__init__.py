@@ -40,7 +40,15 @@ def load(path: str, compile: bool = True) -> Any:
         raise ZooError(f"could not load {path!r}: {exc}") from None
 
 
+def import_hf_bert(directory: str, sequence_length: int = 128, **overrides: Any) -> tuple[Any, Any]:
+    """Load a Hugging Face BERT directory as ``(BertBackbone, BertPreprocessor)``; see zoo.checkpoints."""
+    from zoo.checkpoints import import_hf_bert as _import
+
+    return _import(directory, sequence_length, **overrides)
+
+
 __all__ = [
+    "import_hf_bert",
     "build", "build_from_config", "default_config", "list_models", "make_config", "load",
     "ZooError", "ConfigError", "DataError", "DeviceError", "ExportError", "UnknownNameError",
 ]

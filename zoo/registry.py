@@ -11,7 +11,7 @@ from typing import Any
 
 from zoo.config import apply_overrides
 from zoo.errors import ConfigError, unknown_name
-from zoo.models import cnn
+from zoo.models import bert_config, cnn
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,18 @@ for _depth in (18, 34, 50, 101, 152):
         f"resnet{_depth}", cnn.resnet_config(_depth), cnn.build_resnet, "image_classification",
         f"ResNet-{_depth} {'v1.5 bottleneck' if _depth >= 50 else 'v1 basic blocks'}",
     ))
+
+
+def _build_bert(cfg: Any, keras: Any = None) -> Any:
+    from zoo.models.bert import build_bert  # imports Keras and keras-nlp: only when a BERT is built
+
+    return build_bert(cfg, keras)
+
+
+for _name in bert_config.BERT_PRESETS:
+    _layers, _hidden, _heads = bert_config.BERT_PRESETS[_name]
+    register(ModelEntry(_name, bert_config.bert_preset_config(_name), _build_bert, "text_encoder",
+                        f"BERT encoder, {_layers} layers, hidden {_hidden}, {_heads} heads"))
 register(ModelEntry("text_cnn", cnn.TextCNNConfig(), cnn.build_text_cnn, "text_classification",
                     "Kim 2014 TextCNN on token ids"))
 
