@@ -32,7 +32,10 @@ def load(path: str, compile: bool = True) -> Any:
         raise ZooError(f"{path!r} is not a .keras file; zoo.load reads Keras v3 .keras archives")
     import keras
 
-    from zoo.recipes.engine import optim  # noqa: F401  registers the zoo's schedules for deserialization
+    # Register the zoo's serializable classes (schedules, BERT models, the preprocessor).
+    from zoo import tokenizers  # noqa: F401
+    from zoo.models import bert  # noqa: F401
+    from zoo.recipes.engine import optim  # noqa: F401
 
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)

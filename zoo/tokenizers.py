@@ -102,9 +102,12 @@ class BertPreprocessor(keras.layers.Layer):
             import tensorflow as tf
             import tensorflow_text as tf_text
 
-            self._tokenizer = tf_text.FastBertTokenizer(
-                vocab=self.vocabulary, token_out_type=tf.int32, unknown_token="[UNK]",
-                lower_case_nfd_strip_accents=self.lowercase)
+            # Built eagerly even when first used inside a tf.function or tf.data map, so that its
+            # model buffer is a constant every later graph can capture.
+            with tf.init_scope():
+                self._tokenizer = tf_text.FastBertTokenizer(
+                    vocab=self.vocabulary, token_out_type=tf.int32, unknown_token="[UNK]",
+                    lower_case_nfd_strip_accents=self.lowercase)
         return self._tokenizer
 
     def tokenize(self, texts: Any) -> Any:

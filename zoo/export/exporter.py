@@ -14,7 +14,7 @@ import logging
 import os
 import platform
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,71 @@ def load_run(run_dir: str) -> dict[str, Any]:
     return {"model_path": model_path, "info": info, "x": x_eval, "y": y_eval, "calibration": calib}
 
 
+class ImageClassifierAdapter:
+    """How to call, save and convert a classifier on numeric inputs (images, token ids)."""
+
+    def __init__(self, model: Any, info: dict[str, Any]):
+        self.model, self.info, self.spec = model, info, info["input"]
+        self.custom_ops = False
+
+    def keras(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model(batch, training=False))
+
+    def write_saved_model(self, path: str) -> None:
+        sm.write_classifier_saved_model(self.model, path, self.spec, self.info.get("class_names"))
+
+    def write_tflite_source(self, path: str) -> None:
+        sm.write_logits_saved_model(self.model, path, self.spec)
+
+    def saved_model_fn(self, path: str) -> Callable[[np.ndarray], np.ndarray]:
+        import tensorflow as tf
+
+        fn = tf.saved_model.load(path).signatures["serving_default"]
+        return lambda b: fn(**{self.spec["name"]: tf.constant(b)})["logits"].numpy()
+
+    def tflite_fn(self, content: bytes) -> Callable[[np.ndarray], np.ndarray]:
+        return tfl.TFLiteRunner(content)
+
+
+class TextClassifierAdapter(ImageClassifierAdapter):
+    """A BERT classifier served on raw strings: the preprocessor runs inside every export."""
+
+    def __init__(self, model: Any, info: dict[str, Any], run_dir: str):
+        super().__init__(model, info)
+        from zoo.tokenizers import BertPreprocessor, load_vocabulary
+
+        p = info["preprocessor"]
+        self.preprocessor = BertPreprocessor(load_vocabulary(os.path.join(run_dir, p["vocabulary_file"])),
+                                             sequence_length=p["sequence_length"], lowercase=p["lowercase"])
+        self.names = [self.spec["name"]] + ([self.spec["pair_name"]] if self.spec.get("pair_name") else [])
+        self.custom_ops = True
+
+    def _split(self, batch: np.ndarray) -> tuple[Any, ...]:
+        return (batch[:, 0], batch[:, 1]) if batch.ndim == 2 else (batch,)
+
+    def keras(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model(self.preprocessor(tuple(t.tolist() for t in self._split(batch))),
+                                     training=False))
+
+    def write_saved_model(self, path: str) -> None:
+        sm.write_text_classifier_saved_model(self.model, self.preprocessor, path, self.names,
+                                             self.info.get("class_names"))
+
+    def write_tflite_source(self, path: str) -> None:
+        sm.write_text_classifier_saved_model(self.model, self.preprocessor, path, self.names, None,
+                                             logits_only=True)
+
+    def saved_model_fn(self, path: str) -> Callable[[np.ndarray], np.ndarray]:
+        import tensorflow as tf
+
+        fn = tf.saved_model.load(path).signatures["serving_default"]
+        return lambda b: fn(**{n: tf.constant(t) for n, t in zip(self.names, self._split(b))})["logits"].numpy()
+
+    def tflite_fn(self, content: bytes) -> Callable[[np.ndarray], np.ndarray]:
+        runner = tfl.TextTFLiteRunner(content)
+        return lambda b: runner(**dict(zip(self.names, self._split(b))))
+
+
 def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] = DEFAULT_FORMATS,
                version: int | None = None, report_path: str | None = None,
                latency_runs: int = 50) -> tuple[str, dict[str, Any]]:
@@ -79,25 +144,32 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
     fmts = parse_formats(formats)
     run = load_run(run_dir)
     info = run["info"]
-    if info.get("task") not in ("image_classification", "text_classification"):
-        raise ExportError(f"export of task {info.get('task')!r} is not supported yet")
+    task = info.get("task")
+    if task not in ("image_classification", "text_classification"):
+        raise ExportError(f"export of task {task!r} is not supported yet")
+    text = "preprocessor" in info
+    if "tflite_int8" in fmts and text:
+        raise ExportError("tflite_int8 quantizes inputs to int8, but this model takes strings; "
+                          "use tflite_dynamic (int8 weights) for text models")
     if "tflite_int8" in fmts and run["calibration"] is None:
         raise ExportError(f"tflite_int8 needs calibration.npz in {run_dir!r} (written by `zoo train`)")
     model = zoo.load(run["model_path"], compile=False)
+    adapter = TextClassifierAdapter(model, info, run_dir) if text else ImageClassifierAdapter(model, info)
     x, y = run["x"], run["y"]
-    input_spec = info["input"]
-    reference = verify.batched(lambda b: model(b, training=False).numpy(), x)
+    reference = verify.batched(adapter.keras, x)
     keras_scores = verify.compare(reference, reference, y)
     scale = max(1.0, float(np.abs(reference).max()))
     report: dict[str, Any] = {
         "run_dir": os.path.abspath(run_dir), "model": info.get("model"), "examples": int(len(x)),
+        "input": "raw strings" if text else f"{info['input']['dtype']} {info['input']['shape']}",
         "keras": {"accuracy": keras_scores["accuracy"],
-                  "latency_ms": verify.latency_ms(lambda b: model(b, training=False), x[:1], latency_runs)},
+                  "latency_ms": verify.latency_ms(adapter.keras, x[:1], latency_runs)},
         "formats": {},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
 
-    def record(fmt: str, outputs: np.ndarray, size: int, latency: dict[str, float], path: str) -> None:
+    def record(fmt: str, outputs: np.ndarray, size: int, latency: dict[str, float], path: str,
+               **extra: Any) -> None:
         scores = verify.compare(reference, outputs, y)
         tol = verify.FLOAT_TOLERANCE.get(fmt)
         if tol is not None and scores["max_abs_diff"] > tol * scale:
@@ -106,32 +178,30 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
                 "nothing was published"
             )
         report["formats"][fmt] = {**scores, "accuracy_delta": scores["accuracy"] - keras_scores["accuracy"],
-                                  "size_bytes": int(size), "latency_ms": latency, "file": path}
+                                  "size_bytes": int(size), "latency_ms": latency, "file": path, **extra}
 
     with sm.publish_version(base, name, version) as (staging, ver):
         report["version"] = ver
         if "saved_model" in fmts:
-            import tensorflow as tf
-
-            sm.write_classifier_saved_model(model, staging, input_spec, info.get("class_names"))
-            fn = tf.saved_model.load(staging).signatures["serving_default"]
-            call = lambda b: fn(**{input_spec["name"]: tf.constant(b)})["logits"].numpy()  # noqa: E731
+            adapter.write_saved_model(staging)
+            call = adapter.saved_model_fn(staging)
             record("saved_model", verify.batched(call, x), sm.directory_size(staging),
                    verify.latency_ms(call, x[:1], latency_runs), ".")
         tflite_fmts = [f for f in fmts if f in tfl.TFLITE_FORMATS]
         if tflite_fmts:
             with tempfile.TemporaryDirectory(dir=staging, prefix=".src-") as src:
-                sm.write_logits_saved_model(model, src, input_spec)
+                adapter.write_tflite_source(src)
                 for fmt in tflite_fmts:
                     log.info("converting %s", fmt)
-                    content = tfl.convert_saved_model(src, fmt, run["calibration"], input_spec["shape"])
+                    content = tfl.convert_saved_model(src, fmt, run["calibration"], info["input"]["shape"],
+                                                      custom_ops=adapter.custom_ops)
                     fname = tfl.TFLITE_FORMATS[fmt][0]
                     with open(os.path.join(staging, fname), "wb") as fh:
                         fh.write(content)
-                    runner = tfl.TFLiteRunner(content)
-                    outputs = verify.batched(runner, x)
-                    one = tfl.TFLiteRunner(content)
-                    record(fmt, outputs, len(content), verify.latency_ms(one, x[:1], latency_runs), fname)
+                    outputs = verify.batched(adapter.tflite_fn(content), x)
+                    record(fmt, outputs, len(content), verify.latency_ms(adapter.tflite_fn(content), x[:1],
+                                                                         latency_runs), fname,
+                           ops=tfl.describe_ops(content))
         f32 = report["formats"].get("tflite", {}).get("size_bytes")
         for fmt, r in report["formats"].items():
             r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None

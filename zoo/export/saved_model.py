@@ -89,6 +89,24 @@ def remove_stale_staging(base: str, name: str) -> list[str]:
     return removed
 
 
+def save_serving_module(model: Any, serve: Any, input_signature: Sequence[Any], path: str) -> None:
+    """``tf.saved_model.save`` of a tf.Module holding the model's variables and one signature.
+
+    Written by hand rather than with Keras' ExportArchive / ``model.export``: those (Keras 3.15)
+    save every variable twice (``variables/i`` and ``_all_variables/i``), doubling the SavedModel.
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.model_variables = [v.value for v in model.variables]  # the tf.Variables, saved once
+    fn = tf.function(serve, input_signature=list(input_signature), autograph=False)
+    module.serve = fn
+    try:
+        tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function()})
+    except (ValueError, TypeError) as exc:
+        raise ExportError(f"could not write a SavedModel of {model.name}: {exc}") from None
+
+
 def write_classifier_saved_model(model: Any, path: str, input_spec: dict[str, Any],
                                  class_names: Sequence[str] | None = None) -> None:
     """Write a SavedModel whose ``serving_default`` maps raw inputs to logits, probabilities and label.
@@ -99,7 +117,6 @@ def write_classifier_saved_model(model: Any, path: str, input_spec: dict[str, An
       input_spec: ``{"name": ..., "shape": [None, ...], "dtype": ...}`` of the raw input.
       class_names: if given, the signature also returns ``class_name`` (tf.string).
     """
-    import keras
     import tensorflow as tf
 
     spec = tf.TensorSpec(tuple(input_spec["shape"]), tf.dtypes.as_dtype(input_spec["dtype"]),
@@ -114,13 +131,32 @@ def write_classifier_saved_model(model: Any, path: str, input_spec: dict[str, An
             out["class_name"] = tf.gather(names, label)
         return out
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve, input_signature=[spec])
-    try:
-        archive.write_out(path, verbose=False)
-    except (ValueError, TypeError) as exc:
-        raise ExportError(f"could not write a SavedModel of {model.name}: {exc}") from None
+    save_serving_module(model, serve, [spec], path)
+
+
+def write_text_classifier_saved_model(model: Any, preprocessor: Any, path: str, input_names: Sequence[str],
+                                     class_names: Sequence[str] | None = None, logits_only: bool = False) -> None:
+    """A SavedModel whose ``serving_default`` takes raw strings (``text``, and ``text_pair`` for pairs).
+
+    Tokenization and packing run inside the graph (tensorflow-text ops: TF Serving needs a build
+    that includes them). Returns logits, probabilities, label and class_name, or logits only.
+    """
+    import tensorflow as tf
+
+    names = tf.constant(list(class_names)) if class_names else None
+    specs = [tf.TensorSpec([None], tf.string, name=n) for n in input_names]
+
+    def serve(*texts):
+        logits = tf.cast(model(preprocessor(texts if len(texts) > 1 else texts[0]), training=False), tf.float32)
+        if logits_only:
+            return {"logits": logits}
+        label = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        out = {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "label": label}
+        if names is not None:
+            out["class_name"] = tf.gather(names, label)
+        return out
+
+    save_serving_module(model, serve, specs, path)
 
 
 def write_logits_saved_model(model: Any, path: str, input_spec: dict[str, Any]) -> None:
@@ -129,16 +165,11 @@ def write_logits_saved_model(model: Any, path: str, input_spec: dict[str, Any]) 
     On-device code takes the argmax itself; a single float output keeps full-int8 conversion
     (int8 input and output) simple.
     """
-    import keras
     import tensorflow as tf
 
     spec = tf.TensorSpec(tuple(input_spec["shape"]), tf.dtypes.as_dtype(input_spec["dtype"]),
                          name=input_spec["name"])
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", lambda x: {"logits": tf.cast(model(x, training=False), tf.float32)},
-                         input_signature=[spec])
-    archive.write_out(path, verbose=False)
+    save_serving_module(model, lambda x: {"logits": tf.cast(model(x, training=False), tf.float32)}, [spec], path)
 
 
 def directory_size(path: str) -> int:

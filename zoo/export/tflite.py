@@ -42,14 +42,35 @@ def representative_dataset(calibration: np.ndarray, input_shape: Iterable[Any]) 
     return gen
 
 
+# TF Text ops that TFLite runs through tensorflow-text's registrar (no Flex delegate needed).
+TF_TEXT_TFLITE_OPS = ("FastBertNormalize", "FastWordpieceTokenizeWithOffsets", "FastWordpieceDetokenize",
+                      "FastSentencepieceTokenize", "WhitespaceTokenizeWithOffsetsV2", "TFText>Ngrams")
+
+
+def describe_ops(content: bytes) -> str:
+    """Which non-builtin ops a converted model needs: 'builtin only', TF Text custom ops, or Flex."""
+    text_ops = [op for op in TF_TEXT_TFLITE_OPS if op.encode() in content]
+    flex = b"Flex" in content
+    parts = ["builtin"]
+    if text_ops:
+        parts.append("TF Text custom ops (" + ", ".join(text_ops) + ")")
+    if flex:
+        parts.append("Flex (SELECT_TF_OPS)")
+    return " + ".join(parts) if len(parts) > 1 else "builtin only"
+
+
 def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray | None = None,
-                        input_shape: Iterable[Any] | None = None) -> bytes:
-    """Convert the ``serving_default`` signature of a SavedModel into TFLite format ``fmt``."""
+                        input_shape: Iterable[Any] | None = None, custom_ops: bool = False) -> bytes:
+    """Convert the ``serving_default`` signature of a SavedModel into TFLite format ``fmt``.
+
+    ``custom_ops`` lets TF Text ops through as custom ops (run with tensorflow-text's registrar).
+    """
     import tensorflow as tf
 
     if fmt not in TFLITE_FORMATS:
         raise ExportError(f"unknown TFLite format {fmt!r}; known: {', '.join(TFLITE_FORMATS)}")
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+    converter.allow_custom_ops = custom_ops
     if fmt == "tflite_float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -115,3 +136,21 @@ class TFLiteRunner:
             scale, zero = self.output["quantization"]
             out = (out.astype(np.float32) - zero) * scale
         return out.astype(np.float32)
+
+
+class TextTFLiteRunner:
+    """Runs a string-input TFLite model (TF Text custom ops) through its signature, returning logits."""
+
+    def __init__(self, model_content: bytes, num_threads: int = 1):
+        import tensorflow_text as tf_text
+        from ai_edge_litert.interpreter import InterpreterWithCustomOps
+
+        self.interpreter = InterpreterWithCustomOps(
+            model_content=model_content, num_threads=num_threads,
+            custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS)
+        self.runner = self.interpreter.get_signature_runner("serving_default")
+
+    def __call__(self, **texts: np.ndarray) -> np.ndarray:
+        inputs = {k: np.array([t.encode("utf-8") if isinstance(t, str) else t for t in v], dtype=object)
+                  for k, v in texts.items()}
+        return np.asarray(self.runner(**inputs)["logits"], dtype=np.float32)

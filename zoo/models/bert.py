@@ -81,7 +81,7 @@ class BertBackbone(keras.Model):
             inputs={"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
             outputs={"sequence_output": x, "pooled_output": pooled},
             dtype=dtype, **kwargs)
-        self.config = cfg
+        self.config = dataclasses.replace(cfg, name=self.name)
 
     def get_config(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "name"}

@@ -10,6 +10,7 @@ from zoo.errors import unknown_name
 # name -> module; modules are imported only when a recipe is used (they import TensorFlow).
 RECIPES = {
     "image_classify": "zoo.recipes.image_classify",
+    "bert_classify": "zoo.recipes.bert_classify",
 }
 
 

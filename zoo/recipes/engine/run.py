@@ -90,6 +90,8 @@ class Datasets:
     eval_sample: tuple[Any, Any] | None = None
     calibration: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # extra text files for the run dir (e.g. vocab.txt)
+    state: dict[str, Any] = field(default_factory=dict)  # handed from prepare_data to build_model, not saved
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class Recipe:
     build_model: Callable[[Any, Datasets], Any]
     compile_args: Callable[[Any], dict[str, Any]]
     run_info: Callable[[Any, Datasets], dict[str, Any]]
+    # Optional: extra final metrics (e.g. macro-F1) computed from the trained model.
+    evaluate: Callable[[Any, Any, Datasets], dict[str, float]] | None = None
 
 
 @dataclass
@@ -173,6 +177,11 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     write_config(cfg, os.path.join(out_dir, "config.yaml"))
     info = recipe.run_info(cfg, data)
     write_json_atomic(os.path.join(out_dir, "run.json"), info)
+    for name, text in data.files.items():
+        tmp = os.path.join(out_dir, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, os.path.join(out_dir, name))
     if data.eval_sample is not None:
         np.savez_compressed(os.path.join(out_dir, "eval_sample.npz"), x=data.eval_sample[0], y=data.eval_sample[1])
     if data.calibration is not None:
@@ -202,6 +211,8 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     if data.test is not None:
         scores = model.evaluate(data.test, verbose=0, return_dict=True)
         final = {f"test_{k}": float(v) for k, v in scores.items()}
+    if recipe.evaluate is not None:
+        final.update(recipe.evaluate(cfg, model, data))
     metrics_path = os.path.join(out_dir, "metrics.json")
     with open(metrics_path, encoding="utf-8") as fh:
         metrics = json.load(fh)
@@ -297,6 +308,8 @@ def overrides_from_args(args: argparse.Namespace, extra: dict[str, Any] | None =
 def resolve_config(config_class: type, overrides: dict[str, Any] | None = None) -> tuple[Any, frozenset]:
     """The recipe's defaults with dotted ``overrides`` applied; returns (cfg, the keys the user set)."""
     overrides = dict(overrides or {})
+    if "model.preset" in overrides:  # KerasHub's word for a named architecture
+        overrides["model.name"] = overrides.pop("model.preset")
     cfg = config_class()
     # model.name first, so that the other model.* keys apply to the chosen model's config.
     if "model.name" in overrides:
