@@ -120,3 +120,22 @@ def test_empty_and_very_long_texts_are_fine(minilm_run):
     assert np.asarray(x["padding_mask"]).sum(-1).tolist() == [2, 32]
     logits = np.asarray(minilm_run.model(x))
     assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"train.strategy": "mirrored", "train.devices": ["cpu:0", "cpu:1"], "train.precision": "mixed_bfloat16"},
+    {"train.precision": "mixed_float16", "train.jit_compile": True},
+], ids=["mirrored-bf16", "fp16-xla"])
+def test_bert_trains_under_strategies_and_precisions(overrides, sentiment_files, tmp_path):
+    import keras
+
+    train_path, dev_path = sentiment_files
+    result = train("bert_classify", str(tmp_path / "run"),
+                   {**FAST, **overrides, "data.source": train_path, "data.eval_source": dev_path,
+                    "model.preset": "bert_tiny", "model.num_layers": 1, "data.vocab_size": 200,
+                    "data.sequence_length": 16, "train.epochs": 4, "train.optimizer.learning_rate": 1e-3}, verbose=0)
+    assert result.model.output.dtype == "float32"
+    losses = [e["loss"] for e in result.metrics["epochs"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert result.metrics["loss_scaling"] is (overrides["train.precision"] == "mixed_float16")
+    assert keras.config.dtype_policy().name == "float32"

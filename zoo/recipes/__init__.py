@@ -11,6 +11,7 @@ from zoo.errors import unknown_name
 RECIPES = {
     "image_classify": "zoo.recipes.image_classify",
     "bert_classify": "zoo.recipes.bert_classify",
+    "bert_pretrain": "zoo.recipes.bert_pretrain",
 }
 
 

@@ -1,0 +1,242 @@
+"""Recipe: BERT masked-LM pretraining from plain text (one sentence or passage per line).
+
+    zoo train bert_pretrain --data 'corpus/*.txt' --set model.preset=bert_tiny
+    zoo train bert_pretrain --data corpus.txt --set data.whole_word_masking=true --init hf:path/to/bert
+
+Dynamic masking (a fresh choice every epoch) of ``mask_rate`` of the tokens, of which 80% become
+[MASK], 10% a random token and 10% stay unchanged (Devlin et al. 2019); optional whole-word
+masking. Without ``--init`` a WordPiece vocabulary is learned from the corpus. AdamW with linear
+warm-up and decay; the masked accuracy is reported. ``bert_classify --init runs/<this run>``
+fine-tunes the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zoo import registry
+from zoo.config import check_range
+from zoo.errors import ConfigError, DataError
+from zoo.recipes.bert_classify import bert_model_config, load_init
+from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
+from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Plain-text files (globs allowed, comma-separated) and the masking scheme."""
+
+    source: str = ""
+    eval_source: str | None = None
+    validation_split: float = 0.05
+    sequence_length: int = 128
+    vocab_size: int = 8000
+    lowercase: bool = True
+    mask_rate: float = 0.15
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    whole_word_masking: bool = False
+    max_predictions: int = 0  # 0: mask_rate x sequence_length, rounded up
+
+    def __post_init__(self) -> None:
+        check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
+        check_range("sequence_length", self.sequence_length, 8)
+        check_range("vocab_size", self.vocab_size, 16)
+        check_range("mask_rate", self.mask_rate, 0.0, 1.0, low_inclusive=False)
+        check_range("mask_token_rate", self.mask_token_rate, 0.0, 1.0)
+        check_range("random_token_rate", self.random_token_rate, 0.0, 1.0)
+        if self.mask_token_rate + self.random_token_rate > 1.0:
+            raise ConfigError("mask_token_rate + random_token_rate must be at most 1 (the rest stay unchanged)")
+        check_range("max_predictions", self.max_predictions, 0, self.sequence_length)
+
+    @property
+    def predictions(self) -> int:
+        return self.max_predictions or max(1, math.ceil(self.mask_rate * self.sequence_length))
+
+
+@dataclass(frozen=True)
+class BertPretrainConfig:
+    model: Any = field(default_factory=lambda: registry.default_config("bert_tiny"),
+                       metadata={"polymorphic": bert_model_config})
+    init: str = ""
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=10, batch_size=32, optimizer=OptimizerConfig(name="adamw", learning_rate=5e-4, weight_decay=0.01),
+        schedule=ScheduleConfig(name="linear", warmup_epochs=1.0)))
+
+
+def mask_tokens(inputs: dict[str, Any], *, vocab_size: int, mask_id: int, special_ids: Sequence[int],
+                max_predictions: int, rate: float = 0.15, mask_token_rate: float = 0.8,
+                random_token_rate: float = 0.1, continuation: Any = None, seed: Any = None,
+                ) -> tuple[dict[str, Any], Any, Any]:
+    """Choose and corrupt positions for masked-LM training (dense ops, batched).
+
+    Args:
+      inputs: packed BERT inputs (``token_ids``, ``segment_ids``, ``padding_mask``), ``[B, L]``.
+      continuation: optional bool vector over the vocabulary, True for ``##`` pieces; with it,
+        whole words are chosen together (whole-word masking).
+      seed: optional ``[2]`` int tensor for stateless randomness (reproducible masks).
+
+    Returns:
+      ``(inputs with token_ids corrupted and mask_positions [B, K], labels [B, K], weights [B, K])``.
+    """
+    import tensorflow as tf
+
+    ids = tf.cast(inputs["token_ids"], tf.int32)
+    batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
+
+    def uniform(shape, salt):
+        if seed is None:
+            return tf.random.uniform(shape)
+        return tf.random.stateless_uniform(shape, seed=tf.cast(seed, tf.int64) + salt)
+
+    special = tf.reduce_any(tf.equal(ids[..., tf.newaxis], tf.constant(list(special_ids), tf.int32)), axis=-1)
+    candidate = (tf.cast(inputs["padding_mask"], tf.bool)) & ~special
+    scores = uniform([batch, length], 0)
+    if continuation is not None:
+        # A word's tokens share the score of its first token, so they are chosen together.
+        is_start = ~tf.gather(tf.constant(continuation, tf.bool), ids) | ~candidate
+        word = tf.cumsum(tf.cast(is_start, tf.int32), axis=1) - 1
+        segment = word + tf.range(batch)[:, tf.newaxis] * length
+        start_scores = tf.where(is_start, scores, -1.0)
+        word_max = tf.math.unsorted_segment_max(tf.reshape(start_scores, [-1]), tf.reshape(segment, [-1]),
+                                                batch * length)
+        scores = tf.gather(word_max, segment)
+    scores = tf.where(candidate, scores, -2.0)
+    count = tf.reduce_sum(tf.cast(candidate, tf.float32), axis=1)
+    n_mask = tf.minimum(tf.cast(tf.round(rate * count), tf.int32), max_predictions)
+    n_mask = tf.where(count > 0, tf.maximum(n_mask, 1), 0)
+    k = max_predictions  # static, at most the packed length (checked by the caller's config)
+    top = tf.math.top_k(scores, k=k, sorted=True).indices  # [B, K]
+    chosen = tf.range(k)[tf.newaxis, :] < n_mask[:, tf.newaxis]
+    chosen &= tf.gather(candidate, top, batch_dims=1)
+    positions = tf.where(chosen, top, 0)
+    labels = tf.gather(ids, positions, batch_dims=1)
+    roll = uniform(tf.shape(positions), 1)
+    random_ids = tf.cast(tf.floor(uniform(tf.shape(positions), 2) * vocab_size), tf.int32)
+    replacement = tf.where(roll < mask_token_rate, mask_id,
+                           tf.where(roll < mask_token_rate + random_token_rate, random_ids, labels))
+    rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(positions))
+    index = tf.stack([tf.boolean_mask(rows, chosen), tf.boolean_mask(positions, chosen)], axis=1)
+    corrupted = tf.tensor_scatter_nd_update(ids, index, tf.boolean_mask(replacement, chosen))
+    out = dict(inputs)
+    out["token_ids"] = corrupted
+    out["mask_positions"] = positions
+    return out, labels, tf.cast(chosen, tf.float32)
+
+
+def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPretrainConfig, Datasets]:
+    import tensorflow as tf
+
+    from zoo import data as zdata
+    from zoo.tokenizers import BertPreprocessor, build_vocabulary
+
+    d = cfg.data
+    if not d.source:
+        raise DataError("no corpus: pass --data with plain-text file(s), one sentence or passage per line")
+    lines = zdata.read_text_corpus([p.strip() for p in d.source.split(",") if p.strip()])
+    if d.eval_source:
+        train_lines = lines
+        eval_lines = zdata.read_text_corpus([p.strip() for p in d.eval_source.split(",") if p.strip()])
+    else:
+        rng = np.random.default_rng(cfg.train.seed)
+        order = rng.permutation(len(lines))
+        n_eval = max(1, int(round(d.validation_split * len(lines))))
+        eval_lines = [lines[i] for i in order[:n_eval]]
+        train_lines = [lines[i] for i in order[n_eval:]]
+    state: dict[str, Any] = {}
+    if cfg.init:
+        model_cfg, vocab, weights, lowercase = load_init(cfg.init)
+        state["weights"] = weights
+    else:
+        vocab = build_vocabulary(train_lines, d.vocab_size, lowercase=d.lowercase)
+        model_cfg, lowercase = dataclasses.replace(cfg.model, vocab_size=len(vocab)), d.lowercase
+    if d.sequence_length > model_cfg.max_sequence_length:
+        raise ConfigError(f"data.sequence_length={d.sequence_length} exceeds the model's "
+                          f"max_sequence_length={model_cfg.max_sequence_length}")
+    cfg = dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(d, lowercase=lowercase))
+    pre = BertPreprocessor(vocab, sequence_length=d.sequence_length, lowercase=lowercase)
+    continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
+    special = [pre.pad_id, pre.cls_id, pre.sep_id, pre.mask_id, pre.unk_id]
+    options = dict(vocab_size=len(vocab), mask_id=pre.mask_id, special_ids=special, max_predictions=d.predictions,
+                   rate=d.mask_rate, mask_token_rate=d.mask_token_rate, random_token_rate=d.random_token_rate,
+                   continuation=continuation)
+
+    def masked(texts, seed=None):
+        x, y, w = mask_tokens(pre(texts), seed=seed, **options)
+        return x, y, w
+
+    batch = cfg.train.batch_size
+    strings = tf.constant(train_lines)
+    train_ds = zdata.epoch_permutations(len(train_lines), cfg.train.seed).map(lambda i: tf.gather(strings, i))
+    train_ds = train_ds.batch(batch).map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # The evaluation masks are fixed (stateless, seeded) so validation losses compare across epochs.
+    eval_ds = tf.data.Dataset.from_tensor_slices(tf.constant(eval_lines)).batch(batch).enumerate()
+    eval_ds = eval_ds.map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
+    eval_ds = eval_ds.cache().prefetch(tf.data.AUTOTUNE)
+    info = {"counts": {"train_lines": len(train_lines), "eval_lines": len(eval_lines)}, "vocab_size": len(vocab)}
+    return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(len(train_lines) / batch)),
+                         validation=eval_ds, info=info, files={"vocab.txt": "\n".join(vocab) + "\n"}, state=state)
+
+
+def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:
+    from zoo.models.bert import BertMaskedLM, build_bert
+
+    backbone = build_bert(cfg.model)
+    if "weights" in data.state:
+        backbone.set_weights(data.state["weights"])
+    return BertMaskedLM(backbone, name="bert_masked_lm")
+
+
+def compile_args(cfg: BertPretrainConfig) -> dict[str, Any]:
+    import keras
+
+    return {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="masked_accuracy")]}
+
+
+def run_info(cfg: BertPretrainConfig, data: Datasets) -> dict[str, Any]:
+    return {"recipe": RECIPE.name, "task": "masked_lm", "model": "bert_masked_lm", "backbone": cfg.model.name,
+            "init": cfg.init,
+            "preprocessor": {"vocabulary_file": "vocab.txt", "sequence_length": cfg.data.sequence_length,
+                             "lowercase": cfg.data.lowercase},
+            "data": data.info}
+
+
+RECIPE = Recipe(
+    name="bert_pretrain",
+    description="Masked-LM pretraining of a BERT from plain text (dynamic 80/10/10 masking, optional whole words).",
+    config_class=BertPretrainConfig, prepare_data=prepare_data, build_model=build_model,
+    compile_args=compile_args, run_info=run_info)
+
+
+def _add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="plain-text file(s) or globs, comma-separated")
+    parser.add_argument("--eval-data", help="held-out plain-text file(s)")
+    parser.add_argument("--init", help="hf:DIR, keras_hub:DIR or a run dir to continue from")
+
+
+def _extra(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.data:
+        out["data.source"] = args.data
+    if args.eval_data:
+        out["data.eval_source"] = args.eval_data
+    if args.init:
+        out["init"] = args.init
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for(RECIPE, argv, _add_args, _extra)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
