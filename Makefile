@@ -35,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/bert.py
 
 clean:
 	rm -rf $(VENV) demo-out runs *.egg-info

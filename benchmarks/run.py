@@ -13,15 +13,17 @@ import json
 import os
 import platform
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import median_step_seconds  # noqa: E402
 
 
 def time_training(model_name: str, overrides: dict, shape: tuple, classes: int, batch: int, steps: int,
                   precision: str, jit: bool) -> float:
-    """Seconds per training step (median of the timed epoch), after one warm-up epoch."""
+    """Seconds per training step (median), after warm-up steps."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -39,21 +41,7 @@ def time_training(model_name: str, overrides: dict, shape: tuple, classes: int, 
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
-    class StepTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times: list[float] = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter() - self._t)
-
-    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace / compile
-    timer = StepTimer()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
-    return float(np.median(timer.times))
+    return median_step_seconds(model, ds, steps)
 
 
 def bench_training(steps: int, quick: bool) -> list[dict]:

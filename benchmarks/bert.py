@@ -1,0 +1,90 @@
+"""BERT classifier training step time: the zoo's bert_classify model vs keras-hub's BertTextClassifier.
+
+Same architecture, batch and sequence length, measured side by side in one process; XLA on and off;
+float32 and mixed_bfloat16. Ratios are the zoo's time over keras-hub's (below 1 = faster).
+
+    python benchmarks/bert.py [--preset bert_base] [--batch 8] [--length 128] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import median_step_seconds  # noqa: E402
+
+
+def build(kind: str, cfg, num_classes: int = 2):
+    if kind == "zoo":
+        from zoo.models.bert import BertClassifier, build_bert
+
+        return BertClassifier(build_bert(cfg), num_classes=num_classes)
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=cfg.vocab_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        hidden_dim=cfg.hidden_dim, intermediate_dim=cfg.intermediate_dim, dropout=cfg.dropout,
+        max_sequence_length=cfg.max_sequence_length)
+    return keras_hub.models.BertTextClassifier(backbone=backbone, num_classes=num_classes, preprocessor=None)
+
+
+def time_case(kind: str, cfg, batch: int, length: int, steps: int, precision: str, xla: bool) -> float:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from zoo.recipes.engine.precision import precision_scope
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(5, cfg.vocab_size, (batch * 2, length)).astype("int32"),
+         "segment_ids": np.zeros((batch * 2, length), "int32"), "padding_mask": np.ones((batch * 2, length), "int32")}
+    y = rng.integers(0, 2, batch * 2).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch).prefetch(2)
+    with precision_scope(precision):
+        model = build(kind, cfg)
+        model.compile(optimizer=keras.optimizers.AdamW(2e-5), jit_compile=xla,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return median_step_seconds(model, ds, steps)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="bert_small")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", default="bench-out")
+    args = parser.parse_args()
+    import zoo
+
+    cfg = zoo.make_config(args.preset)
+    rows = []
+    for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False)):
+        times = {k: time_case(k, cfg, args.batch, args.length, args.steps, precision, xla) for k in ("zoo", "keras_hub")}
+        rows.append({"precision": precision, "xla": xla, "zoo_s": times["zoo"], "keras_hub_s": times["keras_hub"],
+                     "zoo_vs_keras_hub": times["zoo"] / times["keras_hub"]})
+    base = rows[0]["zoo_s"]
+    for r in rows:
+        r["zoo_vs_zoo_float32"] = r["zoo_s"] / base
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bert.json"), "w") as fh:
+        json.dump({"preset": args.preset, "batch": args.batch, "length": args.length, "rows": rows,
+                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}, fh, indent=2)
+    print(f"{args.preset}, batch {args.batch}, length {args.length}, AdamW, median of {args.steps} steps")
+    print(f"{'precision':<15} {'xla':<5} {'zoo s/step':>11} {'keras-hub':>10} {'zoo/kh':>7} {'zoo vs f32':>11}")
+    for r in rows:
+        print(f"{r['precision']:<15} {str(r['xla']):<5} {r['zoo_s']:>11.3f} {r['keras_hub_s']:>10.3f} "
+              f"{r['zoo_vs_keras_hub']:>7.2f} {r['zoo_vs_zoo_float32']:>11.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
