@@ -68,7 +68,8 @@ def main() -> int:
     cfg = zoo.make_config(args.preset)
     rows = []
     for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False)):
-        times = {k: time_case(k, cfg, args.batch, args.length, args.steps, precision, xla) for k in ("zoo", "keras_hub")}
+        times = {k: time_case(k, cfg, args.batch, args.length, args.steps, precision, xla)
+                 for k in ("zoo", "keras_hub")}
         rows.append({"precision": precision, "xla": xla, "zoo_s": times["zoo"], "keras_hub_s": times["keras_hub"],
                      "zoo_vs_keras_hub": times["zoo"] / times["keras_hub"]})
     base = rows[0]["zoo_s"]

@@ -13,6 +13,7 @@ from zoo.errors import ConfigError, DeviceError, unknown_name
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+_MIRRORED: dict[tuple[str, ...], Any] = {}
 
 
 def split_cpu(num_devices: int) -> list[str]:
@@ -91,8 +92,14 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
         else:
             gpus = tf.config.list_logical_devices("GPU")
             devs = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        log.info("MirroredStrategy over %s", devs)
-        return tf.distribute.MirroredStrategy(devs)
+        # One strategy per device set and process: two MirroredStrategy objects over the same
+        # devices reuse collective instance keys, and the second one's all-reduce then fails with
+        # "Shape mismatch in the collective instance" (seen running two models in one process).
+        key = tuple(devs)
+        if key not in _MIRRORED:
+            log.info("MirroredStrategy over %s", devs)
+            _MIRRORED[key] = tf.distribute.MirroredStrategy(devs)
+        return _MIRRORED[key]
     if name == "multi_worker":
         raw = os.environ.get("TF_CONFIG")
         if not raw:
