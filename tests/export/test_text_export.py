@@ -10,11 +10,9 @@ import pytest
 from zoo.errors import ExportError
 from zoo.export import exporter
 
-from ..recipes.test_bert_classify import minilm_run, sentiment_files  # noqa: F401  (shared fixtures)
-
 
 @pytest.fixture(scope="module")
-def text_export(minilm_run, tmp_path_factory):  # noqa: F811
+def text_export(minilm_run, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("text-exports"))
     version_dir, report = exporter.export_run(minilm_run.run_dir, base, "sentiment",
                                               "saved_model,tflite,tflite_dynamic", latency_runs=5)
@@ -22,7 +20,7 @@ def text_export(minilm_run, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_saved_model_takes_raw_strings(text_export, minilm_run):  # noqa: F811
+def test_saved_model_takes_raw_strings(text_export, minilm_run):
     import tensorflow as tf
 
     from zoo.tokenizers import BertPreprocessor, load_vocabulary
@@ -41,7 +39,7 @@ def test_saved_model_takes_raw_strings(text_export, minilm_run):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_tflite_string_models_agree_with_keras(text_export, minilm_run):  # noqa: F811
+def test_tflite_string_models_agree_with_keras(text_export, minilm_run):
     from zoo.export.tflite import TextTFLiteRunner
 
     version_dir, report = text_export
@@ -64,7 +62,7 @@ def test_tflite_string_models_agree_with_keras(text_export, minilm_run):  # noqa
     assert fmts["saved_model"]["label_agreement"] == 1.0 and fmts["tflite"]["label_agreement"] == 1.0
 
 
-def test_full_int8_is_refused_for_string_models(minilm_run, tmp_path):  # noqa: F811
+def test_full_int8_is_refused_for_string_models(minilm_run, tmp_path):
     with pytest.raises(ExportError, match="takes strings; use tflite_dynamic"):
         exporter.export_run(minilm_run.run_dir, str(tmp_path), "sentiment", "tflite_int8")
     assert not os.path.exists(tmp_path / "sentiment" / "1")
