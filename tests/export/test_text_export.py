@@ -72,3 +72,28 @@ def _softmax(z):
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
+
+
+def test_pair_models_export_a_two_string_signature(tmp_path):
+    import json
+
+    import tensorflow as tf
+
+    from zoo.recipes.engine.run import train
+
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(64):
+            fh.write(json.dumps({"a": f"the cat number {i}", "b": "same" if i % 2 else "other", "label": i % 2}) + "\n")
+    run = train("bert_classify", str(tmp_path / "run"),
+                {"train.tensorboard": False, "data.source": str(path), "data.text_column": "a",
+                 "data.pair_column": "b", "model.preset": "bert_tiny", "model.num_layers": 1,
+                 "data.vocab_size": 60, "data.sequence_length": 12, "train.epochs": 1}, verbose=0)
+    version_dir, report = exporter.export_run(run.run_dir, str(tmp_path / "out"), "pairs", "saved_model,tflite",
+                                              latency_runs=2)
+    fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+    assert sorted(fn.structured_input_signature[1]) == ["text", "text_pair"]
+    out = fn(text=tf.constant(["the cat number 3", "the cat"]), text_pair=tf.constant(["same", "other"]))
+    assert out["logits"].shape == (2, 2)
+    for fmt in ("saved_model", "tflite"):
+        assert report["formats"][fmt]["label_agreement"] == 1.0 and report["formats"][fmt]["max_abs_diff"] < 1e-4
