@@ -11,7 +11,6 @@ scratch with a WordPiece vocabulary learned from the training texts. Reports acc
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -236,25 +235,15 @@ RECIPE = Recipe(
     compile_args=compile_args, run_info=run_info, evaluate=evaluate)
 
 
-def _add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="training file: CSV, TSV (header row) or JSONL")
-    parser.add_argument("--eval-data", help="evaluation file of the same kind")
-    parser.add_argument("--init", help="hf:DIR, keras_hub:DIR or a run dir to start from")
-
-
-def _extra(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if args.data:
-        out["data.source"] = args.data
-    if args.eval_data:
-        out["data.eval_source"] = args.eval_data
-    if args.init:
-        out["init"] = args.init
-    return out
+FLAGS = {
+    "--data": ("data.source", "training file: CSV, TSV (header row) or JSONL"),
+    "--eval-data": ("data.eval_source", "evaluation file of the same kind"),
+    "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to start from"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, _add_args, _extra)
+    return main_for(RECIPE, argv, FLAGS)
 
 
 if __name__ == "__main__":

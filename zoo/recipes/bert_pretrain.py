@@ -12,7 +12,6 @@ fine-tunes the result.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -217,25 +216,15 @@ RECIPE = Recipe(
     compile_args=compile_args, run_info=run_info)
 
 
-def _add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="plain-text file(s) or globs, comma-separated")
-    parser.add_argument("--eval-data", help="held-out plain-text file(s)")
-    parser.add_argument("--init", help="hf:DIR, keras_hub:DIR or a run dir to continue from")
-
-
-def _extra(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if args.data:
-        out["data.source"] = args.data
-    if args.eval_data:
-        out["data.eval_source"] = args.eval_data
-    if args.init:
-        out["init"] = args.init
-    return out
+FLAGS = {
+    "--data": ("data.source", "plain-text file(s) or globs, comma-separated"),
+    "--eval-data": ("data.eval_source", "held-out plain-text file(s)"),
+    "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to continue from"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, _add_args, _extra)
+    return main_for(RECIPE, argv, FLAGS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ of images per class, or TFRecords of encoded images (``image/encoded``, ``image/
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -266,25 +265,15 @@ RECIPE = Recipe(
 )
 
 
-def _add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="'digits' (default), a folder of class folders, or TFRecord file(s)")
-    parser.add_argument("--eval-data", help="held-out data of the same kind, used as the test split")
-    parser.add_argument("--model", help="shortcut for --set model.name=... (small_cnn, resnet18, ...)")
-
-
-def _extra(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if args.data:
-        out["data.source"] = args.data
-    if args.eval_data:
-        out["data.eval_source"] = args.eval_data
-    if args.model:
-        out["model.name"] = args.model
-    return out
+FLAGS = {
+    "--data": ("data.source", "'digits' (default), a folder of class folders, or TFRecord file(s)"),
+    "--eval-data": ("data.eval_source", "held-out data of the same kind, used as the test split"),
+    "--model": ("model.name", "shortcut for --set model.name=... (small_cnn, resnet18, ...)"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, _add_args, _extra)
+    return main_for(RECIPE, argv, FLAGS)
 
 
 if __name__ == "__main__":

@@ -347,18 +347,23 @@ def print_summary(result: RunResult, *, as_json: bool = False, stream: Any = Non
 
 
 def main_for(recipe: Recipe, argv: Sequence[str] | None = None,
-             add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-             extra_overrides: Callable[[argparse.Namespace], dict[str, Any]] | None = None) -> int:
-    """A recipe's command line: parse, resolve config, train, print the summary."""
+             flags: dict[str, tuple[str, str]] | None = None) -> int:
+    """A recipe's command line: parse, resolve config, train, print the summary.
+
+    ``flags`` maps a recipe's own shortcut options to config keys, e.g.
+    ``{"--data": ("data.source", "training file")}``.
+    """
     parser = argparse.ArgumentParser(prog=f"zoo train {recipe.name}", description=recipe.description)
     add_train_args(parser)
-    if add_args:
-        add_args(parser)
+    flags = flags or {}
+    for flag, (_, help_text) in flags.items():
+        parser.add_argument(flag, help=help_text)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    extra = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (key, _) in flags.items()}
     try:
-        overrides = overrides_from_args(args, extra_overrides(args) if extra_overrides else None)
+        overrides = overrides_from_args(args, {k: v for k, v in extra.items() if v is not None})
         cfg, explicit = resolve_config(recipe.config_class, overrides)
         result = run(recipe, cfg, args.run_dir or default_run_dir(recipe.name), explicit=explicit,
                      verbose=0 if args.quiet else "auto")
