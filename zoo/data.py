@@ -255,6 +255,19 @@ def epoch_permutations(n: int, seed: int) -> Any:
     return tf.data.Dataset.counter(dtype=tf.int64).flat_map(one_epoch)
 
 
+def slices(tensors: Any, shuffle_seed: int | None = None) -> Any:
+    """``Dataset.from_tensor_slices(tensors)``; with ``shuffle_seed`` endless, in a fresh
+    ``epoch_permutations`` order every epoch (``tensors`` is an array or a tuple of arrays)."""
+    import tensorflow as tf
+
+    if shuffle_seed is None:
+        return tf.data.Dataset.from_tensor_slices(tensors)
+    constants = tf.nest.map_structure(tf.constant, tensors)
+    n = len(tf.nest.flatten(tensors)[0])
+    return epoch_permutations(n, shuffle_seed).map(
+        lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), constants))
+
+
 def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
                   image_key: str = "image/encoded", label_key: str = "image/class/label",
                   shuffle_seed: int | None = None, shuffle_buffer: int = 4096) -> Any:
@@ -277,11 +290,7 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         arrays = src.arrays
         if arrays.shape[-1] != channels:
             arrays = np.repeat(arrays, channels, axis=-1) if arrays.shape[-1] == 1 else arrays[..., :channels]
-        if shuffle_seed is None:
-            ds = tf.data.Dataset.from_tensor_slices((arrays, src.labels))
-        else:
-            xs, ys = tf.constant(arrays), tf.constant(src.labels)
-            ds = epoch_permutations(len(src), shuffle_seed).map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)))
+        ds = slices((arrays, src.labels), shuffle_seed)
         return ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
 
     def decode(data):
@@ -290,11 +299,7 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         return tf.image.resize(tf.cast(img, tf.float32), size)
 
     if src.files is not None:
-        if shuffle_seed is None:
-            ds = tf.data.Dataset.from_tensor_slices((src.files, src.labels))
-        else:
-            fs, ys = tf.constant(src.files), tf.constant(src.labels)
-            ds = epoch_permutations(len(src), shuffle_seed).map(lambda i: (tf.gather(fs, i), tf.gather(ys, i)))
+        ds = slices((np.asarray(src.files), src.labels), shuffle_seed)
         return ds.map(lambda f, y: (tf.ensure_shape(decode(tf.io.read_file(f)), (*image_size, channels)), y),
                       num_parallel_calls=tf.data.AUTOTUNE)
     files, keep = src.records

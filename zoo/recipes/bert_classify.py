@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,19 +102,51 @@ def load_init(init: str) -> tuple[Any, list[str], list[Any], bool]:
     raise ConfigError(f"--init {init!r} is not hf:DIR, keras_hub:DIR or an existing run dir")
 
 
+def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[str]]) -> tuple[Any, Any, dict]:
+    """The backbone config, the preprocessor and the initial weights of a BERT recipe run.
+
+    With ``cfg.init`` they come from the checkpoint or run it names (``model.dropout`` still applies
+    if the user set it); otherwise the vocabulary is learned from ``corpus()``. Returns
+    ``(cfg with model and data.lowercase resolved, BertPreprocessor, state for build_backbone)``.
+    """
+    from zoo.tokenizers import BertPreprocessor, build_vocabulary
+
+    d = cfg.data
+    state: dict[str, Any] = {}
+    if cfg.init:
+        model_cfg, vocab, weights, lowercase = load_init(cfg.init)
+        if "model.dropout" in explicit:
+            model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout)
+        state["weights"] = weights
+    else:
+        vocab = build_vocabulary(corpus(), d.vocab_size, lowercase=d.lowercase)
+        model_cfg, lowercase = dataclasses.replace(cfg.model, vocab_size=len(vocab)), d.lowercase
+    if d.sequence_length > model_cfg.max_sequence_length:
+        raise ConfigError(f"data.sequence_length={d.sequence_length} exceeds the model's "
+                          f"max_sequence_length={model_cfg.max_sequence_length}")
+    cfg = dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(d, lowercase=lowercase))
+    return cfg, BertPreprocessor(vocab, sequence_length=d.sequence_length, lowercase=lowercase), state
+
+
+def build_backbone(cfg: Any, data: Datasets) -> Any:
+    """The run's BertBackbone, with the initial weights ``resolve_backbone`` loaded, if any."""
+    from zoo.models.bert import build_bert
+
+    backbone = build_bert(cfg.model)  # not via the registry: an imported checkpoint has its own name
+    if "weights" in data.state:
+        backbone.set_weights(data.state["weights"])
+    return backbone
+
+
 def text_dataset(texts: np.ndarray, labels: np.ndarray | None, preprocessor: Any, batch: int,
                  shuffle_seed: int | None = None) -> Any:
     """Batched (inputs dict, label) from raw texts ([N] or [N, 2] for pairs), tokenized in-graph."""
     import tensorflow as tf
 
-    from zoo.data import epoch_permutations
+    from zoo.data import slices
 
-    strings = tf.constant(texts)
-    targets = tf.constant(labels if labels is not None else np.zeros(len(texts), np.int32))
-    if shuffle_seed is None:
-        ds = tf.data.Dataset.from_tensor_slices((strings, targets))
-    else:
-        ds = epoch_permutations(len(texts), shuffle_seed).map(lambda i: (tf.gather(strings, i), tf.gather(targets, i)))
+    targets = labels if labels is not None else np.zeros(len(texts), np.int32)
+    ds = slices((texts, targets), shuffle_seed)
     ds = ds.batch(batch)
 
     def prepare(x, y):
@@ -130,7 +162,6 @@ def _stack(texts: list[str], pairs: list[str] | None) -> np.ndarray:
 
 def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClassifyConfig, Datasets]:
     from zoo import data as zdata
-    from zoo.tokenizers import BertPreprocessor, build_vocabulary
 
     d = cfg.data
     if not d.source:
@@ -152,21 +183,7 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
             raise DataError("no evaluation data: pass --eval-data or raise data.validation_split")
         x_train, y_train, x_eval, y_eval = x[train_idx], y[train_idx], x[eval_idx], y[eval_idx]
 
-    state: dict[str, Any] = {}
-    if cfg.init:
-        model_cfg, vocab, weights, lowercase = load_init(cfg.init)
-        if "model.dropout" in explicit:
-            model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout)
-        state["weights"] = weights
-    else:
-        corpus = list(train.texts) + list(train.pairs or [])
-        vocab = build_vocabulary(corpus, d.vocab_size, lowercase=d.lowercase)
-        model_cfg, lowercase = dataclasses.replace(cfg.model, vocab_size=len(vocab)), d.lowercase
-    if d.sequence_length > model_cfg.max_sequence_length:
-        raise ConfigError(f"data.sequence_length={d.sequence_length} exceeds the model's "
-                          f"max_sequence_length={model_cfg.max_sequence_length}")
-    cfg = dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(d, lowercase=lowercase))
-    pre = BertPreprocessor(vocab, sequence_length=d.sequence_length, lowercase=lowercase)
+    cfg, pre, state = resolve_backbone(cfg, explicit, lambda: list(train.texts) + list(train.pairs or []))
     batch = cfg.train.batch_size
     train_ds = text_dataset(x_train, y_train, pre, batch, shuffle_seed=cfg.train.seed)
     eval_ds = text_dataset(x_eval, y_eval, pre, batch)
@@ -177,17 +194,14 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
     return cfg, Datasets(
         train=train_ds, steps_per_epoch=max(1, math.ceil(len(x_train) / batch)), validation=eval_ds, test=None,
         eval_sample=(x_eval[:n_eval], y_eval[:n_eval]), calibration=x_train[:d.calibration_size], info=info,
-        files={"vocab.txt": "\n".join(vocab) + "\n"}, state=state)
+        files={"vocab.txt": "\n".join(pre.vocabulary) + "\n"}, state=state)
 
 
 def build_model(cfg: BertClassifyConfig, data: Datasets) -> Any:
-    from zoo.models.bert import BertClassifier, build_bert
+    from zoo.models.bert import BertClassifier
 
-    backbone = build_bert(cfg.model)  # not via the registry: an imported checkpoint has its own name
-    if "weights" in data.state:
-        backbone.set_weights(data.state["weights"])
-    return BertClassifier(backbone, num_classes=len(data.info["class_names"]), dropout=cfg.classifier_dropout,
-                          name="bert_classifier")
+    return BertClassifier(build_backbone(cfg, data), num_classes=len(data.info["class_names"]),
+                          dropout=cfg.classifier_dropout, name="bert_classifier")
 
 
 def compile_args(cfg: BertClassifyConfig) -> dict[str, Any]:

@@ -12,7 +12,6 @@ fine-tunes the result.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 from zoo import registry
 from zoo.config import check_range
 from zoo.errors import ConfigError, DataError
-from zoo.recipes.bert_classify import bert_model_config, load_init
+from zoo.recipes.bert_classify import bert_model_config, build_backbone, resolve_backbone
 from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
 from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
 
@@ -135,33 +134,25 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     import tensorflow as tf
 
     from zoo import data as zdata
-    from zoo.tokenizers import BertPreprocessor, build_vocabulary
 
     d = cfg.data
     if not d.source:
         raise DataError("no corpus: pass --data with plain-text file(s), one sentence or passage per line")
-    lines = zdata.read_text_corpus([p.strip() for p in d.source.split(",") if p.strip()])
+
+    def read(spec: str) -> list[str]:
+        return zdata.read_text_corpus([p.strip() for p in spec.split(",") if p.strip()])
+
+    lines = read(d.source)
     if d.eval_source:
-        train_lines = lines
-        eval_lines = zdata.read_text_corpus([p.strip() for p in d.eval_source.split(",") if p.strip()])
+        train_lines, eval_lines = lines, read(d.eval_source)
     else:
         rng = np.random.default_rng(cfg.train.seed)
         order = rng.permutation(len(lines))
         n_eval = max(1, int(round(d.validation_split * len(lines))))
         eval_lines = [lines[i] for i in order[:n_eval]]
         train_lines = [lines[i] for i in order[n_eval:]]
-    state: dict[str, Any] = {}
-    if cfg.init:
-        model_cfg, vocab, weights, lowercase = load_init(cfg.init)
-        state["weights"] = weights
-    else:
-        vocab = build_vocabulary(train_lines, d.vocab_size, lowercase=d.lowercase)
-        model_cfg, lowercase = dataclasses.replace(cfg.model, vocab_size=len(vocab)), d.lowercase
-    if d.sequence_length > model_cfg.max_sequence_length:
-        raise ConfigError(f"data.sequence_length={d.sequence_length} exceeds the model's "
-                          f"max_sequence_length={model_cfg.max_sequence_length}")
-    cfg = dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(d, lowercase=lowercase))
-    pre = BertPreprocessor(vocab, sequence_length=d.sequence_length, lowercase=lowercase)
+    cfg, pre, state = resolve_backbone(cfg, explicit, lambda: train_lines)
+    vocab = pre.vocabulary
     continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
     special = [pre.pad_id, pre.cls_id, pre.sep_id, pre.mask_id, pre.unk_id]
     options = dict(vocab_size=len(vocab), mask_id=pre.mask_id, special_ids=special, max_predictions=d.predictions,
@@ -169,15 +160,13 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
                    continuation=continuation)
 
     def masked(texts, seed=None):
-        x, y, w = mask_tokens(pre(texts), seed=seed, **options)
-        return x, y, w
+        return mask_tokens(pre(texts), seed=seed, **options)
 
     batch = cfg.train.batch_size
-    strings = tf.constant(train_lines)
-    train_ds = zdata.epoch_permutations(len(train_lines), cfg.train.seed).map(lambda i: tf.gather(strings, i))
-    train_ds = train_ds.batch(batch).map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    train_ds = zdata.slices(np.asarray(train_lines), cfg.train.seed).batch(batch)
+    train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     # The evaluation masks are fixed (stateless, seeded) so validation losses compare across epochs.
-    eval_ds = tf.data.Dataset.from_tensor_slices(tf.constant(eval_lines)).batch(batch).enumerate()
+    eval_ds = zdata.slices(np.asarray(eval_lines)).batch(batch).enumerate()
     eval_ds = eval_ds.map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
     eval_ds = eval_ds.cache().prefetch(tf.data.AUTOTUNE)
     info = {"counts": {"train_lines": len(train_lines), "eval_lines": len(eval_lines)}, "vocab_size": len(vocab)}
@@ -186,12 +175,9 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
 
 
 def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:
-    from zoo.models.bert import BertMaskedLM, build_bert
+    from zoo.models.bert import BertMaskedLM
 
-    backbone = build_bert(cfg.model)
-    if "weights" in data.state:
-        backbone.set_weights(data.state["weights"])
-    return BertMaskedLM(backbone, name="bert_masked_lm")
+    return BertMaskedLM(build_backbone(cfg, data), name="bert_masked_lm")
 
 
 def compile_args(cfg: BertPretrainConfig) -> dict[str, Any]:
