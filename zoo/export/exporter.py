@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.config import write_text_atomic
 from zoo.errors import ExportError, unknown_name
 from zoo.export import saved_model as sm
 from zoo.export import tflite as tfl
@@ -198,10 +199,9 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
                     fname = tfl.TFLITE_FORMATS[fmt][0]
                     with open(os.path.join(staging, fname), "wb") as fh:
                         fh.write(content)
-                    outputs = verify.batched(adapter.tflite_fn(content), x)
-                    record(fmt, outputs, len(content), verify.latency_ms(adapter.tflite_fn(content), x[:1],
-                                                                         latency_runs), fname,
-                           ops=tfl.describe_ops(content))
+                    run_tflite = adapter.tflite_fn(content)  # one interpreter for parity and latency
+                    record(fmt, verify.batched(run_tflite, x), len(content),
+                           verify.latency_ms(run_tflite, x[:1], latency_runs), fname, ops=tfl.describe_ops(content))
         f32 = report["formats"].get("tflite", {}).get("size_bytes")
         for fmt, r in report["formats"].items():
             r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None
@@ -211,8 +211,5 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
     report["version_dir"] = version_dir
     if report_path:
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
-        tmp = report_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-        os.replace(tmp, report_path)
+        write_text_atomic(report_path, json.dumps(report, indent=2))
     return version_dir, report

@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from zoo.config import check_choice, check_range
+from zoo.config import check_choice, check_range, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,7 @@ class EarlyStoppingConfig:
 
 def write_json_atomic(path: str, data: Any) -> None:
     """Write JSON to ``path`` so that readers see the old or the new file, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

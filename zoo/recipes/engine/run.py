@@ -40,6 +40,7 @@ from zoo.config import (
     parse_set_args,
     to_dict,
     write_config,
+    write_text_atomic,
 )
 from zoo.errors import ConfigError, ZooError
 from zoo.recipes.engine.callbacks import EarlyStoppingConfig, write_json_atomic
@@ -138,11 +139,10 @@ def _check_resumable(run_dir: str, cfg: Any) -> None:
             "or export this one with `zoo export`"
         )
     if os.path.isfile(cfg_path):
-        old = load_config_file(cfg_path)
-        new = to_dict(cfg)
-        if flatten(old) != flatten(json.loads(json.dumps(new))):
-            diff = sorted(k for k in set(flatten(old)) | set(flatten(new))
-                          if flatten(old).get(k) != flatten(json.loads(json.dumps(new))).get(k))
+        old = flatten(load_config_file(cfg_path))
+        new = flatten(json.loads(json.dumps(to_dict(cfg))))  # tuples as lists, as YAML reads them back
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(
                 f"run dir {run_dir!r} was started with a different config (fields differ: {', '.join(diff)}); "
                 "resume it with the same settings or pick a new --run-dir"
@@ -178,10 +178,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     info = recipe.run_info(cfg, data)
     write_json_atomic(os.path.join(out_dir, "run.json"), info)
     for name, text in data.files.items():
-        tmp = os.path.join(out_dir, name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, os.path.join(out_dir, name))
+        write_text_atomic(os.path.join(out_dir, name), text)
     if data.eval_sample is not None:
         np.savez_compressed(os.path.join(out_dir, "eval_sample.npz"), x=data.eval_sample[0], y=data.eval_sample[1])
     if data.calibration is not None:
