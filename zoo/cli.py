@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--to", required=True, help="the base path (TF Serving's model_base_path parent)")
     p_export.add_argument("--name", help="model name under the base path (default: the model's name)")
     p_export.add_argument("--formats", default="saved_model,tflite,tflite_dynamic,tflite_int8",
-                          help="comma-separated: saved_model, tflite, tflite_float16, tflite_dynamic, tflite_int8")
+                          help="comma-separated: saved_model, tflite, tflite_float16, tflite_dynamic, "
+                               "tflite_int8_weights, tflite_int8")
     p_export.add_argument("--version", type=int, help="version number (default: next free); never overwrites")
     p_export.add_argument("--report", help="also write report.json here")
     p_export.add_argument("--json", action="store_true", help="print the report as JSON")

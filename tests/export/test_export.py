@@ -15,7 +15,7 @@ from zoo.errors import DataError, ExportError, UnknownNameError
 from zoo.export import exporter
 from zoo.export import tflite as tfl
 
-ALL = "saved_model,tflite,tflite_dynamic,tflite_int8"
+ALL = "saved_model,tflite,tflite_dynamic,tflite_int8_weights,tflite_int8"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_report_numbers_meet_the_targets(exported):
     with open(os.path.join(version_dir, "report.json")) as fh:
         on_disk = json.load(fh)
     assert on_disk["formats"].keys() == report["formats"].keys() == {"saved_model", "tflite", "tflite_dynamic",
-                                                                    "tflite_int8"}
+                                                                    "tflite_int8_weights", "tflite_int8"}
     keras_acc = report["keras"]["accuracy"]
     assert keras_acc >= 0.95 and report["examples"] == 359
     for r in report["formats"].values():
@@ -78,7 +78,9 @@ def test_report_numbers_meet_the_targets(exported):
     int8 = report["formats"]["tflite_int8"]
     assert int8["size_ratio"] <= 0.30
     assert abs(int8["accuracy_delta"]) <= 0.01
-    assert report["formats"]["tflite_dynamic"]["size_ratio"] <= 0.30
+    for fmt in ("tflite_dynamic", "tflite_int8_weights"):
+        assert report["formats"][fmt]["size_ratio"] <= 0.30
+        assert abs(report["formats"][fmt]["accuracy_delta"]) <= 0.01
 
 
 def test_tflite_int8_file_takes_int8_input(exported):

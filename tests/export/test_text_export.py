@@ -15,7 +15,8 @@ from zoo.export import exporter
 def text_export(minilm_run, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("text-exports"))
     version_dir, report = exporter.export_run(minilm_run.run_dir, base, "sentiment",
-                                              "saved_model,tflite,tflite_dynamic", latency_runs=5)
+                                              "saved_model,tflite,tflite_dynamic,tflite_int8_weights",
+                                              latency_runs=5)
     return version_dir, report
 
 
@@ -48,16 +49,17 @@ def test_tflite_string_models_agree_with_keras(text_export, minilm_run):
     reference = exporter.TextClassifierAdapter(minilm_run.model, __import__("json").load(
         open(os.path.join(minilm_run.run_dir, "run.json"))), minilm_run.run_dir).keras(x)
     ref_probs = _softmax(reference)
-    # Dynamic-range int8 moves probabilities by up to ~0.04-0.09 on this model (labels identical);
-    # the 2e-2 goal of issue 3 is not met yet: see the closing note for what was tried.
-    for fname, tol in (("model_float32.tflite", 1e-3), ("model_dynamic_int8.tflite", 0.1)):
+    # int8 weights with float activations meet issue 3's 2e-2; the hybrid kernels of dynamic-range
+    # int8 (activations quantized on the fly) measured 0.028 on this model, labels identical.
+    tols = {"model_float32.tflite": 1e-3, "model_int8_weights.tflite": 2e-2, "model_dynamic_int8.tflite": 0.04}
+    for fname, tol in tols.items():
         with open(os.path.join(version_dir, fname), "rb") as fh:
             runner = TextTFLiteRunner(fh.read())
         probs = _softmax(runner(text=x))
         assert np.abs(probs - ref_probs).max() <= tol, fname
         assert (probs.argmax(-1) == ref_probs.argmax(-1)).all(), fname
     fmts = report["formats"]
-    assert fmts["tflite_dynamic"]["size_ratio"] <= 0.30
+    assert fmts["tflite_dynamic"]["size_ratio"] <= 0.30 and fmts["tflite_int8_weights"]["size_ratio"] <= 0.30
     assert fmts["tflite"]["ops"] == "builtin + TF Text custom ops (FastBertNormalize, FastWordpieceTokenizeWithOffsets)"
     assert fmts["saved_model"]["label_agreement"] == 1.0 and fmts["tflite"]["label_agreement"] == 1.0
 

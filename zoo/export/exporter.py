@@ -192,10 +192,9 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
         if tflite_fmts:
             with tempfile.TemporaryDirectory(dir=staging, prefix=".src-") as src:
                 adapter.write_tflite_source(src)
-                for fmt in tflite_fmts:
-                    log.info("converting %s", fmt)
-                    content = tfl.convert_saved_model(src, fmt, run["calibration"], info["input"]["shape"],
-                                                      custom_ops=adapter.custom_ops)
+                log.info("converting to %s", ", ".join(tflite_fmts))
+                for fmt, content in tfl.convert_formats(src, tflite_fmts, run["calibration"], info["input"]["shape"],
+                                                        custom_ops=adapter.custom_ops):
                     fname = tfl.TFLITE_FORMATS[fmt][0]
                     with open(os.path.join(staging, fname), "wb") as fh:
                         fh.write(content)

@@ -5,7 +5,7 @@ on the LiteRT interpreter that hides quantized input/output scaling.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 TFLITE_FORMATS = {
     "tflite": ("model_float32.tflite", "float32"),
     "tflite_float16": ("model_float16.tflite", "float16 weights"),
-    "tflite_dynamic": ("model_dynamic_int8.tflite", "dynamic-range int8 weights"),
+    "tflite_dynamic": ("model_dynamic_int8.tflite", "dynamic-range int8 (hybrid kernels)"),
+    "tflite_int8_weights": ("model_int8_weights.tflite", "int8 weights (per channel / per row), float activations"),
     "tflite_int8": ("model_int8.tflite", "full int8, int8 input/output"),
 }
 
@@ -59,16 +60,48 @@ def describe_ops(content: bytes) -> str:
     return " + ".join(parts) if len(parts) > 1 else "builtin only"
 
 
+def convert_formats(saved_model_dir: str, fmts: Iterable[str], calibration: np.ndarray | None = None,
+                    input_shape: Iterable[Any] | None = None,
+                    custom_ops: bool = False) -> Iterator[tuple[str, bytes]]:
+    """Convert a SavedModel into each TFLite format in ``fmts``, yielding ``(format, content)``.
+
+    The float32 conversion is done at most once and shared: it is a format of its own, the source
+    of ``tflite_int8_weights`` and of the per-row embedding repair of ``tflite_dynamic``.
+    """
+    from zoo.export import tflite_weights
+
+    cache: dict[str, bytes] = {}
+
+    def float_model() -> bytes:
+        if "float" not in cache:
+            cache["float"] = convert_saved_model(saved_model_dir, "tflite", custom_ops=custom_ops)
+        return cache["float"]
+
+    for fmt in fmts:
+        if fmt == "tflite":
+            content = float_model()
+        elif fmt == "tflite_int8_weights":
+            content = tflite_weights.int8_weights(float_model())
+        else:
+            content = convert_saved_model(saved_model_dir, fmt, calibration, input_shape, custom_ops)
+            if fmt == "tflite_dynamic":
+                content = tflite_weights.per_row_embeddings(content, float_model)
+        yield fmt, content
+
+
 def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray | None = None,
                         input_shape: Iterable[Any] | None = None, custom_ops: bool = False) -> bytes:
-    """Convert the ``serving_default`` signature of a SavedModel into TFLite format ``fmt``.
+    """Convert the ``serving_default`` signature of a SavedModel with the TFLite converter.
 
     ``custom_ops`` lets TF Text ops through as custom ops (run with tensorflow-text's registrar).
+    Formats made by rewriting the float model (``tflite_int8_weights``) go through
+    :func:`convert_formats`.
     """
     import tensorflow as tf
 
-    if fmt not in TFLITE_FORMATS:
-        raise ExportError(f"unknown TFLite format {fmt!r}; known: {', '.join(TFLITE_FORMATS)}")
+    if fmt not in TFLITE_FORMATS or fmt == "tflite_int8_weights":
+        known = ", ".join(f for f in TFLITE_FORMATS if f != "tflite_int8_weights")
+        raise ExportError(f"the TFLite converter does not make {fmt!r}; it makes: {known}")
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
     converter.allow_custom_ops = custom_ops
     if fmt == "tflite_float16":
