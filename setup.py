@@ -19,6 +19,7 @@ STACK = [
     "pillow==13.0.0",
     "pyyaml==6.0.3",
     "safetensors==0.8.0",
+    "sacrebleu==2.6.0",
 ]
 
 setup(

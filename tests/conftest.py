@@ -71,3 +71,58 @@ def minilm_run(sentiment_files, tmp_path_factory):
                   "train.optimizer.learning_rate": 1e-4}, verbose=0)
 
 
+
+
+ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def number_words(n: int) -> str:
+    """English words for 0 <= n < 1000 ("three hundred forty two")."""
+    words = []
+    if n >= 100:
+        words += [ONES[n // 100], "hundred"]
+        n %= 100
+        if n == 0:
+            return " ".join(words)
+    if n >= 20:
+        words.append(TENS[n // 10])
+        if n % 10:
+            words.append(ONES[n % 10])
+    else:
+        words.append(ONES[n])
+    return " ".join(words)
+
+
+def write_number_pairs(path, numbers):
+    """Digits -> words ("342<TAB>three hundred forty two"): targets of 1-5 words, so BLEU has 4-grams."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for n in numbers:
+            fh.write(f"{n}\t{number_words(n)}\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def number_files(tmp_path_factory):
+    """Numbers in digits -> spelled out: 850 training pairs, 150 held-out numbers never seen in training."""
+    rng = random.Random(0)
+    numbers = list(range(1000))
+    rng.shuffle(numbers)
+    root = tmp_path_factory.mktemp("numbers")
+    return write_number_pairs(root / "train.tsv", numbers[:850]), write_number_pairs(root / "dev.tsv", numbers[850:])
+
+
+@pytest.fixture(scope="session")
+def translate_run(number_files, tmp_path_factory):
+    """transformer_tiny trained on the numbers task (shared by the recipe and export tests)."""
+    from zoo.recipes.engine.run import train
+
+    train_path, dev_path = number_files
+    run_dir = str(tmp_path_factory.mktemp("translate") / "run")
+    return train("translate", run_dir, {**TRANSLATE_FAST, "data.source": train_path, "data.eval_source": dev_path},
+                 verbose=0)
+
+
+TRANSLATE_FAST = {**FAST, "data.vocab_size": 200, "data.max_source_length": 8, "data.max_target_length": 8,
+                  "train.epochs": 20, "train.batch_size": 16, "model.dropout": 0.0}

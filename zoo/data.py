@@ -458,3 +458,52 @@ def read_text_corpus(paths: Sequence[str]) -> list[str]:
     if not lines:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
     return lines
+
+
+def read_text_pairs(path: str) -> tuple[list[str], list[str], list[int]]:
+    """(sources, targets, line numbers) from a TSV of ``source<TAB>target`` lines (no header).
+
+    Blank lines are skipped; a line without a tab, or with an empty source or target, is a
+    DataError naming the file and line. Text after a second tab stays part of the target.
+    """
+    sources, targets, numbers = [], [], []
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise DataError(f"{path}:{number}: no tab; each line must be 'source<TAB>target'")
+        source, target = line.split("\t", 1)
+        if not source.strip():
+            raise DataError(f"{path}:{number}: empty source text")
+        if not target.strip():
+            raise DataError(f"{path}:{number}: empty target text")
+        sources.append(source.strip())
+        targets.append(target.strip())
+        numbers.append(number)
+    if not sources:
+        raise DataError(f"{path!r} has no 'source<TAB>target' lines")
+    return sources, targets, numbers
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch: int, epochs: int, seed: int, window: int = 50) -> np.ndarray:
+    """Index batches ``[epochs * steps, batch]`` that keep padding small, in a seeded order.
+
+    Each epoch: a fresh permutation (a pure function of ``(seed, epoch)``), cut into windows of
+    ``window`` batches; inside a window examples are sorted by length and cut into batches, and
+    the batches of the epoch are shuffled. Every epoch has the same number of batches,
+    ``len(lengths) // batch`` (the few examples left over differ from epoch to epoch).
+    """
+    n = len(lengths)
+    batch = min(batch, n)
+    steps = n // batch
+    out = np.empty((epochs * steps, batch), np.int64)
+    for epoch in range(epochs):
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(n)[:steps * batch]
+        span = window * batch
+        for start in range(0, len(perm), span):
+            chunk = perm[start:start + span]
+            perm[start:start + span] = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches = perm.reshape(steps, batch)
+        out[epoch * steps:(epoch + 1) * steps] = batches[rng.permutation(steps)]
+    return out

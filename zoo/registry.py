@@ -11,7 +11,7 @@ from typing import Any
 
 from zoo.config import apply_overrides
 from zoo.errors import ConfigError, unknown_name
-from zoo.models import bert_config, cnn
+from zoo.models import bert_config, cnn, seq2seq_config
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,17 @@ for _name in bert_config.BERT_PRESETS:
     _layers, _hidden, _heads = bert_config.BERT_PRESETS[_name]
     register(ModelEntry(_name, bert_config.bert_preset_config(_name), _build_bert, "text_encoder",
                         f"BERT encoder, {_layers} layers, hidden {_hidden}, {_heads} heads"))
+
+
+def _build_seq2seq(cfg: Any, keras: Any = None) -> Any:
+    from zoo.models.seq2seq import build_seq2seq  # imports Keras and keras-nlp: only when one is built
+
+    return build_seq2seq(cfg, keras)
+
+
+for _name, (_enc, _dec, _hidden, _heads, _ffn) in seq2seq_config.SEQ2SEQ_PRESETS.items():
+    register(ModelEntry(_name, seq2seq_config.seq2seq_preset_config(_name), _build_seq2seq, "seq2seq",
+                        f"Transformer encoder-decoder, {_enc}+{_dec} layers, hidden {_hidden}, {_heads} heads"))
 register(ModelEntry("text_cnn", cnn.TextCNNConfig(), cnn.build_text_cnn, "text_classification",
                     "Kim 2014 TextCNN on token ids"))
 

@@ -70,6 +70,65 @@ def build_vocabulary(texts: Iterable[str], vocab_size: int, lowercase: bool = Tr
     return list(dict.fromkeys(learned))
 
 
+def fast_bert_tokenizer(vocabulary: Sequence[str], lowercase: bool, detokenize: bool = False) -> Any:
+    """tensorflow-text's ``FastBertTokenizer`` (BERT normalization + WordPiece, int32 ids).
+
+    Built eagerly even when first used inside a tf.function or tf.data map, so that its model
+    buffer is a constant every later graph can capture.
+    """
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+
+    with tf.init_scope():
+        return tf_text.FastBertTokenizer(vocab=list(vocabulary), token_out_type=tf.int32, unknown_token="[UNK]",
+                                         lower_case_nfd_strip_accents=lowercase,
+                                         support_detokenization=detokenize)
+
+
+class TextTokenizer:
+    """WordPiece ids for text-to-text models, and back to text (``##`` pieces joined), in-graph.
+
+    Uses the BERT vocabulary layout: ``[CLS]`` starts a target sequence and ``[SEP]`` ends it.
+    ``detokenize`` stops at the first ``[SEP]``, drops other special tokens and removes the space
+    that WordPiece leaves before closing punctuation (``"a , b ."`` -> ``"a, b."``).
+    """
+
+    def __init__(self, vocabulary: Sequence[str], lowercase: bool = False):
+        vocabulary = list(vocabulary)
+        check_vocabulary(vocabulary)
+        self.vocabulary, self.lowercase = vocabulary, bool(lowercase)
+        ids = {t: i for i, t in enumerate(vocabulary)}
+        self.pad_id, self.unk_id, self.start_id, self.end_id, self.mask_id = (ids[t] for t in SPECIAL_TOKENS)
+        self._tokenizer = None
+
+    @property
+    def vocabulary_size(self) -> int:
+        return len(self.vocabulary)
+
+    def _fast(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = fast_bert_tokenizer(self.vocabulary, self.lowercase, detokenize=True)
+        return self._tokenizer
+
+    def tokenize(self, texts: Any) -> Any:
+        """Ids of each string: RaggedTensor ``[batch, (tokens)]``."""
+        import tensorflow as tf
+
+        return self._fast().tokenize(tf.convert_to_tensor(texts, dtype=tf.string))
+
+    def detokenize(self, ids: Any) -> Any:
+        """Strings ``[batch]`` from ids ``[batch, length]`` (dense, padded)."""
+        import tensorflow as tf
+
+        ids = tf.convert_to_tensor(ids, tf.int32)
+        ended = tf.cumsum(tf.cast(tf.equal(ids, self.end_id), tf.int32), axis=1) > 0
+        special = tf.reduce_any(tf.equal(ids[..., tf.newaxis], tf.constant(
+            [self.pad_id, self.start_id, self.end_id, self.mask_id], tf.int32)), axis=-1)
+        keep = tf.logical_not(tf.logical_or(ended, special))
+        text = self._fast().detokenize(tf.ragged.boolean_mask(ids, keep))  # words joined by spaces
+        return tf.strings.regex_replace(text, r" ([.,!?;:%)\]}])", r"\1")
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class BertPreprocessor(keras.layers.Layer):
     """Raw strings -> ``{"token_ids", "segment_ids", "padding_mask"}`` (int32, ``[batch, sequence_length]``).
@@ -99,15 +158,7 @@ class BertPreprocessor(keras.layers.Layer):
 
     def _fast_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            import tensorflow as tf
-            import tensorflow_text as tf_text
-
-            # Built eagerly even when first used inside a tf.function or tf.data map, so that its
-            # model buffer is a constant every later graph can capture.
-            with tf.init_scope():
-                self._tokenizer = tf_text.FastBertTokenizer(
-                    vocab=self.vocabulary, token_out_type=tf.int32, unknown_token="[UNK]",
-                    lower_case_nfd_strip_accents=self.lowercase)
+            self._tokenizer = fast_bert_tokenizer(self.vocabulary, self.lowercase)
         return self._tokenizer
 
     def tokenize(self, texts: Any) -> Any:

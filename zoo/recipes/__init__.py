@@ -12,6 +12,7 @@ RECIPES = {
     "image_classify": "zoo.recipes.image_classify",
     "bert_classify": "zoo.recipes.bert_classify",
     "bert_pretrain": "zoo.recipes.bert_pretrain",
+    "translate": "zoo.recipes.translate",
 }
 
 

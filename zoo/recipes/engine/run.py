@@ -114,6 +114,9 @@ class Recipe:
     run_info: Callable[[Any, Datasets], dict[str, Any]]
     # Optional: extra final metrics (e.g. macro-F1) computed from the trained model.
     evaluate: Callable[[Any, Any, Datasets], dict[str, float]] | None = None
+    # Optional: callbacks of the recipe's own (e.g. per-epoch BLEU); they run before the metrics
+    # log, so what they add to the epoch's logs lands in metrics.json, TensorBoard and early stopping.
+    callbacks: Callable[[Any, Datasets], list[Any]] | None = None
 
 
 @dataclass
@@ -198,6 +201,8 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
         enable_multi_worker_fit(model)
     callbacks = build_callbacks(out_dir, train.early_stopping, tensorboard=train.tensorboard,
                                 checkpoint_every_epoch=train.checkpoint_every_epoch)
+    if recipe.callbacks is not None:
+        callbacks[1:1] = recipe.callbacks(cfg, data)  # after BackupAndRestore, before the metrics log
     callbacks.extend(extra_callbacks)
     start = time.perf_counter()
     history = model.fit(data.train, validation_data=data.validation, epochs=train.epochs,

@@ -1,0 +1,117 @@
+"""Strings in, strings out: tokenization, the encoder, the decoding loop and detokenization in one graph.
+
+    import zoo.translator
+    t = zoo.translator.Translator.from_run("runs/translate-...", method="beam", beam_width=4)
+    t(["some source sentence"])            # -> ["its translation"]
+
+The same graph (``Translator.translate``, a ``tf.function`` on a ``tf.string [batch]``) is what the
+exported SavedModel's ``serving_default`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import DataError, ZooError
+from zoo.models.decoding import DecodeConfig, decode_config, generate
+
+log = logging.getLogger(__name__)
+
+
+def pad_ids(ragged: Any, max_length: int, pad_id: int, end_id: int | None = None) -> tuple[Any, Any]:
+    """Ragged ids -> (dense ids ``[batch, L]``, padding mask), truncated to ``max_length`` tokens
+    (the end token, if given, included); L is the longest row of the batch, at least 1."""
+    import tensorflow as tf
+
+    budget = max_length - (1 if end_id is not None else 0)
+    ids = ragged[:, :budget]
+    if end_id is not None:
+        ids = tf.concat([ids, tf.fill([ids.nrows(), 1], tf.cast(end_id, ids.dtype))], axis=1)
+    dense = ids.to_tensor(default_value=pad_id)
+    width = tf.maximum(tf.shape(dense)[1], 1)
+    dense = tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]], constant_values=pad_id)
+    lengths = ids.row_lengths()
+    mask = tf.sequence_mask(lengths, width, dtype=tf.int32)
+    return tf.cast(dense, tf.int32), mask
+
+
+class Translator:
+    """A trained seq2seq model with its tokenizers and decoding settings."""
+
+    def __init__(self, model: Any, source_tokenizer: Any, target_tokenizer: Any, max_source_length: int,
+                 decode: DecodeConfig | None = None):
+        self.model = model
+        self.source_tokenizer, self.target_tokenizer = source_tokenizer, target_tokenizer
+        self.max_source_length = int(max_source_length)
+        self.decode = decode or DecodeConfig()
+        self._fn = None
+        self._warned = False
+
+    @classmethod
+    def from_run(cls, run_dir: str, **decode_options: Any) -> Translator:
+        """Load a finished ``translate`` run; ``decode_options`` are DecodeConfig fields (method, beam_width...)."""
+        import zoo
+        from zoo.tokenizers import TextTokenizer, load_vocabulary
+
+        info_path = os.path.join(run_dir, "run.json")
+        model_path = os.path.join(run_dir, "model.keras")
+        if not os.path.isfile(info_path) or not os.path.isfile(model_path):
+            raise ZooError(f"{run_dir!r} is not a finished run dir (run.json and model.keras are needed)")
+        with open(info_path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        if info.get("task") != "translation":
+            raise ZooError(f"{run_dir!r} is a {info.get('task')!r} run, not a translation (text-to-text) run")
+        p = info["preprocessor"]
+        source = TextTokenizer(load_vocabulary(os.path.join(run_dir, p["source_vocabulary_file"])), p["lowercase"])
+        target = source if p["target_vocabulary_file"] == p["source_vocabulary_file"] else TextTokenizer(
+            load_vocabulary(os.path.join(run_dir, p["target_vocabulary_file"])), p["lowercase"])
+        model = zoo.load(model_path, compile=False)
+        return cls(model, source, target, p["max_source_length"], decode_config(**decode_options))
+
+    def encode_sources(self, texts: Any) -> tuple[Any, Any]:
+        """Source strings -> (ids, padding mask), truncated to ``max_source_length`` tokens."""
+        return pad_ids(self.source_tokenizer.tokenize(texts), self.max_source_length,
+                       self.source_tokenizer.pad_id)
+
+    def generate_ids(self, texts: Any) -> Any:
+        """Generated target ids ``[batch, max_length]`` (padded after the end token)."""
+        ids, mask = self.encode_sources(texts)
+        t = self.target_tokenizer
+        return generate(self.model, ids, mask, t.start_id, t.end_id, t.pad_id, self.decode)
+
+    def translate(self, texts: Any) -> Any:
+        """``tf.string [batch]`` -> ``tf.string [batch]`` (graph-compiled on first use)."""
+        import tensorflow as tf
+
+        if self._fn is None:
+            self._fn = tf.function(lambda t: self.target_tokenizer.detokenize(self.generate_ids(t)),
+                                   input_signature=[tf.TensorSpec([None], tf.string)])
+        return self._fn(texts)
+
+    def __call__(self, texts: Sequence[str] | str, batch_size: int = 64) -> list[str] | str:
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if any(not t.strip() for t in texts):
+            raise DataError("empty source text: give at least one word to translate")
+        self._warn_if_long(texts)
+        out: list[str] = []
+        for start in range(0, len(texts), batch_size):
+            chunk = np.asarray(texts[start:start + batch_size], dtype=object)
+            out.extend(s.decode("utf-8") for s in self.translate(chunk).numpy())
+        return out[0] if single else out
+
+    def _warn_if_long(self, texts: list[str]) -> None:
+        if self._warned:
+            return
+        lengths = self.source_tokenizer.tokenize(np.asarray(texts, dtype=object)).row_lengths().numpy()
+        too_long = int((lengths > self.max_source_length).sum())
+        if too_long:
+            self._warned = True
+            log.warning("%d source text(s) are longer than max_source_length=%d tokens and were truncated "
+                        "(this warning is shown once)", too_long, self.max_source_length)
