@@ -1,8 +1,9 @@
-"""The ``zoo`` command: list, train, export.
+"""The ``zoo`` command: list, train, export, translate.
 
     zoo list
     zoo train image_classify --epochs 5
     zoo export runs/<run> --to exports --name digits --formats saved_model,tflite_int8
+    zoo translate runs/<translate run> "some source sentence" --beam 4
 """
 
 from __future__ import annotations
@@ -58,14 +59,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     from zoo.export.exporter import export_run
     from zoo.export.verify import format_table
 
+    decode = {"method": "beam", "beam_width": args.beam} if args.beam and args.beam > 1 else None
     version_dir, report = export_run(args.run_dir, args.to, args.name or _default_name(args.run_dir),
-                                     args.formats, args.version, args.report)
+                                     args.formats, args.version, args.report, decode=decode)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"published {version_dir}")
-        print(f"keras accuracy {report['keras']['accuracy']:.4f} on {report['examples']} held-out examples\n")
+        if report.get("task") == "translation":
+            print(f"{report['examples']} held-out sources, decoding: {report['decode']['method']}\n")
+        else:
+            print(f"keras accuracy {report['keras']['accuracy']:.4f} on {report['examples']} held-out examples\n")
         print(format_table(report))
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from zoo.translator import Translator
+
+    options = {"method": args.method or ("beam" if args.beam > 1 else "greedy"), "beam_width": args.beam}
+    for key in ("top_k", "top_p", "temperature", "seed", "max_length", "length_penalty"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    translator = Translator.from_run(args.run_dir, **options)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ZooError("nothing to translate: give texts as arguments or on standard input")
+    for out in translator(texts):
+        print(out)
     return 0
 
 
@@ -101,6 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--version", type=int, help="version number (default: next free); never overwrites")
     p_export.add_argument("--report", help="also write report.json here")
     p_export.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_export.add_argument("--beam", type=int, help="translation runs: beam width baked into the SavedModel "
+                                                   "(default: greedy)")
+
+    p_tr = sub.add_parser("translate", help="translate texts with a finished translate run")
+    p_tr.add_argument("run_dir")
+    p_tr.add_argument("texts", nargs="*", help="source texts (default: one per line on standard input)")
+    p_tr.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    p_tr.add_argument("--method", choices=("greedy", "beam", "top_k", "top_p"), help="decoding method")
+    p_tr.add_argument("--top-k", dest="top_k", type=int)
+    p_tr.add_argument("--top-p", dest="top_p", type=float)
+    p_tr.add_argument("--temperature", type=float)
+    p_tr.add_argument("--seed", type=int)
+    p_tr.add_argument("--length-penalty", dest="length_penalty", type=float)
+    p_tr.add_argument("--max-length", dest="max_length", type=int, help="most tokens to generate")
 
     if argv[:1] == ["train"]:
         # Everything after the recipe name belongs to the recipe's own parser.
@@ -124,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to <staging dir>" misleads
     try:
-        return {"list": cmd_list, "export": cmd_export}[args.command](args)
+        return {"list": cmd_list, "export": cmd_export, "translate": cmd_translate}[args.command](args)
     except ZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ latency). The version appears only once everything in it is written and verified
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -138,14 +139,22 @@ class TextClassifierAdapter(ImageClassifierAdapter):
 
 def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] = DEFAULT_FORMATS,
                version: int | None = None, report_path: str | None = None,
-               latency_runs: int = 50) -> tuple[str, dict[str, Any]]:
-    """Export, verify and publish a run; returns (version dir, report)."""
+               latency_runs: int = 50, decode: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Export, verify and publish a run; returns (version dir, report).
+
+    ``decode`` (translation runs only): decoding options baked into the SavedModel, e.g.
+    ``{"method": "beam", "beam_width": 4}``; greedy by default.
+    """
     import zoo
 
     fmts = parse_formats(formats)
     run = load_run(run_dir)
     info = run["info"]
     task = info.get("task")
+    if task == "translation":
+        return _export_translation(run_dir, run, base, name, fmts, version, report_path, latency_runs, decode or {})
+    if decode:
+        raise ExportError("decoding options (--beam) apply to translation runs only")
     if task not in ("image_classification", "text_classification"):
         raise ExportError(f"export of task {task!r} is not supported yet")
     text = "preprocessor" in info
@@ -206,9 +215,60 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
             r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None
         with open(os.path.join(staging, "report.json"), "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
+    return _finish(base, name, report, report_path)
+
+
+def _finish(base: str, name: str, report: dict[str, Any], report_path: str | None) -> tuple[str, dict[str, Any]]:
     version_dir = os.path.join(base, name, str(report["version"]))
     report["version_dir"] = version_dir
     if report_path:
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
         write_text_atomic(report_path, json.dumps(report, indent=2))
     return version_dir, report
+
+
+def _export_translation(run_dir: str, run: dict[str, Any], base: str, name: str, fmts: list[str],
+                        version: int | None, report_path: str | None, latency_runs: int,
+                        decode: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A string-to-string SavedModel, published only if it translates the eval sample exactly as Keras does."""
+    import tensorflow as tf
+
+    from zoo.metrics import corpus_bleu, exact_match
+    from zoo.translator import Translator
+
+    if fmts != ["saved_model"]:
+        raise ExportError("a translation model exports as saved_model only (its decoding loop has no TFLite "
+                          "form here); use --formats saved_model")
+    translator = Translator.from_run(run_dir, **decode)
+    sources = [str(s) for s in run["x"]]
+    references = [str(s) for s in run["y"]]
+    keras_out = translator(sources)
+    report: dict[str, Any] = {
+        "run_dir": os.path.abspath(run_dir), "model": run["info"].get("model"), "task": "translation",
+        "examples": len(sources), "input": "raw strings", "decode": dataclasses.asdict(translator.decode),
+        "keras": {"bleu": corpus_bleu(keras_out, references), "exact_match": exact_match(keras_out, references),
+                  "latency_ms": verify.latency_ms(lambda b: translator(list(b)), sources[:1], latency_runs)},
+        "formats": {}, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+    with sm.publish_version(base, name, version) as (staging, ver):
+        report["version"] = ver
+        sm.write_translator_saved_model(translator, staging)
+        fn = tf.saved_model.load(staging).signatures["serving_default"]
+
+        def call(batch: Sequence[str]) -> list[str]:
+            return [s.decode("utf-8") for s in fn(text=tf.constant(list(batch)))["translation"].numpy()]
+
+        exported = [t for i in range(0, len(sources), 64) for t in call(sources[i:i + 64])]
+        agreement = float(np.mean([a == b for a, b in zip(exported, keras_out)]))
+        if agreement < 1.0:
+            first = next(i for i, (a, b) in enumerate(zip(exported, keras_out)) if a != b)
+            raise ExportError(f"the SavedModel translates differently from Keras on {1 - agreement:.1%} of the eval "
+                              f"sample (first: {sources[first]!r} -> {exported[first]!r} vs {keras_out[first]!r}); "
+                              "nothing was published")
+        report["formats"]["saved_model"] = {
+            "bleu": corpus_bleu(exported, references), "exact_match": exact_match(exported, references),
+            "agreement": agreement, "size_bytes": sm.directory_size(staging),
+            "latency_ms": verify.latency_ms(call, sources[:1], latency_runs), "file": "."}
+        with open(os.path.join(staging, "report.json"), "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    return _finish(base, name, report, report_path)

@@ -175,3 +175,14 @@ def write_logits_saved_model(model: Any, path: str, input_spec: dict[str, Any]) 
 def directory_size(path: str) -> int:
     """Total bytes of the files under ``path``."""
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def write_translator_saved_model(translator: Any, path: str) -> None:
+    """A SavedModel whose ``serving_default`` maps ``text`` (tf.string [batch]) to ``translation``
+    (tf.string [batch]): tokenization, encoder, the decoding loop and detokenization in one graph."""
+    import tensorflow as tf
+
+    def serve(text):
+        return {"translation": translator.target_tokenizer.detokenize(translator.generate_ids(text))}
+
+    save_serving_module(translator.model, serve, [tf.TensorSpec([None], tf.string, name="text")], path)

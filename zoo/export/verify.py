@@ -44,6 +44,14 @@ def batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 
 
 def format_table(report: dict[str, Any]) -> str:
     """The per-format report as an aligned text table."""
+    if report.get("task") == "translation":
+        header = ["format", "BLEU", "exact match", "same as keras", "size", "p50 ms"]
+        rows = [header, ["keras", f"{report['keras']['bleu']:.2f}", f"{report['keras']['exact_match']:.4f}", "-",
+                         "-", f"{report['keras']['latency_ms']['p50']:.3f}"]]
+        for fmt, r in report["formats"].items():
+            rows.append([fmt, f"{r['bleu']:.2f}", f"{r['exact_match']:.4f}", f"{r['agreement']:.4f}",
+                         _human(r["size_bytes"]), f"{r['latency_ms']['p50']:.3f}"])
+        return _align(rows)
     header = ["format", "accuracy", "delta", "max |diff|", "agree", "size", "x f32", "p50 ms"]
     rows = [header]
     for fmt, r in report["formats"].items():
@@ -52,6 +60,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['label_agreement']:.4f}", _human(r["size_bytes"]),
             f"{r['size_ratio']:.2f}" if r.get("size_ratio") is not None else "-", f"{r['latency_ms']['p50']:.3f}",
         ])
+    return _align(rows)
+
+
+def _align(rows: list[list[str]]) -> str:
+    header = rows[0]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,0 +1,155 @@
+"""The translate recipe, the Translator, `zoo translate`, and the string-to-string SavedModel."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import TRANSLATE_FAST, number_words
+from zoo.errors import ConfigError, DataError, ExportError
+
+
+@pytest.mark.slow
+def test_recipe_learns_held_out_numbers(translate_run):
+    final = translate_run.metrics["final"]
+    assert final["eval_exact_match"] >= 0.90, final
+    assert final["eval_bleu"] >= 80.0, final
+    epochs = translate_run.metrics["epochs"]
+    # BLEU and exact match are logged after every epoch and land in metrics.json.
+    with open(os.path.join(translate_run.run_dir, "metrics.json")) as fh:
+        on_disk = json.load(fh)["epochs"]
+    assert all("val_bleu" in e and "val_exact_match" in e for e in on_disk)
+    assert epochs[-1]["val_bleu"] > epochs[0]["val_bleu"] + 50
+    assert epochs[-1]["loss"] < 0.5 * epochs[0]["loss"]
+    info = json.load(open(os.path.join(translate_run.run_dir, "run.json")))
+    assert info["task"] == "translation" and info["preprocessor"]["target_vocabulary_file"] == "vocab.txt"
+
+
+@pytest.mark.slow
+def test_translator_greedy_and_beam(translate_run, number_files):
+    from zoo.metrics import exact_match
+    from zoo.translator import Translator
+
+    _, dev = number_files
+    pairs = [line.rstrip("\n").split("\t") for line in open(dev, encoding="utf-8")]
+    sources, targets = [p[0] for p in pairs], [p[1] for p in pairs]
+    greedy = Translator.from_run(translate_run.run_dir)
+    beam = Translator.from_run(translate_run.run_dir, method="beam", beam_width=4)
+    out_greedy, out_beam = greedy(sources), beam(sources)
+    assert exact_match(out_greedy, targets) == pytest.approx(translate_run.metrics["final"]["eval_exact_match"])
+    assert exact_match(out_beam, targets) >= 0.90
+    assert greedy("7") == number_words(7)
+    with pytest.raises(DataError, match="empty source"):
+        greedy(["  "])
+    with pytest.raises(ConfigError, match="unknown decoding option"):
+        Translator.from_run(translate_run.run_dir, beam=4)
+
+
+@pytest.mark.slow
+def test_long_source_is_truncated_with_one_warning(translate_run, caplog):
+    from zoo.translator import Translator
+
+    translator = Translator.from_run(translate_run.run_dir)
+    with caplog.at_level(logging.WARNING):
+        out = translator(["123 " * 40, "456 " * 40])
+        translator(["789 " * 40])
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    warnings = [r for r in caplog.records if "longer than max_source_length" in r.getMessage()]
+    assert len(warnings) == 1 and "2 source text(s)" in warnings[0].getMessage()
+
+
+@pytest.mark.slow
+def test_cli_translate(translate_run, capsys):
+    from zoo.cli import main
+
+    assert main(["translate", translate_run.run_dir, "42", "300", "--beam", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [number_words(42), number_words(300)]
+    assert main(["translate", translate_run.run_dir, "42", "--method", "top_k", "--top-k", "0"]) == 2
+    assert "top_k" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_saved_model_translates_raw_strings_like_keras(translate_run, tmp_path):
+    import tensorflow as tf
+
+    from zoo.export import exporter
+    from zoo.translator import Translator
+
+    version_dir, report = exporter.export_run(translate_run.run_dir, str(tmp_path), "numbers", "saved_model",
+                                              latency_runs=3)
+    fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+    _, kwargs = fn.structured_input_signature
+    assert list(kwargs) == ["text"] and kwargs["text"].dtype == tf.string
+    assert set(fn.structured_outputs) == {"translation"}
+    sources = [str(s) for s in np.load(os.path.join(translate_run.run_dir, "eval_sample.npz"))["x"]]
+    exported = [s.decode() for s in fn(text=tf.constant(sources))["translation"].numpy()]
+    assert exported == Translator.from_run(translate_run.run_dir)(sources)  # identical to Keras greedy
+    r = report["formats"]["saved_model"]
+    assert r["agreement"] == 1.0 and r["exact_match"] >= 0.9 and report["decode"]["method"] == "greedy"
+    # beam width as an export option; TFLite formats are refused for the decoding loop
+    _, beam_report = exporter.export_run(translate_run.run_dir, str(tmp_path), "numbers", "saved_model",
+                                         latency_runs=2, decode={"method": "beam", "beam_width": 3})
+    assert beam_report["version"] == 2 and beam_report["decode"]["beam_width"] == 3
+    assert beam_report["formats"]["saved_model"]["agreement"] == 1.0
+    with pytest.raises(ExportError, match="saved_model only"):
+        exporter.export_run(translate_run.run_dir, str(tmp_path), "numbers", "saved_model,tflite")
+    assert sorted(os.listdir(tmp_path / "numbers")) == ["1", "2"]
+
+
+def test_bad_pair_files(tmp_path):
+    from zoo.recipes.engine.run import train
+
+    no_tab = tmp_path / "no_tab.tsv"
+    no_tab.write_text("one\t1\ntwo 2\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"no_tab.tsv:2: no tab"):
+        train("translate", str(tmp_path / "r1"), {**TRANSLATE_FAST, "data.source": str(no_tab)})
+    empty = tmp_path / "empty_source.tsv"
+    empty.write_text("one\t1\n\t2\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"empty_source.tsv:2: empty source"):
+        train("translate", str(tmp_path / "r2"), {**TRANSLATE_FAST, "data.source": str(empty)})
+    latin1 = tmp_path / "latin1.tsv"
+    latin1.write_bytes("one\t1\ncaf\xe9\t2\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.tsv:2: not valid UTF-8"):
+        train("translate", str(tmp_path / "r3"), {**TRANSLATE_FAST, "data.source": str(latin1)})
+    with pytest.raises(ConfigError, match="method"):
+        train("translate", str(tmp_path / "r4"), {**TRANSLATE_FAST, "data.source": str(no_tab),
+                                                 "decode.method": "sampling"})
+    with pytest.raises(ConfigError, match="not a seq2seq preset"):
+        train("translate", str(tmp_path / "r5"), {**TRANSLATE_FAST, "data.source": str(no_tab),
+                                                 "model.preset": "bert_tiny"})
+    assert not any(os.path.exists(tmp_path / f"r{i}" / "model.keras") for i in range(1, 6))
+
+
+def test_length_bucketed_batches_keep_padding_small():
+    from zoo.data import length_bucketed_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, 1000)
+    order = length_bucketed_batches(lengths, batch=20, epochs=2, seed=3, window=10)
+    assert order.shape == (2 * 50, 20)
+    for epoch in range(2):
+        seen = order[epoch * 50:(epoch + 1) * 50].ravel()
+        assert len(np.unique(seen)) == 1000  # every example once per epoch
+    padded = (lengths[order].max(1, keepdims=True) - lengths[order]).sum()
+    random_order = rng.permutation(1000).reshape(50, 20)
+    padded_random = (lengths[random_order].max(1, keepdims=True) - lengths[random_order]).sum()
+    assert padded / 2 < 0.2 * padded_random  # per epoch, far less padding than random batches
+    np.testing.assert_array_equal(order, length_bucketed_batches(lengths, 20, 2, 3, 10))  # seeded
+    assert not np.array_equal(order[:50], order[50:])  # each epoch differs
+
+
+def test_bleu_and_exact_match():
+    from zoo.metrics import corpus_bleu, exact_match
+
+    refs = ["the cat sat on the mat .", "there is a dog in the garden"]
+    assert corpus_bleu(refs, refs) == pytest.approx(100.0)
+    # One hypothesis drops the final "." (brevity penalty and fewer matching n-grams): between 0 and 100.
+    assert 0 < corpus_bleu(["the cat sat on the mat", "there is a dog in the garden"], refs) < 100
+    assert exact_match(["The cat, sat.", "x"], ["The cat , sat .", "y"]) == 0.5
+    with pytest.raises(ValueError, match="hypotheses"):
+        corpus_bleu(["a"], ["a", "b"])
