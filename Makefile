@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/bert.py
+	$(PY) benchmarks/seq2seq.py
 
 clean:
 	rm -rf $(VENV) demo-out runs *.egg-info

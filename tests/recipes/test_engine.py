@@ -40,6 +40,10 @@ def test_warmup_then_linear_and_cosine_decay():
     assert _lr(cos, 100) == pytest.approx(0.2)
     step = WarmupDecay(1.0, "step", boundaries=(20, 40), gamma=0.1, total_steps=50)
     assert [_lr(step, s) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    # The Transformer paper's schedule: linear warm-up, then peak * sqrt(warmup / step).
+    rsqrt = WarmupDecay(1.0, "rsqrt", warmup_steps=100, total_steps=10_000)
+    assert _lr(rsqrt, 49) == pytest.approx(0.5)
+    assert [_lr(rsqrt, s - 1) for s in (100, 400, 10_000)] == pytest.approx([1.0, 0.5, 0.1])
 
 
 def test_schedule_from_config_converts_epochs_to_steps():

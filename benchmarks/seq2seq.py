@@ -1,0 +1,128 @@
+"""Seq2seq decoding and training speed, measured side by side in one process.
+
+1. Greedy decoding tokens/second with the key/value cache vs without (the whole decoder re-run
+   for every token), batch 1 and batch 32.
+2. Time per generated token with the cache at 16, 64 and 256 generated tokens (the end token is
+   disabled so every row generates exactly that many): flat means each token costs one step.
+3. Training step time float32 vs mixed_bfloat16.
+
+    python benchmarks/seq2seq.py [--preset transformer_small] [--vocab 8000] [--source-length 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import median_step_seconds  # noqa: E402
+
+START, END, PAD = 2, 3, 0
+
+
+def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache: bool, runs: int) -> float:
+    """Median wall time of generating ``tokens`` tokens for ``batch`` sources (graph-compiled, warmed up)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from zoo.models import decoding
+
+    cfg = decoding.DecodeConfig(method="greedy", max_length=tokens, use_cache=use_cache)
+    rng = np.random.default_rng(0)
+    ids = tf.constant(rng.integers(5, model.config.vocab_size, (batch, source_length)), tf.int32)
+    mask = tf.ones_like(ids)
+    # end_id -1 never matches: every row generates exactly `tokens` tokens
+    fn = tf.function(lambda i, m: decoding.generate(model, i, m, START, -1, PAD, cfg))
+    fn(ids, mask)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(ids, mask).numpy()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def train_step_seconds(preset: str, vocab: int, batch: int, length: int, precision: str, steps: int) -> float:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import zoo
+    from zoo.models.seq2seq import LabelSmoothedCrossEntropy
+    from zoo.recipes.engine.optim import OptimizerConfig, build_optimizer
+    from zoo.recipes.engine.precision import precision_scope
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n = batch * 2
+    src = rng.integers(5, vocab, (n, length)).astype("int32")
+    tgt = rng.integers(5, vocab, (n, length)).astype("int32")
+    x = {"encoder_token_ids": src, "encoder_padding_mask": np.ones_like(src),
+         "decoder_token_ids": tgt, "decoder_padding_mask": np.ones_like(tgt)}
+    ds = tf.data.Dataset.from_tensor_slices((x, tgt, np.ones_like(tgt, "float32"))).repeat().batch(batch)
+    with precision_scope(precision):
+        model = zoo.build(preset, vocab_size=vocab, max_source_length=length, max_target_length=length)
+        model.compile(optimizer=build_optimizer(OptimizerConfig(name="adam", learning_rate=1e-4)),
+                      loss=LabelSmoothedCrossEntropy(0.1))
+    return median_step_seconds(model, ds, steps)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="transformer_small")
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--source-length", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=64, help="generated tokens for the cache vs no-cache rows")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--train-length", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", default="bench-out")
+    args = parser.parse_args()
+    import zoo
+
+    model = zoo.build(args.preset, vocab_size=args.vocab, max_source_length=256, max_target_length=256,
+                      dropout=0.0)
+    out = {"preset": args.preset, "vocab": args.vocab, "source_length": args.source_length, "decode": [],
+           "per_token": [], "train": []}
+    print(f"{args.preset}, vocab {args.vocab}, source length {args.source_length}, greedy, "
+          f"{args.tokens} generated tokens, median of {args.runs}")
+    print(f"{'batch':>5}  {'cached tok/s':>12}  {'uncached tok/s':>14}  {'speed-up':>8}")
+    for batch in (1, 32):
+        cached = decode_seconds(model, batch, args.source_length, args.tokens, True, args.runs)
+        full = decode_seconds(model, batch, args.source_length, args.tokens, False, args.runs)
+        row = {"batch": batch, "cached_tokens_per_s": batch * args.tokens / cached,
+               "uncached_tokens_per_s": batch * args.tokens / full, "speedup": full / cached}
+        out["decode"].append(row)
+        print(f"{batch:>5}  {row['cached_tokens_per_s']:>12.1f}  {row['uncached_tokens_per_s']:>14.1f}  "
+              f"{row['speedup']:>7.2f}x")
+    print(f"\n{'tokens':>6}  {'cached ms/token':>15}  {'vs 16':>6}   (batch 1)")
+    base = None
+    for tokens in (16, 64, 256):
+        per = decode_seconds(model, 1, args.source_length, tokens, True, args.runs) / tokens * 1e3
+        base = base or per
+        out["per_token"].append({"tokens": tokens, "ms_per_token": per, "vs_16": per / base})
+        print(f"{tokens:>6}  {per:>15.3f}  {per / base:>6.2f}")
+    print(f"\ntraining step, batch {args.train_batch}, length {args.train_length} (source and target)")
+    f32 = None
+    for precision in ("float32", "mixed_bfloat16"):
+        s = train_step_seconds(args.preset, args.vocab, args.train_batch, args.train_length, precision, args.steps)
+        f32 = f32 or s
+        out["train"].append({"precision": precision, "seconds": s, "vs_float32": s / f32})
+        print(f"{precision:<15} {s:.3f} s/step  {s / f32:.2f}x")
+    out["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "seq2seq.json"), "w") as fh:
+        json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
