@@ -27,7 +27,8 @@ from common import median_step_seconds  # noqa: E402
 START, END, PAD = 2, 3, 0
 
 
-def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache: bool, runs: int) -> float:
+def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache: bool, runs: int,
+                   xla: bool = False) -> float:
     """Median wall time of generating ``tokens`` tokens for ``batch`` sources (graph-compiled, warmed up)."""
     import numpy as np
     import tensorflow as tf
@@ -39,7 +40,7 @@ def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache
     ids = tf.constant(rng.integers(5, model.config.vocab_size, (batch, source_length)), tf.int32)
     mask = tf.ones_like(ids)
     # end_id -1 never matches: every row generates exactly `tokens` tokens
-    fn = tf.function(lambda i, m: decoding.generate(model, i, m, START, -1, PAD, cfg))
+    fn = tf.function(lambda i, m: decoding.generate(model, i, m, START, -1, PAD, cfg), jit_compile=xla)
     fn(ids, mask)
     times = []
     for _ in range(runs):
@@ -103,13 +104,15 @@ def main() -> int:
         out["decode"].append(row)
         print(f"{batch:>5}  {row['cached_tokens_per_s']:>12.1f}  {row['uncached_tokens_per_s']:>14.1f}  "
               f"{row['speedup']:>7.2f}x")
-    print(f"\n{'tokens':>6}  {'cached ms/token':>15}  {'vs 16':>6}   (batch 1)")
-    base = None
+    print(f"\n{'tokens':>6}  {'cached ms/token':>15}  {'vs 16':>6}  {'XLA ms/token':>12}  {'vs 16':>6}   (batch 1)")
+    base = base_xla = None
     for tokens in (16, 64, 256):
         per = decode_seconds(model, 1, args.source_length, tokens, True, args.runs) / tokens * 1e3
-        base = base or per
-        out["per_token"].append({"tokens": tokens, "ms_per_token": per, "vs_16": per / base})
-        print(f"{tokens:>6}  {per:>15.3f}  {per / base:>6.2f}")
+        per_xla = decode_seconds(model, 1, args.source_length, tokens, True, args.runs, xla=True) / tokens * 1e3
+        base, base_xla = base or per, base_xla or per_xla
+        out["per_token"].append({"tokens": tokens, "ms_per_token": per, "vs_16": per / base,
+                                 "xla_ms_per_token": per_xla, "xla_vs_16": per_xla / base_xla})
+        print(f"{tokens:>6}  {per:>15.3f}  {per / base:>6.2f}  {per_xla:>12.3f}  {per_xla / base_xla:>6.2f}")
     print(f"\ntraining step, batch {args.train_batch}, length {args.train_length} (source and target)")
     f32 = None
     for precision in ("float32", "mixed_bfloat16"):

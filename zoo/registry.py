@@ -53,6 +53,18 @@ def default_config(name: str) -> Any:
     return get_entry(name).default_config
 
 
+def preset_config_for(task: str, kind: str) -> Callable[[str], Any]:
+    """A ``name -> default config`` lookup that accepts only models of ``task`` (for a recipe's
+    ``model`` field: ``--set model.preset=...``); ``kind`` names them in the error."""
+
+    def lookup(name: str) -> Any:
+        if get_entry(name).task != task:
+            raise ConfigError(f"model '{name}' is not a {kind} preset; choose one of: " + ", ".join(list_models(task)))
+        return default_config(name)
+
+    return lookup
+
+
 def make_config(name: str, **overrides: Any) -> Any:
     """Default config of ``name`` with ``overrides`` applied (dotted keys allowed)."""
     if "name" in overrides and overrides["name"] != name:
@@ -111,4 +123,5 @@ register(ModelEntry("text_cnn", cnn.TextCNNConfig(), cnn.build_text_cnn, "text_c
                     "Kim 2014 TextCNN on token ids"))
 
 __all__ = ["ModelEntry", "register", "list_models", "get_entry", "default_config", "make_config",
+           "preset_config_for",
            "build", "build_from_config"]

@@ -102,20 +102,26 @@ def test_saved_model_translates_raw_strings_like_keras(translate_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,precision", [("mirrored", "mixed_bfloat16"), ("default", "mixed_float16")])
-def test_trains_under_strategies_and_precisions(number_files, tmp_path, strategy, precision):
+@pytest.mark.parametrize("strategy,precision,shared", [("mirrored", "mixed_bfloat16", True),
+                                                      ("default", "mixed_float16", False)])
+def test_trains_under_strategies_and_precisions(number_files, tmp_path, strategy, precision, shared):
     from zoo.recipes.engine.run import train
+    from zoo.translator import Translator
 
     train_path, dev_path = number_files
     result = train("translate", str(tmp_path / "run"),
                    {**TRANSLATE_FAST, "data.source": train_path, "data.eval_source": dev_path, "train.epochs": 3,
-                    "train.strategy": strategy, "train.precision": precision, "data.eval_sample_size": 32},
-                   verbose=0)
+                    "train.strategy": strategy, "train.precision": precision, "data.eval_sample_size": 32,
+                    "data.shared_vocabulary": shared}, verbose=0)
     losses = [e["loss"] for e in result.metrics["epochs"]]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert result.metrics["replicas"] == (2 if strategy == "mirrored" else 1)
     assert result.metrics["loss_scaling"] is (precision == "mixed_float16")
     assert 0.0 <= result.metrics["final"]["eval_bleu"] <= 100.0
+    # separate vocabularies: two files, a target embedding of its own, and the run still loads
+    assert os.path.exists(os.path.join(result.run_dir, "target_vocab.txt")) is not shared
+    assert result.model.config.shared_vocabulary is shared
+    assert isinstance(Translator.from_run(result.run_dir)("12"), str)
 
 
 def test_bad_pair_files(tmp_path):

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 
 from zoo.models.bert_config import BertConfig
+from zoo.models.serialization import DataclassConfigMixin
 
 
 def _activation(name: str) -> Any:
@@ -33,7 +34,7 @@ def _init(cfg: BertConfig) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class BertBackbone(keras.Model):
+class BertBackbone(DataclassConfigMixin, keras.Model):
     """The BERT encoder as a functional Keras model."""
 
     def __init__(self, vocab_size: int = 30522, num_layers: int = 12, hidden_dim: int = 768, num_heads: int = 12,
@@ -82,19 +83,6 @@ class BertBackbone(keras.Model):
             outputs={"sequence_output": x, "pooled_output": pooled},
             dtype=dtype, **kwargs)
         self.config = dataclasses.replace(cfg, name=self.name)
-
-    def get_config(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "name"}
-        out.update({"name": self.name, "trainable": self.trainable,
-                    "dtype": keras.dtype_policies.serialize(self.dtype_policy)})
-        return out
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> BertBackbone:
-        config = dict(config)
-        if "dtype" in config and isinstance(config["dtype"], dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="zoo")

@@ -27,12 +27,13 @@ import keras
 from keras import ops
 
 from zoo.models.seq2seq_config import Seq2SeqConfig
+from zoo.models.serialization import DataclassConfigMixin
 
 INPUT_NAMES = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class Seq2SeqTransformer(keras.Model):
+class Seq2SeqTransformer(DataclassConfigMixin, keras.Model):
     """The encoder-decoder as a functional Keras model (layers kept as attributes for decoding)."""
 
     def __init__(self, vocab_size: int = 32000, target_vocab_size: int = 0, num_encoder_layers: int = 6,
@@ -141,16 +142,19 @@ class Seq2SeqTransformer(keras.Model):
     def start_decoding(self, first_ids: Any, encoded: Any, encoder_mask: Any, max_length: int) -> tuple[Any, Any]:
         """Decode position 0 (``first_ids`` ``[batch, 1]``, normally [START]) and build the caches.
 
-        Returns ``(logits [batch, vocab], cache)``; the cache is a tuple of tensors with batch first
-        (self-attention keys/values for ``max_length`` positions, cross-attention keys/values of the
-        encoder output, the encoder output and its mask), so beam search can reorder it.
+        Returns ``(logits [batch, vocab], cache)``; the cache is a nest of tensors with batch first
+        (per layer: self-attention keys/values for ``max_length`` positions and cross-attention
+        keys/values of the encoder output; then the encoder output and its mask), so beam search
+        can reorder it.
         """
         batch = ops.shape(encoded)[0]
         heads, head_dim = self._head_dims()
         dtype = self.decoder_layers[0].compute_dtype
-        layers = len(self.decoder_layers)
-        self_cache = ops.zeros((batch, layers, 2, max_length, heads, head_dim), dtype=dtype)
-        cross_cache = ops.zeros((batch, layers, 2, ops.shape(encoded)[1], heads, head_dim), dtype=dtype)
+        # One cache tensor per layer (not one stacked tensor): a step then rewrites only the slot it adds.
+        self_cache = tuple(ops.zeros((batch, 2, max_length, heads, head_dim), dtype=dtype)
+                           for _ in self.decoder_layers)
+        cross_cache = tuple(ops.zeros((batch, 2, ops.shape(encoded)[1], heads, head_dim), dtype=dtype)
+                            for _ in self.decoder_layers)
         return self._step(first_ids, (self_cache, cross_cache, encoded, encoder_mask), 0, fill_cross=True)
 
     def decode_step(self, ids: Any, cache: tuple[Any, ...], index: Any) -> tuple[Any, Any]:
@@ -164,14 +168,14 @@ class Seq2SeqTransformer(keras.Model):
         for i, layer in enumerate(self.decoder_layers):
             x, layer_self, layer_cross = layer(
                 x, encoded, encoder_padding_mask=encoder_mask,
-                self_attention_cache=self_cache[:, i], self_attention_cache_update_index=index,
-                cross_attention_cache=cross_cache[:, i],
+                self_attention_cache=self_cache[i], self_attention_cache_update_index=index,
+                cross_attention_cache=cross_cache[i],
                 cross_attention_cache_update_index=0 if fill_cross else None, training=False)
             new_self.append(layer_self)
             new_cross.append(layer_cross)
         logits = self._logits(x)[:, 0]
-        cross = ops.stack(new_cross, axis=1) if fill_cross else cross_cache
-        return logits, (ops.stack(new_self, axis=1), cross, encoded, encoder_mask)
+        cross = tuple(new_cross) if fill_cross else cross_cache
+        return logits, (tuple(new_self), cross, encoded, encoder_mask)
 
     def decode_full(self, target_ids: Any, encoded: Any, encoder_mask: Any) -> Any:
         """Logits for every target position by running the whole decoder (no cache): ``[batch, T, vocab]``."""
@@ -181,18 +185,6 @@ class Seq2SeqTransformer(keras.Model):
         return self._logits(x)
 
     # ------------------------------------------------------------------ serialization
-    def get_config(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "name"}
-        out.update({"name": self.name, "trainable": self.trainable,
-                    "dtype": keras.dtype_policies.serialize(self.dtype_policy)})
-        return out
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Seq2SeqTransformer:
-        config = dict(config)
-        if "dtype" in config and isinstance(config["dtype"], dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
 
 
 def build_seq2seq(cfg: Seq2SeqConfig, keras_module: Any = None) -> Seq2SeqTransformer:

@@ -26,12 +26,7 @@ from zoo.errors import ConfigError, DataError
 from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
 from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
 
-
-def bert_model_config(name: str) -> Any:
-    if registry.get_entry(name).task != "text_encoder":
-        raise ConfigError(f"model '{name}' is not a BERT preset; choose one of: "
-                          + ", ".join(registry.list_models("text_encoder")))
-    return registry.default_config(name)
+bert_model_config = registry.preset_config_for("text_encoder", "BERT")
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,7 @@ from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
 log = logging.getLogger(__name__)
 
 
-def seq2seq_model_config(name: str) -> Any:
-    if registry.get_entry(name).task != "seq2seq":
-        raise ConfigError(f"model '{name}' is not a seq2seq preset; choose one of: "
-                          + ", ".join(registry.list_models("seq2seq")))
-    return registry.default_config(name)
+seq2seq_model_config = registry.preset_config_for("seq2seq", "seq2seq")
 
 
 @dataclass(frozen=True)
