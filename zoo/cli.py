@@ -74,6 +74,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from zoo.export.compress import compress
+    from zoo.export.verify import format_table
+
+    summary = compress(args.kind, args.run_dir, epochs=args.epochs, sparsity=args.sparsity,
+                       learning_rate=args.learning_rate, to=args.to, name=args.name, version=args.version)
+    report = summary.pop("report", None)
+    if args.json:
+        print(json.dumps({**summary, "report": report}, indent=2, default=str))
+        return 0
+    if args.kind == "prune":
+        print(f"pruned run dir {summary['pruned_run_dir']}: target sparsity {summary['target_sparsity']:.2f}, "
+              f"gzip size {summary['gzip_ratio']:.2f}x of the unpruned float32 TFLite file")
+    else:
+        print(f"QAT int8 TFLite: accuracy {summary['tflite_accuracy']:.4f} "
+              f"(Keras float {summary['keras_accuracy']:.4f}, delta {summary['accuracy_delta']:+.4f}), "
+              f"{summary['size_bytes']:,} bytes")
+    if report is not None:
+        print(f"published {summary['version_dir']}\n")
+        print(format_table(report))
+    return 0
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     from zoo.translator import Translator
 
@@ -125,6 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--beam", type=int, help="translation runs: beam width baked into the SavedModel "
                                                    "(default: greedy)")
 
+    p_c = sub.add_parser("compress", help="QAT or magnitude pruning of a CNN run (tensorflow-model-optimization)")
+    p_c.add_argument("kind", choices=("qat", "prune"))
+    p_c.add_argument("run_dir")
+    p_c.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    p_c.add_argument("--sparsity", type=float, default=0.8, help="prune: final fraction of zero weights")
+    p_c.add_argument("--learning-rate", dest="learning_rate", type=float, default=1e-4)
+    p_c.add_argument("--to", help="publish the result under this base path")
+    p_c.add_argument("--name", help="model name under the base path")
+    p_c.add_argument("--version", type=int)
+    p_c.add_argument("--json", action="store_true")
+
     p_tr = sub.add_parser("translate", help="translate texts with a finished translate run")
     p_tr.add_argument("run_dir")
     p_tr.add_argument("texts", nargs="*", help="source texts (default: one per line on standard input)")
@@ -159,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to <staging dir>" misleads
     try:
-        return {"list": cmd_list, "export": cmd_export, "translate": cmd_translate}[args.command](args)
+        commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress}
+        return commands[args.command](args)
     except ZooError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

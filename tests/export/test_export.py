@@ -15,7 +15,7 @@ from zoo.errors import DataError, ExportError, UnknownNameError
 from zoo.export import exporter
 from zoo.export import tflite as tfl
 
-ALL = "saved_model,tflite,tflite_dynamic,tflite_int8_weights,tflite_int8"
+ALL = "saved_model,tflite,tflite_float16,tflite_dynamic,tflite_int8_weights,tflite_int8,tflite_int16x8"
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,9 @@ def test_layout_is_tf_serving_versioned(exported):
     base, version_dir, report = exported
     assert version_dir == os.path.join(base, "digits", "1") and report["version"] == 1
     files = set(os.listdir(version_dir))
-    assert {"saved_model.pb", "variables", "model_float32.tflite", "model_dynamic_int8.tflite",
-            "model_int8.tflite", "report.json"} <= files
+    assert {"saved_model.pb", "variables", "model_float32.tflite", "model_float16.tflite", "model_dynamic_int8.tflite",
+            "model_int8_weights.tflite", "model_int8.tflite", "model_int16x8.tflite", "report.json", "report.md",
+            "report.png"} <= files
     assert not [f for f in files if f.startswith(".")]  # no staging left-overs inside
 
 
@@ -63,8 +64,9 @@ def test_report_numbers_meet_the_targets(exported):
     _, version_dir, report = exported
     with open(os.path.join(version_dir, "report.json")) as fh:
         on_disk = json.load(fh)
-    assert on_disk["formats"].keys() == report["formats"].keys() == {"saved_model", "tflite", "tflite_dynamic",
-                                                                    "tflite_int8_weights", "tflite_int8"}
+    assert on_disk["formats"].keys() == report["formats"].keys() == {
+        "saved_model", "tflite", "tflite_float16", "tflite_dynamic", "tflite_int8_weights", "tflite_int8",
+        "tflite_int16x8"}
     keras_acc = report["keras"]["accuracy"]
     assert keras_acc >= 0.95 and report["examples"] == 359
     for r in report["formats"].values():
@@ -78,9 +80,29 @@ def test_report_numbers_meet_the_targets(exported):
     int8 = report["formats"]["tflite_int8"]
     assert int8["size_ratio"] <= 0.30
     assert abs(int8["accuracy_delta"]) <= 0.01
-    for fmt in ("tflite_dynamic", "tflite_int8_weights"):
-        assert report["formats"][fmt]["size_ratio"] <= 0.30
+    for fmt in ("tflite_dynamic", "tflite_int8_weights", "tflite_int16x8"):
+        assert report["formats"][fmt]["size_ratio"] <= 0.35
         assert abs(report["formats"][fmt]["accuracy_delta"]) <= 0.01
+    assert 0.45 <= report["formats"]["tflite_float16"]["size_ratio"] <= 0.55
+    assert abs(report["formats"]["tflite_float16"]["accuracy_delta"]) <= 0.003
+
+
+def test_report_markdown_png_and_models_config(exported):
+    from PIL import Image
+
+    base, version_dir, report = exported
+    md = open(os.path.join(version_dir, "report.md"), encoding="utf-8").read()
+    assert md.startswith("# Export report") and md.count("\n| ") == 1 + len(report["formats"])
+    assert "| tflite_int16x8 |" in md and "max \\|diff\\|" in md
+    png = os.path.join(version_dir, "report.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as im:
+        assert im.size[0] > 800 and im.size[1] > 200
+    config = open(os.path.join(base, "models.config"), encoding="utf-8").read()
+    assert report["models_config"] == os.path.join(os.path.abspath(base), "models.config")
+    assert config.startswith("model_config_list {") and config.count("config {") == 1
+    assert f"base_path: '{os.path.join(os.path.abspath(base), 'digits')}'" in config
+    assert "name: 'digits'" in config and "model_platform: 'tensorflow'" in config
 
 
 def test_tflite_int8_file_takes_int8_input(exported):
@@ -95,7 +117,7 @@ def test_versions_increment_and_never_overwrite(exported, digits_run):
     before = _digest(os.path.join(version_dir, "saved_model.pb"))
     v2, report2 = exporter.export_run(digits_run.run_dir, base, "digits", "tflite", latency_runs=3)
     assert v2 == os.path.join(base, "digits", "2") and report2["version"] == 2
-    assert sorted(os.listdir(v2)) == ["model_float32.tflite", "report.json"]
+    assert sorted(os.listdir(v2)) == ["model_float32.tflite", "report.json", "report.md", "report.png"]
     with pytest.raises(ExportError, match="version 1 of 'digits' already exists.*Omit --version to publish 3"):
         exporter.export_run(digits_run.run_dir, base, "digits", "tflite", version=1)
     assert _digest(os.path.join(version_dir, "saved_model.pb")) == before

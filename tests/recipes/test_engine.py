@@ -163,6 +163,8 @@ def test_strategy_errors_are_clear(monkeypatch):
     with pytest.raises(DeviceError, match="device 'cpu:7' does not exist"):
         build_strategy("mirrored", ["cpu:0", "cpu:7"])
     assert build_strategy("mirrored", ["cpu:0", "cpu:1"]).num_replicas_in_sync == 2
+    # Named or default devices: one strategy object, so collective keys are never reused across models.
+    assert build_strategy("mirrored") is build_strategy("mirrored", ["cpu:0", "cpu:1"])
     assert build_strategy("one_device").num_replicas_in_sync == 1
 
 

@@ -139,11 +139,15 @@ class TextClassifierAdapter(ImageClassifierAdapter):
 
 def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] = DEFAULT_FORMATS,
                version: int | None = None, report_path: str | None = None,
-               latency_runs: int = 50, decode: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+               latency_runs: int = 50, decode: dict[str, Any] | None = None,
+               extra_report: dict[str, Any] | None = None,
+               extra_tflite: dict[str, bytes] | None = None) -> tuple[str, dict[str, Any]]:
     """Export, verify and publish a run; returns (version dir, report).
 
     ``decode`` (translation runs only): decoding options baked into the SavedModel, e.g.
-    ``{"method": "beam", "beam_width": 4}``; greedy by default.
+    ``{"method": "beam", "beam_width": 4}``; greedy by default. ``extra_report`` is merged into
+    the report; ``extra_tflite`` maps format labels (``tflite_qat_int8``) to TFLite files made
+    elsewhere (``zoo compress``), verified and published like the converted ones.
     """
     import zoo
 
@@ -160,9 +164,10 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
     text = "preprocessor" in info
     if "tflite_int8" in fmts and text:
         raise ExportError("tflite_int8 quantizes inputs to int8, but this model takes strings; "
-                          "use tflite_dynamic (int8 weights) for text models")
-    if "tflite_int8" in fmts and run["calibration"] is None:
-        raise ExportError(f"tflite_int8 needs calibration.npz in {run_dir!r} (written by `zoo train`)")
+                          "use tflite_dynamic or tflite_int8_weights (int8 weights) for text models")
+    for fmt in tfl.CALIBRATED:
+        if fmt in fmts and run["calibration"] is None:
+            raise ExportError(f"{fmt} needs calibration.npz in {run_dir!r} (written by `zoo train`)")
     model = zoo.load(run["model_path"], compile=False)
     adapter = TextClassifierAdapter(model, info, run_dir) if text else ImageClassifierAdapter(model, info)
     x, y = run["x"], run["y"]
@@ -176,6 +181,7 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
                   "latency_ms": verify.latency_ms(adapter.keras, x[:1], latency_runs)},
         "formats": {},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        **(extra_report or {}),
     }
 
     def record(fmt: str, outputs: np.ndarray, size: int, latency: dict[str, float], path: str,
@@ -194,6 +200,7 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
         report["version"] = ver
         if "saved_model" in fmts:
             adapter.write_saved_model(staging)
+            sm.failpoint("saved_model_written")
             call = adapter.saved_model_fn(staging)
             record("saved_model", verify.batched(call, x), sm.directory_size(staging),
                    verify.latency_ms(call, x[:1], latency_runs), ".")
@@ -207,20 +214,37 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
                     fname = tfl.TFLITE_FORMATS[fmt][0]
                     with open(os.path.join(staging, fname), "wb") as fh:
                         fh.write(content)
+                    sm.failpoint("tflite_written")
                     run_tflite = adapter.tflite_fn(content)  # one interpreter for parity and latency
                     record(fmt, verify.batched(run_tflite, x), len(content),
                            verify.latency_ms(run_tflite, x[:1], latency_runs), fname, ops=tfl.describe_ops(content))
+        for label, content in (extra_tflite or {}).items():
+            fname = f"model_{label.removeprefix('tflite_')}.tflite"
+            with open(os.path.join(staging, fname), "wb") as fh:
+                fh.write(content)
+            run_tflite = adapter.tflite_fn(content)
+            record(label, verify.batched(run_tflite, x), len(content),
+                   verify.latency_ms(run_tflite, x[:1], latency_runs), fname, ops=tfl.describe_ops(content))
         f32 = report["formats"].get("tflite", {}).get("size_bytes")
         for fmt, r in report["formats"].items():
             r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None
-        with open(os.path.join(staging, "report.json"), "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
+        _write_report(report, staging)
     return _finish(base, name, report, report_path)
+
+
+def _write_report(report: dict[str, Any], directory: str) -> None:
+    """report.json, report.md (the table) and report.png (bar charts) into the staging dir."""
+    with open(os.path.join(directory, "report.json"), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as fh:
+        fh.write(verify.markdown_report(report))
+    verify.plot_report(report, os.path.join(directory, "report.png"))
 
 
 def _finish(base: str, name: str, report: dict[str, Any], report_path: str | None) -> tuple[str, dict[str, Any]]:
     version_dir = os.path.join(base, name, str(report["version"]))
     report["version_dir"] = version_dir
+    report["models_config"] = sm.write_models_config(base)
     if report_path:
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
         write_text_atomic(report_path, json.dumps(report, indent=2))
@@ -269,6 +293,5 @@ def _export_translation(run_dir: str, run: dict[str, Any], base: str, name: str,
             "bleu": corpus_bleu(exported, references), "exact_match": exact_match(exported, references),
             "agreement": agreement, "size_bytes": sm.directory_size(staging),
             "latency_ms": verify.latency_ms(call, sources[:1], latency_runs), "file": "."}
-        with open(os.path.join(staging, "report.json"), "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
+        _write_report(report, staging)
     return _finish(base, name, report, report_path)

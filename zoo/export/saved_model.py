@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,6 +23,14 @@ from zoo.errors import ExportError
 log = logging.getLogger(__name__)
 
 _TMP_PREFIX = ".tmp-"
+FAILPOINT_ENV = "ZOO_EXPORT_FAILPOINT"
+
+
+def failpoint(step: str) -> None:
+    """Crash injection for the atomicity tests: SIGKILL this process at ``step`` when the
+    environment variable ZOO_EXPORT_FAILPOINT names it (unset in normal use: a no-op)."""
+    if os.environ.get(FAILPOINT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_versions(model_dir: str) -> list[int]:
@@ -58,13 +67,16 @@ def publish_version(base: str, name: str, version: int | None = None) -> Iterato
             f"version {version} of '{name}' already exists at {final}; versions are never overwritten. "
             f"Omit --version to publish {next_version(model_dir)}"
         )
-    staging = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-", dir=model_dir)
+    remove_stale_staging(base, name)
+    staging = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-{os.getpid()}-", dir=model_dir)
     os.chmod(staging, 0o755)  # mkdtemp makes it private; TF Serving may run as another user
     try:
         yield staging, version
         if os.path.exists(final):  # another export took the number meanwhile
             raise ExportError(f"version {version} of '{name}' appeared while exporting; export again")
+        failpoint("before_rename")
         os.rename(staging, final)
+        failpoint("after_rename")
         # A rename is only durable once the directory entry is flushed.
         fd = os.open(model_dir, os.O_RDONLY)
         try:
@@ -77,15 +89,46 @@ def publish_version(base: str, name: str, version: int | None = None) -> Iterato
     log.info("published %s", final)
 
 
+def write_models_config(base: str) -> str:
+    """Write ``BASE/models.config``, TF Serving's ``model_config_list`` for every model under ``BASE``
+    that has a published version (``tensorflow_model_server --model_config_file=BASE/models.config``).
+    Written atomically; returns its path."""
+    from zoo.config import write_text_atomic
+
+    root = os.path.abspath(base)
+    names = sorted(d for d in os.listdir(root) if not d.startswith(".") and list_versions(os.path.join(root, d)))
+    entries = "".join(f"  config {{\n    name: '{n}'\n    base_path: '{os.path.join(root, n)}'\n"
+                      f"    model_platform: 'tensorflow'\n  }}\n" for n in names)
+    path = os.path.join(root, "models.config")
+    write_text_atomic(path, "model_config_list {\n" + entries + "}\n")
+    return path
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def remove_stale_staging(base: str, name: str) -> list[str]:
-    """Delete staging dirs left by killed exports (they are never loadable by TF Serving)."""
+    """Delete staging dirs left by killed exports (never loadable by TF Serving, which loads only
+    integer directories). A staging dir is named ``.tmp-<version>-<pid>-...``; one whose process is
+    still running belongs to a concurrent export and is left alone."""
     model_dir = os.path.join(base, name)
     removed = []
     if os.path.isdir(model_dir):
         for d in os.listdir(model_dir):
-            if d.startswith(_TMP_PREFIX):
-                shutil.rmtree(os.path.join(model_dir, d), ignore_errors=True)
-                removed.append(d)
+            if not d.startswith(_TMP_PREFIX):
+                continue
+            parts = d[len(_TMP_PREFIX):].split("-")
+            if len(parts) >= 2 and parts[1].isdigit() and _process_alive(int(parts[1])):
+                continue
+            shutil.rmtree(os.path.join(model_dir, d), ignore_errors=True)
+            removed.append(d)
     return removed
 
 

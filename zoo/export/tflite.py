@@ -21,7 +21,10 @@ TFLITE_FORMATS = {
     "tflite_dynamic": ("model_dynamic_int8.tflite", "dynamic-range int8 (hybrid kernels)"),
     "tflite_int8_weights": ("model_int8_weights.tflite", "int8 weights (per channel / per row), float activations"),
     "tflite_int8": ("model_int8.tflite", "full int8, int8 input/output"),
+    "tflite_int16x8": ("model_int16x8.tflite", "int16 activations, int8 weights, float input/output"),
 }
+# Formats calibrated on a representative dataset (the run's calibration.npz).
+CALIBRATED = ("tflite_int8", "tflite_int16x8")
 
 
 def representative_dataset(calibration: np.ndarray, input_shape: Iterable[Any]) -> Callable[[], Iterable[list]]:
@@ -109,14 +112,18 @@ def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray 
         converter.target_spec.supported_types = [tf.float16]
     elif fmt == "tflite_dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif fmt == "tflite_int8":
+    elif fmt in CALIBRATED:
         if calibration is None or len(calibration) == 0:
-            raise ExportError("tflite_int8 needs calibration data (calibration.npz in the run dir)")
+            raise ExportError(f"{fmt} needs calibration data (calibration.npz in the run dir)")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(calibration, input_shape)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if fmt == "tflite_int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        else:  # int16 activations keep BERT-class models accurate where full int8 collapses
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain Exceptions

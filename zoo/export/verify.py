@@ -63,6 +63,58 @@ def format_table(report: dict[str, Any]) -> str:
     return _align(rows)
 
 
+def markdown_report(report: dict[str, Any]) -> str:
+    """report.md: what was exported, on which examples and machine, and the per-format table."""
+    lines = format_table(report).splitlines()
+    cells = [_split_cells(line) for i, line in enumerate(lines) if i != 1]
+    head, body = cells[0], cells[1:]
+    md = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    md += ["| " + " | ".join(row) + " |" for row in body]
+    machine = report.get("machine", {})
+    intro = [f"# Export report: {report.get('model')} version {report.get('version')}", "",
+             f"- run: `{report.get('run_dir')}`",
+             f"- verified on {report.get('examples')} held-out examples ({report.get('input')})",
+             f"- machine: {machine.get('platform')}, {machine.get('cpus')} CPUs; latency is p50 at batch 1"]
+    if report.get("task") != "translation":
+        intro.append(f"- Keras accuracy {report['keras']['accuracy']:.4f}; `agree` = same predicted label as Keras, "
+                     "`x f32` = size relative to the float32 TFLite file")
+    return "\n".join(intro + [""] + md) + "\n"
+
+
+def _split_cells(line: str) -> list[str]:
+    import re
+
+    return [c.replace("|", "\\|") for c in re.split(r"\s{2,}", line.strip()) if c]
+
+
+def plot_report(report: dict[str, Any], path: str) -> None:
+    """report.png: accuracy (or BLEU), size and p50 latency per format, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    formats = list(report["formats"])
+    quality_key, quality_name = ("bleu", "BLEU") if report.get("task") == "translation" else ("accuracy", "accuracy")
+    names = ["keras"] + formats
+    quality = [report["keras"].get(quality_key, float("nan"))] + [report["formats"][f][quality_key] for f in formats]
+    latency = [report["keras"]["latency_ms"]["p50"]] + [report["formats"][f]["latency_ms"]["p50"] for f in formats]
+    sizes = [report["formats"][f]["size_bytes"] / 2**20 for f in formats]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, labels, values, title in ((axes[0], names, quality, quality_name), (axes[1], formats, sizes, "size (MB)"),
+                                      (axes[2], names, latency, "p50 latency, batch 1 (ms)")):
+        bars = ax.bar(range(len(values)), values, color=["#777777" if n == "keras" else "#3b75af" for n in labels])
+        ax.set_xticks(range(len(values)), labels, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[2].set_yscale("log")
+    fig.suptitle(f"{report.get('model')} v{report.get('version')}: {report.get('examples')} held-out examples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _align(rows: list[list[str]]) -> str:
     header = rows[0]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

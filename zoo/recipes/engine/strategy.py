@@ -91,7 +91,8 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
             devs = _check_devices(devices)
         else:
             gpus = tf.config.list_logical_devices("GPU")
-            devs = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+            # The short form _check_devices returns, so the cache below sees one device set, one key.
+            devs = ["/" + d.name.split("device:")[-1].lower() for d in (gpus or tf.config.list_logical_devices("CPU"))]
         # One strategy per device set and process: two MirroredStrategy objects over the same
         # devices reuse collective instance keys, and the second one's all-reduce then fails with
         # "Shape mismatch in the collective instance" (seen running two models in one process).
