@@ -165,6 +165,9 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
     if "tflite_int8" in fmts and text:
         raise ExportError("tflite_int8 quantizes inputs to int8, but this model takes strings; "
                           "use tflite_dynamic or tflite_int8_weights (int8 weights) for text models")
+    if "tflite_int16x8" in fmts and text:
+        raise ExportError("tflite_int16x8 is not available for string-input models yet: the converter's "
+                          "calibration fails inside the in-graph tokenizer; use tflite_int8_weights or tflite_dynamic")
     for fmt in tfl.CALIBRATED:
         if fmt in fmts and run["calibration"] is None:
             raise ExportError(f"{fmt} needs calibration.npz in {run_dir!r} (written by `zoo train`)")

@@ -13,6 +13,7 @@ RECIPES = {
     "bert_classify": "zoo.recipes.bert_classify",
     "bert_pretrain": "zoo.recipes.bert_pretrain",
     "translate": "zoo.recipes.translate",
+    "distill": "zoo.recipes.distill",
 }
 
 
