@@ -1,9 +1,10 @@
-"""The ``zoo`` command: list, train, export, translate.
+"""The ``zoo`` command: list, train, export, compress, translate.
 
     zoo list
     zoo train image_classify --epochs 5
     zoo export runs/<run> --to exports --name digits --formats saved_model,tflite_int8
     zoo translate runs/<translate run> "some source sentence" --beam 4
+    zoo compress prune runs/<cnn run> --sparsity 0.8 --to exports
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--name", help="model name under the base path (default: the model's name)")
     p_export.add_argument("--formats", default="saved_model,tflite,tflite_dynamic,tflite_int8",
                           help="comma-separated: saved_model, tflite, tflite_float16, tflite_dynamic, "
-                               "tflite_int8_weights, tflite_int8")
+                               "tflite_int8_weights, tflite_int8, tflite_int16x8")
     p_export.add_argument("--version", type=int, help="version number (default: next free); never overwrites")
     p_export.add_argument("--report", help="also write report.json here")
     p_export.add_argument("--json", action="store_true", help="print the report as JSON")
