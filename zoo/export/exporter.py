@@ -97,6 +97,17 @@ class ImageClassifierAdapter:
     def tflite_fn(self, content: bytes) -> Callable[[np.ndarray], np.ndarray]:
         return tfl.TFLiteRunner(content)
 
+    def write_int16x8_source(self, path: str, calibration: np.ndarray) -> Callable[[], Any]:
+        """The int16x8 source graph (traced under int16x8_friendly_graph) and its representative data."""
+        with tfl.int16x8_friendly_graph():
+            sm.write_logits_saved_model(self.model, path, self.spec)
+        return tfl.representative_dataset(calibration, self.spec["shape"])
+
+    def int16x8_fn(self, content: bytes) -> Callable[[np.ndarray], np.ndarray]:
+        return tfl.TFLiteRunner(content)
+
+    int16x8_input = None  # same input as the other files
+
 
 class TextClassifierAdapter(ImageClassifierAdapter):
     """A BERT classifier served on raw strings: the preprocessor runs inside every export."""
@@ -136,6 +147,35 @@ class TextClassifierAdapter(ImageClassifierAdapter):
         runner = tfl.TextTFLiteRunner(content)
         return lambda b: runner(**dict(zip(self.names, self._split(b))))
 
+    # The converter's int16x8 calibration cannot run the in-graph tokenizer (its int32 packing ops
+    # need ranges the calibrator never records), so this file takes the token ids.
+    int16x8_input = "token_ids, segment_ids, padding_mask (int32 [batch, sequence_length]; tokenize first)"
+
+    def _ids(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        packed = self.preprocessor(tuple(t.tolist() for t in self._split(batch)))
+        return {k: np.asarray(v, np.int32) for k, v in packed.items()}
+
+    def write_int16x8_source(self, path: str, calibration: np.ndarray) -> Callable[[], Any]:
+        import tensorflow as tf
+
+        names = ("token_ids", "segment_ids", "padding_mask")
+        length = self.preprocessor.sequence_length
+        specs = [tf.TensorSpec([None, length], tf.int32, name=n) for n in names]
+        model = self.model
+
+        def serve(*ids):
+            return {"logits": tf.cast(model(dict(zip(names, ids)), training=False), tf.float32)}
+
+        with tfl.int16x8_friendly_graph():
+            sm.save_serving_module(model, serve, specs, path)
+        batches = [self._ids(calibration[i:i + 8]) for i in range(0, len(calibration), 8)]
+        return lambda: iter(batches)
+
+    def int16x8_fn(self, content: bytes) -> Callable[[np.ndarray], np.ndarray]:
+        interpreter = tfl._interpreter_class()(model_content=content, num_threads=1)
+        runner = interpreter.get_signature_runner("serving_default")
+        return lambda b: np.asarray(runner(**self._ids(b))["logits"], np.float32)
+
 
 def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] = DEFAULT_FORMATS,
                version: int | None = None, report_path: str | None = None,
@@ -165,9 +205,6 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
     if "tflite_int8" in fmts and text:
         raise ExportError("tflite_int8 quantizes inputs to int8, but this model takes strings; "
                           "use tflite_dynamic or tflite_int8_weights (int8 weights) for text models")
-    if "tflite_int16x8" in fmts and text:
-        raise ExportError("tflite_int16x8 is not available for string-input models yet: the converter's "
-                          "calibration fails inside the in-graph tokenizer; use tflite_int8_weights or tflite_dynamic")
     for fmt in tfl.CALIBRATED:
         if fmt in fmts and run["calibration"] is None:
             raise ExportError(f"{fmt} needs calibration.npz in {run_dir!r} (written by `zoo train`)")
@@ -207,7 +244,7 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
             call = adapter.saved_model_fn(staging)
             record("saved_model", verify.batched(call, x), sm.directory_size(staging),
                    verify.latency_ms(call, x[:1], latency_runs), ".")
-        tflite_fmts = [f for f in fmts if f in tfl.TFLITE_FORMATS]
+        tflite_fmts = [f for f in fmts if f in tfl.TFLITE_FORMATS and f not in tfl.SEPARATE_SOURCE]
         if tflite_fmts:
             with tempfile.TemporaryDirectory(dir=staging, prefix=".src-") as src:
                 adapter.write_tflite_source(src)
@@ -221,6 +258,17 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
                     run_tflite = adapter.tflite_fn(content)  # one interpreter for parity and latency
                     record(fmt, verify.batched(run_tflite, x), len(content),
                            verify.latency_ms(run_tflite, x[:1], latency_runs), fname, ops=tfl.describe_ops(content))
+        if "tflite_int16x8" in fmts:
+            with tempfile.TemporaryDirectory(dir=staging, prefix=".src16-") as src:
+                log.info("converting to tflite_int16x8")
+                content = tfl.convert_int16x8(src, adapter.write_int16x8_source(src, run["calibration"]))
+            fname = tfl.TFLITE_FORMATS["tflite_int16x8"][0]
+            with open(os.path.join(staging, fname), "wb") as fh:
+                fh.write(content)
+            run16 = adapter.int16x8_fn(content)
+            extra = {"input": adapter.int16x8_input} if adapter.int16x8_input else {}
+            record("tflite_int16x8", verify.batched(run16, x), len(content),
+                   verify.latency_ms(run16, x[:1], latency_runs), fname, ops=tfl.describe_ops(content), **extra)
         for label, content in (extra_tflite or {}).items():
             fname = f"model_{label.removeprefix('tflite_')}.tflite"
             with open(os.path.join(staging, fname), "wb") as fh:

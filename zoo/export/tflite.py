@@ -4,6 +4,7 @@ on the LiteRT interpreter that hides quantized input/output scaling.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,6 +26,8 @@ TFLITE_FORMATS = {
 }
 # Formats calibrated on a representative dataset (the run's calibration.npz).
 CALIBRATED = ("tflite_int8", "tflite_int16x8")
+# Converted from a graph of their own (traced under int16x8_friendly_graph), not the shared source.
+SEPARATE_SOURCE = ("tflite_int16x8",)
 
 
 def representative_dataset(calibration: np.ndarray, input_shape: Iterable[Any]) -> Callable[[], Iterable[list]]:
@@ -102,8 +105,8 @@ def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray 
     """
     import tensorflow as tf
 
-    if fmt not in TFLITE_FORMATS or fmt == "tflite_int8_weights":
-        known = ", ".join(f for f in TFLITE_FORMATS if f != "tflite_int8_weights")
+    if fmt not in TFLITE_FORMATS or fmt in ("tflite_int8_weights", "tflite_int16x8"):
+        known = ", ".join(f for f in TFLITE_FORMATS if f not in ("tflite_int8_weights", "tflite_int16x8"))
         raise ExportError(f"the TFLite converter does not make {fmt!r}; it makes: {known}")
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
     converter.allow_custom_ops = custom_ops
@@ -112,22 +115,76 @@ def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray 
         converter.target_spec.supported_types = [tf.float16]
     elif fmt == "tflite_dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif fmt in CALIBRATED:
+    elif fmt == "tflite_int8":
         if calibration is None or len(calibration) == 0:
             raise ExportError(f"{fmt} needs calibration data (calibration.npz in the run dir)")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(calibration, input_shape)
-        if fmt == "tflite_int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-        else:  # int16 activations keep BERT-class models accurate where full int8 collapses
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain Exceptions
         raise ExportError(f"TFLite conversion to {fmt} failed: {str(exc).splitlines()[0][:500]}") from None
+
+
+def convert_int16x8(saved_model_dir: str, representative: Callable[[], Iterable[Any]]) -> bytes:
+    """int16 activations, int8 weights (float input/output) from a SavedModel traced under
+    ``int16x8_friendly_graph``. Ops without a 16x8 kernel stay float (TFLITE_BUILTINS fallback, as
+    the TFLite 16x8 guide documents)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError and plain Exceptions
+        raise ExportError(f"TFLite conversion to tflite_int16x8 failed: {str(exc).splitlines()[0][:500]}") from None
+
+
+@contextlib.contextmanager
+def int16x8_friendly_graph() -> Iterator[None]:
+    """While tracing the source graph of an int16x8 file, three Keras ops take forms TFLite's 16x8
+    quantizer handles (each computes the same values in float):
+
+    * ``take`` (embedding lookups) is a plain gather: Keras first wraps negative ids with int32
+      LESS/ADD/SELECT, which the quantizer wants calibration ranges for and never gets;
+    * LayerNorm's variance is ``mean(d * d)``: the quantizer makes SQUARED_DIFFERENCE int16, which
+      LiteRT has no kernel for;
+    * the additive attention mask is -30 instead of -1e9 (exp(-30) ~ 1e-13, nothing in float): -1e9
+      stretches the int16 range of the attention scores until every real score rounds to zero
+      (labels then agree only half the time on a fine-tuned MiniLM; 100% with -30).
+    """
+    import keras.src.backend.tensorflow.nn as knn
+    import keras.src.backend.tensorflow.numpy as knp
+    import keras.src.layers.activations.softmax as ksm
+    import tensorflow as tf
+
+    saved = (knp.take, knn._compute_moments, ksm._large_negative_number)
+    real_take = knp.take
+
+    def take(x: Any, indices: Any, axis: Any = None) -> Any:
+        if axis is None or isinstance(indices, tf.SparseTensor):
+            return real_take(x, indices, axis)
+        return tf.gather(tf.convert_to_tensor(x), indices, axis=axis)
+
+    def moments(x: Any, axes: Any, keepdims: bool) -> tuple[Any, Any]:
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        var = tf.reduce_mean(centered * centered, axis=axes, keepdims=True)
+        if not keepdims:
+            mean, var = tf.squeeze(mean, axes), tf.squeeze(var, axes)
+        return mean, var
+
+    knp.take, knn._compute_moments, ksm._large_negative_number = take, moments, lambda dtype: -30.0
+    try:
+        yield
+    finally:
+        knp.take, knn._compute_moments, ksm._large_negative_number = saved
 
 
 def _interpreter_class() -> Any:
