@@ -74,44 +74,51 @@ class Translator:
         model = zoo.load(model_path, compile=False)
         return cls(model, source, target, p["max_source_length"], decode_config(**decode_options))
 
-    def encode_sources(self, texts: Any) -> tuple[Any, Any]:
-        """Source strings -> (ids, padding mask), truncated to ``max_source_length`` tokens."""
-        return pad_ids(self.source_tokenizer.tokenize(texts), self.max_source_length,
-                       self.source_tokenizer.pad_id)
+    def _generate(self, texts: Any) -> tuple[Any, Any]:
+        """(generated target ids ``[batch, max_length]``, how many sources were truncated), tokenizing once."""
+        import tensorflow as tf
+
+        tokens = self.source_tokenizer.tokenize(texts)
+        ids, mask = pad_ids(tokens, self.max_source_length, self.source_tokenizer.pad_id)
+        t = self.target_tokenizer
+        generated = generate(self.model, ids, mask, t.start_id, t.end_id, t.pad_id, self.decode)
+        truncated = tf.reduce_sum(tf.cast(tokens.row_lengths() > self.max_source_length, tf.int32))
+        return generated, truncated
 
     def generate_ids(self, texts: Any) -> Any:
         """Generated target ids ``[batch, max_length]`` (padded after the end token)."""
-        ids, mask = self.encode_sources(texts)
-        t = self.target_tokenizer
-        return generate(self.model, ids, mask, t.start_id, t.end_id, t.pad_id, self.decode)
+        return self._generate(texts)[0]
 
-    def translate(self, texts: Any) -> Any:
-        """``tf.string [batch]`` -> ``tf.string [batch]`` (graph-compiled on first use)."""
+    def _translate_counting(self, texts: Any) -> tuple[Any, Any]:
+        """(``tf.string [batch]`` translations, truncated-source count), graph-compiled on first use."""
         import tensorflow as tf
 
         if self._fn is None:
-            self._fn = tf.function(lambda t: self.target_tokenizer.detokenize(self.generate_ids(t)),
-                                   input_signature=[tf.TensorSpec([None], tf.string)])
+            def run(t: Any) -> tuple[Any, Any]:
+                generated, truncated = self._generate(t)
+                return self.target_tokenizer.detokenize(generated), truncated
+
+            self._fn = tf.function(run, input_signature=[tf.TensorSpec([None], tf.string)])
         return self._fn(texts)
+
+    def translate(self, texts: Any) -> Any:
+        """``tf.string [batch]`` -> ``tf.string [batch]`` (graph-compiled on first use)."""
+        return self._translate_counting(texts)[0]
 
     def __call__(self, texts: Sequence[str] | str, batch_size: int = 64) -> list[str] | str:
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         if any(not t.strip() for t in texts):
             raise DataError("empty source text: give at least one word to translate")
-        self._warn_if_long(texts)
         out: list[str] = []
+        too_long = 0
         for start in range(0, len(texts), batch_size):
             chunk = np.asarray(texts[start:start + batch_size], dtype=object)
-            out.extend(s.decode("utf-8") for s in self.translate(chunk).numpy())
-        return out[0] if single else out
-
-    def _warn_if_long(self, texts: list[str]) -> None:
-        if self._warned:
-            return
-        lengths = self.source_tokenizer.tokenize(np.asarray(texts, dtype=object)).row_lengths().numpy()
-        too_long = int((lengths > self.max_source_length).sum())
-        if too_long:
+            translations, truncated = self._translate_counting(chunk)
+            out.extend(s.decode("utf-8") for s in translations.numpy())
+            too_long += int(truncated)
+        if too_long and not self._warned:
             self._warned = True
             log.warning("%d source text(s) are longer than max_source_length=%d tokens and were truncated "
                         "(this warning is shown once)", too_long, self.max_source_length)
+        return out[0] if single else out

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.config import flatten, load_config_file, write_text_atomic
+from zoo.config import flatten, load_config_file, to_dict, write_text_atomic
 from zoo.errors import ConfigError, ExportError, ZooError
 
 KINDS = ("qat", "prune")
@@ -103,7 +103,7 @@ def compress(kind: str, run_dir: str, *, epochs: int = 2, sparsity: float = 0.8,
     cfg, x, y = _training_arrays(run_dir, max_examples)
     model = zoo.load(run["model_path"], compile=False)
     with tempfile.TemporaryDirectory(prefix="zoo-compress-") as job_dir:
-        model_cfg = {k: v for k, v in json.loads(json.dumps(_to_dict(cfg.model))).items() if k != "name"}
+        model_cfg = {k: v for k, v in json.loads(json.dumps(to_dict(cfg.model))).items() if k != "name"}
         job = {"kind": kind, "model_name": cfg.model.name, "model_config": model_cfg, "epochs": epochs,
                "sparsity": sparsity, "learning_rate": learning_rate, "batch_size": batch_size,
                "seed": int(cfg.train.seed), "ramp_fraction": 0.8}
@@ -134,12 +134,6 @@ def compress(kind: str, run_dir: str, *, epochs: int = 2, sparsity: float = 0.8,
             extra_report={"compression": {k: v for k, v in summary.items() if k != "run_dir"}},
             extra_tflite={"tflite_qat_int8": qat_content})
     return summary
-
-
-def _to_dict(cfg: Any) -> dict[str, Any]:
-    from zoo.config import to_dict
-
-    return to_dict(cfg)
 
 
 def _finish_pruning(run_dir: str, run: dict[str, Any], model: Any, weights: list[np.ndarray],

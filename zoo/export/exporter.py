@@ -125,9 +125,11 @@ class TextClassifierAdapter(ImageClassifierAdapter):
     def _split(self, batch: np.ndarray) -> tuple[Any, ...]:
         return (batch[:, 0], batch[:, 1]) if batch.ndim == 2 else (batch,)
 
+    def _packed(self, batch: np.ndarray) -> dict[str, Any]:
+        return self.preprocessor(tuple(t.tolist() for t in self._split(batch)))
+
     def keras(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model(self.preprocessor(tuple(t.tolist() for t in self._split(batch))),
-                                     training=False))
+        return np.asarray(self.model(self._packed(batch), training=False))
 
     def write_saved_model(self, path: str) -> None:
         sm.write_text_classifier_saved_model(self.model, self.preprocessor, path, self.names,
@@ -152,8 +154,7 @@ class TextClassifierAdapter(ImageClassifierAdapter):
     int16x8_input = "token_ids, segment_ids, padding_mask (int32 [batch, sequence_length]; tokenize first)"
 
     def _ids(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        packed = self.preprocessor(tuple(t.tolist() for t in self._split(batch)))
-        return {k: np.asarray(v, np.int32) for k, v in packed.items()}
+        return {k: np.asarray(v, np.int32) for k, v in self._packed(batch).items()}
 
     def write_int16x8_source(self, path: str, calibration: np.ndarray) -> Callable[[], Any]:
         import tensorflow as tf
@@ -236,6 +237,15 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
         report["formats"][fmt] = {**scores, "accuracy_delta": scores["accuracy"] - keras_scores["accuracy"],
                                   "size_bytes": int(size), "latency_ms": latency, "file": path, **extra}
 
+    def add_tflite(fmt: str, content: bytes, fname: str, make_runner: Callable[[bytes], Any], **extra: Any) -> None:
+        """Write one TFLite file into the version and record its parity, size, latency and ops."""
+        with open(os.path.join(staging, fname), "wb") as fh:
+            fh.write(content)
+        sm.failpoint("tflite_written")
+        run_tflite = make_runner(content)  # one interpreter for parity and latency
+        record(fmt, verify.batched(run_tflite, x), len(content), verify.latency_ms(run_tflite, x[:1], latency_runs),
+               fname, ops=tfl.describe_ops(content), **extra)
+
     with sm.publish_version(base, name, version) as (staging, ver):
         report["version"] = ver
         if "saved_model" in fmts:
@@ -251,31 +261,16 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
                 log.info("converting to %s", ", ".join(tflite_fmts))
                 for fmt, content in tfl.convert_formats(src, tflite_fmts, run["calibration"], info["input"]["shape"],
                                                         custom_ops=adapter.custom_ops):
-                    fname = tfl.TFLITE_FORMATS[fmt][0]
-                    with open(os.path.join(staging, fname), "wb") as fh:
-                        fh.write(content)
-                    sm.failpoint("tflite_written")
-                    run_tflite = adapter.tflite_fn(content)  # one interpreter for parity and latency
-                    record(fmt, verify.batched(run_tflite, x), len(content),
-                           verify.latency_ms(run_tflite, x[:1], latency_runs), fname, ops=tfl.describe_ops(content))
+                    add_tflite(fmt, content, tfl.TFLITE_FORMATS[fmt][0], adapter.tflite_fn)
         if "tflite_int16x8" in fmts:
             with tempfile.TemporaryDirectory(dir=staging, prefix=".src16-") as src:
                 log.info("converting to tflite_int16x8")
                 content = tfl.convert_int16x8(src, adapter.write_int16x8_source(src, run["calibration"]))
-            fname = tfl.TFLITE_FORMATS["tflite_int16x8"][0]
-            with open(os.path.join(staging, fname), "wb") as fh:
-                fh.write(content)
-            run16 = adapter.int16x8_fn(content)
             extra = {"input": adapter.int16x8_input} if adapter.int16x8_input else {}
-            record("tflite_int16x8", verify.batched(run16, x), len(content),
-                   verify.latency_ms(run16, x[:1], latency_runs), fname, ops=tfl.describe_ops(content), **extra)
+            add_tflite("tflite_int16x8", content, tfl.TFLITE_FORMATS["tflite_int16x8"][0], adapter.int16x8_fn,
+                       **extra)
         for label, content in (extra_tflite or {}).items():
-            fname = f"model_{label.removeprefix('tflite_')}.tflite"
-            with open(os.path.join(staging, fname), "wb") as fh:
-                fh.write(content)
-            run_tflite = adapter.tflite_fn(content)
-            record(label, verify.batched(run_tflite, x), len(content),
-                   verify.latency_ms(run_tflite, x[:1], latency_runs), fname, ops=tfl.describe_ops(content))
+            add_tflite(label, content, f"model_{label.removeprefix('tflite_')}.tflite", adapter.tflite_fn)
         f32 = report["formats"].get("tflite", {}).get("size_bytes")
         for fmt, r in report["formats"].items():
             r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None

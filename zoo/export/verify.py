@@ -44,6 +44,11 @@ def batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 
 
 def format_table(report: dict[str, Any]) -> str:
     """The per-format report as an aligned text table."""
+    return _align(table_rows(report))
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The per-format report as rows of cells, header first (for the text and markdown tables)."""
     if report.get("task") == "translation":
         header = ["format", "BLEU", "exact match", "same as keras", "size", "p50 ms"]
         rows = [header, ["keras", f"{report['keras']['bleu']:.2f}", f"{report['keras']['exact_match']:.4f}", "-",
@@ -51,7 +56,7 @@ def format_table(report: dict[str, Any]) -> str:
         for fmt, r in report["formats"].items():
             rows.append([fmt, f"{r['bleu']:.2f}", f"{r['exact_match']:.4f}", f"{r['agreement']:.4f}",
                          _human(r["size_bytes"]), f"{r['latency_ms']['p50']:.3f}"])
-        return _align(rows)
+        return rows
     header = ["format", "accuracy", "delta", "max |diff|", "agree", "size", "x f32", "p50 ms"]
     rows = [header]
     for fmt, r in report["formats"].items():
@@ -60,14 +65,12 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['label_agreement']:.4f}", _human(r["size_bytes"]),
             f"{r['size_ratio']:.2f}" if r.get("size_ratio") is not None else "-", f"{r['latency_ms']['p50']:.3f}",
         ])
-    return _align(rows)
+    return rows
 
 
 def markdown_report(report: dict[str, Any]) -> str:
     """report.md: what was exported, on which examples and machine, and the per-format table."""
-    lines = format_table(report).splitlines()
-    cells = [_split_cells(line) for i, line in enumerate(lines) if i != 1]
-    head, body = cells[0], cells[1:]
+    head, *body = [[c.replace("|", "\\|") for c in row] for row in table_rows(report)]
     md = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
     md += ["| " + " | ".join(row) + " |" for row in body]
     machine = report.get("machine", {})
@@ -79,12 +82,6 @@ def markdown_report(report: dict[str, Any]) -> str:
         intro.append(f"- Keras accuracy {report['keras']['accuracy']:.4f}; `agree` = same predicted label as Keras, "
                      "`x f32` = size relative to the float32 TFLite file")
     return "\n".join(intro + [""] + md) + "\n"
-
-
-def _split_cells(line: str) -> list[str]:
-    import re
-
-    return [c.replace("|", "\\|") for c in re.split(r"\s{2,}", line.strip()) if c]
 
 
 def plot_report(report: dict[str, Any], path: str) -> None:

@@ -151,7 +151,7 @@ def text_dataset(texts: np.ndarray, labels: np.ndarray | None, preprocessor: Any
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _stack(texts: list[str], pairs: list[str] | None) -> np.ndarray:
+def stack_texts(texts: list[str], pairs: list[str] | None) -> np.ndarray:
     return np.asarray(list(zip(texts, pairs)) if pairs is not None else texts, dtype=str)
 
 
@@ -167,10 +167,10 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
     if len(names) < 2:
         raise DataError(f"{d.source!r} has a single label ({names[0]!r}); a classifier needs two or more")
     y = zdata.encode_labels(train, names)
-    x = _stack(train.texts, train.pairs)
+    x = stack_texts(train.texts, train.pairs)
     if d.eval_source:
         evals = zdata.read_labelled_text(d.eval_source, d.text_column, d.label_column, pair, d.format)
-        x_eval, y_eval = _stack(evals.texts, evals.pairs), zdata.encode_labels(evals, names)
+        x_eval, y_eval = stack_texts(evals.texts, evals.pairs), zdata.encode_labels(evals, names)
         x_train, y_train = x, y
     else:
         train_idx, eval_idx = zdata.stratified_split(y, (d.validation_split,), cfg.train.seed)

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 from zoo import registry
 from zoo.config import check_range
 from zoo.errors import ConfigError, DataError
-from zoo.recipes.bert_classify import TextDataConfig, text_dataset
+from zoo.recipes.bert_classify import TextDataConfig, stack_texts, text_dataset
 from zoo.recipes.engine.optim import OptimizerConfig
 from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
 
@@ -111,12 +110,6 @@ def load_teacher(run_dir: str) -> tuple[Any, Any, dict[str, Any]]:
     return zoo.load(model_path, compile=False), pre, info
 
 
-def _texts(examples: Any) -> np.ndarray:
-    if examples.pairs is not None:
-        return np.asarray(list(zip(examples.texts, examples.pairs)), dtype=str)
-    return np.asarray(examples.texts, dtype=str)
-
-
 def teacher_logits(teacher: Any, pre: Any, texts: np.ndarray, batch: int = 64) -> np.ndarray:
     ds = text_dataset(texts, None, pre, batch).map(lambda x, y: x)
     return np.asarray(teacher.predict(ds, verbose=0), dtype=np.float32)
@@ -135,10 +128,10 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
         raise ConfigError("the teacher was trained on " + ("text pairs" if info.get("pair") else "single texts")
                           + "; set data.pair_column accordingly")
     train = zdata.read_labelled_text(d.source, d.text_column, d.label_column, pair, d.format)
-    x_train, y_train = _texts(train), zdata.encode_labels(train, names)
+    x_train, y_train = stack_texts(train.texts, train.pairs), zdata.encode_labels(train, names)
     if d.eval_source:
         evals = zdata.read_labelled_text(d.eval_source, d.text_column, d.label_column, pair, d.format)
-        x_eval, y_eval = _texts(evals), zdata.encode_labels(evals, names)
+        x_eval, y_eval = stack_texts(evals.texts, evals.pairs), zdata.encode_labels(evals, names)
     else:
         train_idx, eval_idx = zdata.stratified_split(y_train, (d.validation_split,), cfg.train.seed)
         x_train, y_train, x_eval, y_eval = x_train[train_idx], y_train[train_idx], x_train[eval_idx], y_train[eval_idx]
@@ -193,14 +186,9 @@ def compile_args(cfg: DistillConfig) -> dict[str, Any]:
 
 
 def _latency_ms(model: Any, x1: dict[str, Any], runs: int = 30) -> float:
-    for _ in range(3):
-        model(x1, training=False)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        model(x1, training=False)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    from zoo.export.verify import latency_ms
+
+    return latency_ms(lambda x: model(x, training=False), x1, runs, warmup=3)["p50"]
 
 
 def evaluate(cfg: DistillConfig, model: Any, data: Datasets) -> dict[str, float]:

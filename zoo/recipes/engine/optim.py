@@ -177,22 +177,22 @@ def _fused_adam_update(optimizer: Any, gradient: Any, variable: Any, learning_ra
     return True
 
 
+class _FusedAdamStep:
+    """``update_step`` through ``_fused_adam_update``, falling back to the Keras class's own."""
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if not _fused_adam_update(self, gradient, variable, learning_rate):
+            super().update_step(gradient, variable, learning_rate)
+
+
 @keras.saving.register_keras_serializable(package="zoo")
-class FusedAdam(keras.optimizers.Adam):
+class FusedAdam(_FusedAdamStep, keras.optimizers.Adam):
     """``keras.optimizers.Adam`` whose per-variable update is one fused TensorFlow kernel."""
 
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        if not _fused_adam_update(self, gradient, variable, learning_rate):
-            super().update_step(gradient, variable, learning_rate)
-
 
 @keras.saving.register_keras_serializable(package="zoo")
-class FusedAdamW(keras.optimizers.AdamW):
+class FusedAdamW(_FusedAdamStep, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW`` (decoupled weight decay) with the fused Adam update."""
-
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        if not _fused_adam_update(self, gradient, variable, learning_rate):
-            super().update_step(gradient, variable, learning_rate)
 
 
 def build_optimizer(opt: OptimizerConfig, learning_rate: Any = None) -> Any:
