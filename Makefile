@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # Re-install when the pins change; the stamp marks a complete install.
-$(STAMP): setup.py
+$(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check zoo tests benchmarks
+	$(VENV)/bin/ruff check zoo recipes export tests benchmarks
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

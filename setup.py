@@ -29,7 +29,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["zoo", "zoo.*"]),
+    # The user's layout: three top-level folders, installed as one package. recipes/ and export/
+    # become zoo.recipes and zoo.export, so nothing of ours can collide with another "export".
+    packages=[*find_packages(include=["zoo", "zoo.*"]),
+              *("zoo." + p for p in find_packages(include=["recipes", "recipes.*", "export", "export.*"]))],
+    package_dir={"zoo": "zoo", "zoo.recipes": "recipes", "zoo.export": "export"},
+    package_data={"zoo.recipes": ["configs/*.yaml"]},
     install_requires=STACK,
     # tokenizers: the reference WordPiece implementation the tokenizer tests compare against.
     extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6", "tokenizers==0.23.3"]},

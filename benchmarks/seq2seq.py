@@ -56,7 +56,7 @@ def train_step_seconds(preset: str, vocab: int, batch: int, length: int, precisi
     import tensorflow as tf
 
     import zoo
-    from zoo.models.seq2seq import LabelSmoothedCrossEntropy
+    from zoo.losses import LabelSmoothedCrossEntropy
     from zoo.recipes.engine.optim import OptimizerConfig, build_optimizer
     from zoo.recipes.engine.precision import precision_scope
 

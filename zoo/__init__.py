@@ -10,7 +10,6 @@ Importing ``zoo`` registers the models and imports no TensorFlow.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from zoo.errors import ConfigError, DataError, DeviceError, ExportError, UnknownNameError, ZooError
@@ -20,27 +19,10 @@ __version__ = "0.1.0"
 
 
 def load(path: str, compile: bool = True) -> Any:
-    """Load a ``.keras`` file saved by the zoo (``safe_mode=True``: no arbitrary code runs)."""
-    if not os.path.exists(path):
-        raise ZooError(f"no model file at {path!r}; expected a .keras file such as runs/<run>/model.keras")
-    if os.path.isdir(path):
-        candidate = os.path.join(path, "model.keras")
-        if not os.path.isfile(candidate):
-            raise ZooError(f"{path!r} is a directory without model.keras; pass the .keras file or a finished run dir")
-        path = candidate
-    if not path.endswith(".keras"):
-        raise ZooError(f"{path!r} is not a .keras file; zoo.load reads Keras v3 .keras archives")
-    import keras
+    """Load a ``.keras`` file saved by the zoo, or a finished run dir's model (``safe_mode=True``)."""
+    from zoo.saving import load_model
 
-    # Register the zoo's serializable classes (schedules, BERT models, the preprocessor).
-    from zoo import tokenizers  # noqa: F401
-    from zoo.models import bert  # noqa: F401
-    from zoo.recipes.engine import optim  # noqa: F401
-
-    try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
-    except (ValueError, OSError, TypeError) as exc:
-        raise ZooError(f"could not load {path!r}: {exc}") from None
+    return load_model(path, compile)
 
 
 def import_hf_bert(directory: str, sequence_length: int = 128, **overrides: Any) -> tuple[Any, Any]:

@@ -1,5 +1,8 @@
 """The ``zoo`` command: list, train, export, compress, translate.
 
+The top of the import order (``zoo`` core <- ``zoo.export`` <- ``zoo.recipes`` <- this module):
+the one core module allowed to import the recipes and the exporters.
+
     zoo list
     zoo train image_classify --epochs 5
     zoo export runs/<run> --to exports --name digits --formats saved_model,tflite_int8
@@ -10,24 +13,61 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, format_error
+
+# Lines TensorFlow's C++ side prints at start-up, before its logging can be configured
+# (TF_CPP_MIN_LOG_LEVEL does not reach them): shown only with --verbose.
+_STARTUP_NOISE = re.compile(
+    r"absl::InitializeLog|oneDNN custom operations|cudart_stub|cuda_platform|cuInit|cpu_feature_guard|"
+    r"rebuild TensorFlow with the appropriate compiler flags|computation placer already registered|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory")
 
 
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ INFO/WARNING lines drown the output people read; errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """Capture what is written to file descriptor 2 (C++ included) inside the block; afterwards
+    replay every line that is not start-up noise, so warnings and errors still show."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not _STARTUP_NOISE.search(line):
+                    sys.stderr.write(line)
+
+
+def quiet_startup(verbose: bool) -> None:
+    """Import TensorFlow and Keras with their start-up noise filtered out (unless ``verbose``)."""
+    if verbose:
+        return
+    # Level 3 also hides the cuInit error printed when devices are first initialized; devices are not
+    # initialized here, so --cpu-devices can still split the CPU.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _filtered_stderr():
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from zoo import registry
-    from zoo.recipes import list_recipes
+    from zoo.recipes import list_configs, list_recipes
 
     rows = []
     for name in registry.list_models():
@@ -43,7 +83,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append({"name": name, "task": entry.task, "trainable_parameters": trainable, "parameters": params,
                      "description": entry.description})
     if args.json:
-        print(json.dumps({"models": rows, "recipes": list_recipes()}, indent=2))
+        print(json.dumps({"models": rows, "recipes": list_recipes(), "configs": list_configs()}, indent=2))
         return 0
     width = max(len(r["name"]) for r in rows)
     print(f"{'model':<{width}}  {'task':<20}  {'trainable':>12}  {'all weights':>12}  description")
@@ -53,6 +93,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{r['name']:<{width}}  {r['task']:<20}  {trainable:>12}  {params:>12}  {r['description']}")
     print("\n(trainable = the published parameter count; all weights adds BatchNorm's moving statistics)")
     print("recipes: " + ", ".join(list_recipes()))
+    print("experiment configs (zoo train RECIPE --config NAME): " + ", ".join(list_configs()))
     return 0
 
 
@@ -115,20 +156,27 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _default_name(run_dir: str) -> str:
-    info = os.path.join(run_dir, "run.json")
-    if os.path.isfile(info):
-        with open(info, encoding="utf-8") as fh:
-            return json.load(fh).get("model", "model")
-    return "model"
+    """The model's name from the run's run.json (the export then names what is wrong, if anything)."""
+    from zoo.rundir import RunDir
+
+    try:
+        return RunDir.open(run_dir, finished=False).info.model
+    except ZooError:
+        return "model"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_tensorflow()
-    parser = argparse.ArgumentParser(prog="zoo", description="Keras/TensorFlow model zoo with verified exports")
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    parser = argparse.ArgumentParser(prog="zoo", description="Keras/TensorFlow model zoo with verified exports",
+                                     epilog="--verbose (anywhere) shows TensorFlow's start-up messages; "
+                                            "--debug shows the full cause of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on an error, print the full traceback and its causes")
 
-    p_list = sub.add_parser("list", help="the models (with parameter counts) and recipes there are")
+    p_list = sub.add_parser("list", parents=[common], help="the models (with parameter counts) and recipes there are")
     p_list.add_argument("--json", action="store_true")
     p_list.add_argument("--no-params", action="store_true", help="skip building models to count parameters")
 
@@ -136,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              add_help=False)
     p_train.add_argument("recipe", nargs="?")
 
-    p_export = sub.add_parser("export", help="export a finished run as SavedModel / TFLite, verified")
+    p_export = sub.add_parser("export", parents=[common], help="export a finished run as SavedModel / TFLite, verified")
     p_export.add_argument("run_dir")
     p_export.add_argument("--to", required=True, help="the base path (TF Serving's model_base_path parent)")
     p_export.add_argument("--name", help="model name under the base path (default: the model's name)")
@@ -149,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--beam", type=int, help="translation runs: beam width baked into the SavedModel "
                                                    "(default: greedy)")
 
-    p_c = sub.add_parser("compress", help="QAT or magnitude pruning of a CNN run (tensorflow-model-optimization)")
+    p_c = sub.add_parser("compress", parents=[common],
+                         help="QAT or magnitude pruning of a CNN run (tensorflow-model-optimization)")
     p_c.add_argument("kind", choices=("qat", "prune"))
     p_c.add_argument("run_dir")
     p_c.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
@@ -160,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_c.add_argument("--version", type=int)
     p_c.add_argument("--json", action="store_true")
 
-    p_tr = sub.add_parser("translate", help="translate texts with a finished translate run")
+    p_tr = sub.add_parser("translate", parents=[common], help="translate texts with a finished translate run")
     p_tr.add_argument("run_dir")
     p_tr.add_argument("texts", nargs="*", help="source texts (default: one per line on standard input)")
     p_tr.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
@@ -181,15 +230,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + "\n(zoo train RECIPE --help shows a recipe's options)")
             return 0 if any(a in ("-h", "--help") for a in argv[1:]) else 2
         try:
-            from zoo.recipes import get_recipe_module
+            from zoo.recipes import check_recipe, get_recipe_module
 
+            check_recipe(argv[1])  # before TensorFlow is imported: a typo is answered at once
+            quiet_startup(verbose)
             module = get_recipe_module(argv[1])
         except ZooError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(format_error(exc, "--debug" in argv), file=sys.stderr)
             return 2
         return module.main(argv[2:])
 
     args = parser.parse_args(argv)
+    if args.command != "list" or not args.no_params:
+        quiet_startup(verbose)
     logging.basicConfig(level=logging.INFO if not getattr(args, "json", False) else logging.WARNING,
                         format="%(levelname)s %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to <staging dir>" misleads
@@ -197,8 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress}
         return commands[args.command](args)
     except ZooError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(format_error(exc, args.debug), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

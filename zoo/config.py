@@ -262,16 +262,16 @@ def load_config_file(path: str) -> dict[str, Any]:
     return dict(data)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_config(cfg: Any, path: str) -> None:
     """Write the resolved config as YAML (atomically)."""
+    from zoo.atomic import write_text_atomic
+
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named architecture (KerasHub's word): its full config and a one-line description."""
+
+    config: Any
+    description: str

@@ -50,3 +50,12 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameErr
         f"unknown {kind} '{name}'{did_you_mean(name, choices)} "
         f"(known: {', '.join(choices)})"
     )
+
+
+def format_error(exc: BaseException, debug: bool = False) -> str:
+    """The one-line ``error: ...`` a command prints; with ``debug`` the full traceback and its causes."""
+    if not debug:
+        return f"error: {exc}"
+    import traceback
+
+    return "".join(traceback.format_exception(exc)).rstrip() + f"\nerror: {exc}"

@@ -1,4 +1,4 @@
-"""Text-generation metrics: corpus BLEU as sacreBLEU computes it, and exact match.
+"""Evaluation metrics: corpus BLEU as sacreBLEU computes it, exact match, macro-F1.
 
 BLEU is sacreBLEU's own implementation (pinned), with its defaults: 13a tokenization, 4-grams,
 exponential smoothing, one reference per hypothesis. Scores are on sacreBLEU's 0-100 scale.
@@ -7,6 +7,7 @@ exponential smoothing, one reference per hypothesis. Scores are on sacreBLEU's 0
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -32,3 +33,18 @@ def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     if not hypotheses:
         return 0.0
     return sum(_tokens(h) == _tokens(r) for h, r in zip(hypotheses, references)) / len(hypotheses)
+
+
+def macro_f1(y_true: Any, y_pred: Any, num_classes: int) -> float:
+    """Unweighted mean of per-class F1 (a class neither present nor predicted is left out)."""
+    import numpy as np
+
+    scores = []
+    for c in range(num_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0

@@ -104,10 +104,8 @@ def _build_bert(cfg: Any, keras: Any = None) -> Any:
     return build_bert(cfg, keras)
 
 
-for _name in bert_config.BERT_PRESETS:
-    _layers, _hidden, _heads = bert_config.BERT_PRESETS[_name]
-    register(ModelEntry(_name, bert_config.bert_preset_config(_name), _build_bert, "text_encoder",
-                        f"BERT encoder, {_layers} layers, hidden {_hidden}, {_heads} heads"))
+for _name, _preset in bert_config.BERT_PRESETS.items():
+    register(ModelEntry(_name, _preset.config, _build_bert, "text_encoder", _preset.description))
 
 
 def _build_seq2seq(cfg: Any, keras: Any = None) -> Any:
@@ -116,9 +114,8 @@ def _build_seq2seq(cfg: Any, keras: Any = None) -> Any:
     return build_seq2seq(cfg, keras)
 
 
-for _name, (_enc, _dec, _hidden, _heads, _ffn) in seq2seq_config.SEQ2SEQ_PRESETS.items():
-    register(ModelEntry(_name, seq2seq_config.seq2seq_preset_config(_name), _build_seq2seq, "seq2seq",
-                        f"Transformer encoder-decoder, {_enc}+{_dec} layers, hidden {_hidden}, {_heads} heads"))
+for _name, _preset in seq2seq_config.SEQ2SEQ_PRESETS.items():
+    register(ModelEntry(_name, _preset.config, _build_seq2seq, "seq2seq", _preset.description))
 register(ModelEntry("text_cnn", cnn.TextCNNConfig(), cnn.build_text_cnn, "text_classification",
                     "Kim 2014 TextCNN on token ids"))
 

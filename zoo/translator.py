@@ -10,15 +10,13 @@ exported SavedModel's ``serving_default`` runs.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from zoo.errors import DataError, ZooError
+from zoo.errors import DataError
 from zoo.models.decoding import DecodeConfig, decode_config, generate
 
 log = logging.getLogger(__name__)
@@ -56,23 +54,13 @@ class Translator:
     @classmethod
     def from_run(cls, run_dir: str, **decode_options: Any) -> Translator:
         """Load a finished ``translate`` run; ``decode_options`` are DecodeConfig fields (method, beam_width...)."""
-        import zoo
-        from zoo.tokenizers import TextTokenizer, load_vocabulary
+        from zoo.rundir import RunDir, TranslationInfo
 
-        info_path = os.path.join(run_dir, "run.json")
-        model_path = os.path.join(run_dir, "model.keras")
-        if not os.path.isfile(info_path) or not os.path.isfile(model_path):
-            raise ZooError(f"{run_dir!r} is not a finished run dir (run.json and model.keras are needed)")
-        with open(info_path, encoding="utf-8") as fh:
-            info = json.load(fh)
-        if info.get("task") != "translation":
-            raise ZooError(f"{run_dir!r} is a {info.get('task')!r} run, not a translation (text-to-text) run")
-        p = info["preprocessor"]
-        source = TextTokenizer(load_vocabulary(os.path.join(run_dir, p["source_vocabulary_file"])), p["lowercase"])
-        target = source if p["target_vocabulary_file"] == p["source_vocabulary_file"] else TextTokenizer(
-            load_vocabulary(os.path.join(run_dir, p["target_vocabulary_file"])), p["lowercase"])
-        model = zoo.load(model_path, compile=False)
-        return cls(model, source, target, p["max_source_length"], decode_config(**decode_options))
+        run = RunDir.open(run_dir)
+        info = run.expect(TranslationInfo, purpose="translation (text-to-text decoding)")
+        source, target = run.tokenizers()
+        return cls(run.load_model(), source, target, info.preprocessor.max_source_length,
+                   decode_config(**decode_options))
 
     def _generate(self, texts: Any) -> tuple[Any, Any]:
         """(generated target ids ``[batch, max_length]``, how many sources were truncated), tokenizing once."""

@@ -14,6 +14,7 @@ from zoo.cli import main as zoo_main
 from zoo.errors import DataError, ExportError, UnknownNameError
 from zoo.export import exporter
 from zoo.export import tflite as tfl
+from zoo.rundir import RunDirError
 
 ALL = "saved_model,tflite,tflite_float16,tflite_dynamic,tflite_int8_weights,tflite_int8,tflite_int16x8"
 
@@ -145,12 +146,13 @@ def test_bad_export_requests(tmp_path, digits_run):
     unfinished = tmp_path / "unfinished"
     shutil.copytree(digits_run.run_dir, unfinished)
     os.remove(unfinished / "model.keras")
-    with pytest.raises(ExportError, match="no final model \\(model.keras\\): the run did not finish"):
+    with pytest.raises(RunDirError, match="no final model \\(model.keras\\): the run did not finish. Resume it with "
+                                          "`zoo train image_classify --run-dir"):
         exporter.export_run(str(unfinished), str(tmp_path / "out"), "digits")
     assert not os.path.exists(tmp_path / "out" / "digits" / "1")
     with pytest.raises(UnknownNameError, match="did you mean 'tflite_int8'"):
         exporter.parse_formats("saved_model,tflite_int4")
-    with pytest.raises(ExportError, match="does not exist"):
+    with pytest.raises(RunDirError, match="does not exist"):
         exporter.export_run(str(tmp_path / "nope"), str(tmp_path / "out"), "digits")
     with pytest.raises(DataError, match="representative data has shape"):
         tfl.representative_dataset(np.zeros((4, 9, 9, 1), "float32"), [None, 8, 8, 1])

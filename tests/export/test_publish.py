@@ -11,9 +11,7 @@ import sys
 import pytest
 
 from zoo.export import exporter
-from zoo.export import saved_model as sm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from zoo.export import publish as sm
 
 
 def _tree_digest(path):
@@ -27,12 +25,20 @@ def _tree_digest(path):
     return h.hexdigest()
 
 
+# The crash injection lives in the test: an observer of the publishing steps that SIGKILLs the
+# export process when it reaches the chosen step.
+KILL_AT = """
+import os, signal, sys
+from zoo.export import exporter, publish
+publish.STEP_OBSERVERS.append(lambda step: step == sys.argv[4] and os.kill(os.getpid(), signal.SIGKILL))
+exporter.export_run(sys.argv[1], sys.argv[2], 'digits', sys.argv[3], latency_runs=1)
+"""
+
+
 def _export_in_subprocess(run_dir, base, formats, step):
-    code = ("import sys; from zoo.export import exporter; "
-            "exporter.export_run(sys.argv[1], sys.argv[2], 'digits', sys.argv[3], latency_runs=1)")
-    env = {**os.environ, sm.FAILPOINT_ENV: step, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, "-c", code, run_dir, base, formats], env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", KILL_AT, run_dir, base, formats, step], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 
 from zoo.errors import ExportError
 from zoo.export import exporter
+from zoo.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,8 @@ def test_tflite_string_models_agree_with_keras(text_export, minilm_run):
     version_dir, report = text_export
     sample = np.load(os.path.join(minilm_run.run_dir, "eval_sample.npz"))
     x = sample["x"]
-    reference = exporter.TextClassifierAdapter(minilm_run.model, __import__("json").load(
-        open(os.path.join(minilm_run.run_dir, "run.json"))), minilm_run.run_dir).keras(x)
+    run = RunDir.open(minilm_run.run_dir)
+    reference = exporter.TextClassifierExporter(run, run.info).keras(x)
     ref_probs = _softmax(reference)
     # int8 weights with float activations meet issue 3's 2e-2; the hybrid kernels of dynamic-range
     # int8 (activations quantized on the fly) measured 0.028 on this model, labels identical.

@@ -53,7 +53,7 @@ def _dequantized(w, axis):
 def _run(content, ids):
     import tensorflow as tf
 
-    interp = tfl._interpreter_class()(model_content=content)
+    interp = tfl.interpreter_class()(model_content=content)
     return interp.get_signature_runner("serving_default")(ids=tf.constant(ids).numpy())["logits"]
 
 

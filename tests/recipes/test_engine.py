@@ -15,7 +15,8 @@ import pytest
 
 import zoo
 from zoo.errors import ConfigError, DeviceError, UnknownNameError
-from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig, WarmupDecay, build_optimizer, build_schedule
+from zoo.optimizers import WarmupDecay
+from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig, build_optimizer, build_schedule
 from zoo.recipes.engine.precision import precision_scope
 from zoo.recipes.engine.run import train
 from zoo.recipes.engine.strategy import build_strategy
@@ -245,7 +246,7 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
         import os, signal, sys
         import keras
         from zoo.recipes import image_classify
-        from zoo.recipes.engine import run as engine
+        from zoo.recipes.engine import cli as engine
 
         class KillAfterEpoch2(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -316,3 +317,10 @@ def test_multi_worker_two_processes_match_one_device(tmp_path):
     for wa, wb in zip(single.model.weights, chief_model.weights):
         np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-5)
     assert not os.path.exists(os.path.join(run_dir, ".workers"))  # the non-chief cleaned up
+
+
+def test_xla_over_mirrored_cpus_is_refused_before_anything_is_written(tmp_path):
+    """TensorFlow's XLA cluster cannot reach replica variables on other logical CPUs; say so up front."""
+    with pytest.raises(zoo.errors.DeviceError, match="XLA .* cannot compile a step mirrored over 2 CPU devices"):
+        train("image_classify", str(tmp_path / "run"), {"train.strategy": "mirrored", "train.jit_compile": True})
+    assert not os.path.exists(tmp_path / "run")

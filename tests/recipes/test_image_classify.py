@@ -74,7 +74,7 @@ def test_folder_dataset_can_refuse_corrupt_images(tmp_path):
 
 
 def test_tfrecord_dataset_trains(tmp_path):
-    from zoo.data import write_image_tfrecord
+    from zoo.data.images import write_image_tfrecord
 
     rng = np.random.default_rng(1)
     for shard in range(2):

@@ -149,7 +149,7 @@ def test_bad_pair_files(tmp_path):
 
 
 def test_length_bucketed_batches_keep_padding_small():
-    from zoo.data import length_bucketed_batches
+    from zoo.data.order import length_bucketed_batches
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 60, 1000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zoo.config import check_choice, check_range
+from zoo.config import Preset, check_choice, check_range
 
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
 
@@ -43,18 +43,19 @@ class BertConfig:
         return embeddings + self.num_layers * layer + h * h + h
 
 
-# name -> (layers, hidden, heads); intermediate is 4x hidden. Sizes from the BERT and MiniLM papers.
-BERT_PRESETS = {
-    "bert_tiny": (2, 128, 2),
-    "bert_mini": (4, 256, 4),
-    "bert_small": (4, 512, 8),
-    "bert_medium": (8, 512, 8),
-    "bert_base": (12, 768, 12),
-    "bert_large": (24, 1024, 16),
-    "minilm_l6_h384": (6, 384, 12),
-}
+def _bert(name: str, layers: int, hidden: int, heads: int, description: str) -> Preset:
+    """A BERT preset; the feed-forward width is 4x hidden, as in every published size."""
+    cfg = BertConfig(name=name, num_layers=layers, hidden_dim=hidden, num_heads=heads, intermediate_dim=4 * hidden)
+    return Preset(cfg, f"BERT encoder, {layers} layers, hidden {hidden}, {heads} heads ({description})")
 
 
-def bert_preset_config(name: str) -> BertConfig:
-    layers, hidden, heads = BERT_PRESETS[name]
-    return BertConfig(name=name, num_layers=layers, hidden_dim=hidden, num_heads=heads, intermediate_dim=4 * hidden)
+# Sizes from the BERT paper (base, large), Turc et al. 2019 (tiny ... medium) and MiniLM (Wang et al. 2020).
+BERT_PRESETS = {p.config.name: p for p in (
+    _bert("bert_tiny", 2, 128, 2, "Turc et al. 2019"),
+    _bert("bert_mini", 4, 256, 4, "Turc et al. 2019"),
+    _bert("bert_small", 4, 512, 8, "Turc et al. 2019"),
+    _bert("bert_medium", 8, 512, 8, "Turc et al. 2019"),
+    _bert("bert_base", 12, 768, 12, "Devlin et al. 2019"),
+    _bert("bert_large", 24, 1024, 16, "Devlin et al. 2019"),
+    _bert("minilm_l6_h384", 6, 384, 12, "MiniLM-L6-H384, Wang et al. 2020"),
+)}

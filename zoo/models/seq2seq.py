@@ -195,29 +195,3 @@ def build_seq2seq(cfg: Seq2SeqConfig, keras_module: Any = None) -> Seq2SeqTransf
         raise ConfigError("the seq2seq Transformer is built on keras-nlp layers and needs Keras 3, not tf_keras")
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "name"}
     return Seq2SeqTransformer(**fields, name=cfg.name)
-
-
-@keras.saving.register_keras_serializable(package="zoo")
-class LabelSmoothedCrossEntropy(keras.losses.Loss):
-    """Cross-entropy against targets smoothed by ``label_smoothing`` (Szegedy et al. 2016), from logits.
-
-    ``(1 - e) * -log p(y) + e * mean_v(-log p(v))``. Padding is masked out by the sample weights
-    the translate recipe attaches (0 at padded positions); the mean is over weighted tokens.
-    """
-
-    def __init__(self, label_smoothing: float = 0.1, name: str = "label_smoothed_cross_entropy",
-                 reduction: str = "mean_with_sample_weight", **kwargs: Any):
-        super().__init__(name=name, reduction=reduction, **kwargs)
-        self.label_smoothing = float(label_smoothing)
-
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        y_true = ops.cast(y_true, "int32")
-        nll = -ops.squeeze(ops.take_along_axis(log_probs, y_true[..., None], axis=-1), axis=-1)
-        if not self.label_smoothing:
-            return nll
-        uniform = -ops.mean(log_probs, axis=-1)
-        return (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}

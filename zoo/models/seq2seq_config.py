@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zoo.config import check_choice, check_range
+from zoo.config import Preset, check_choice, check_range
 
 POSITIONS = ("sinusoidal", "learned")
 FFN_ACTIVATIONS = ("relu", "gelu")
@@ -74,15 +74,15 @@ class Seq2SeqConfig:
         return embeddings + encoder + decoder + output + final_norms
 
 
-# name -> (encoder layers, decoder layers, hidden, heads, feed-forward)
-SEQ2SEQ_PRESETS = {
-    "transformer_tiny": (2, 2, 128, 4, 512),
-    "transformer_small": (3, 3, 256, 4, 1024),
-    "transformer_base": (6, 6, 512, 8, 2048),
-}
+def _transformer(name: str, encoder: int, decoder: int, hidden: int, heads: int, ffn: int, note: str) -> Preset:
+    cfg = Seq2SeqConfig(name=name, num_encoder_layers=encoder, num_decoder_layers=decoder, hidden_dim=hidden,
+                        num_heads=heads, intermediate_dim=ffn)
+    return Preset(cfg, f"Transformer encoder-decoder, {encoder}+{decoder} layers, hidden {hidden}, {heads} heads"
+                       f"{note}")
 
 
-def seq2seq_preset_config(name: str) -> Seq2SeqConfig:
-    enc, dec, hidden, heads, ffn = SEQ2SEQ_PRESETS[name]
-    return Seq2SeqConfig(name=name, num_encoder_layers=enc, num_decoder_layers=dec, hidden_dim=hidden,
-                         num_heads=heads, intermediate_dim=ffn)
+SEQ2SEQ_PRESETS = {p.config.name: p for p in (
+    _transformer("transformer_tiny", 2, 2, 128, 4, 512, ""),
+    _transformer("transformer_small", 3, 3, 256, 4, 1024, ""),
+    _transformer("transformer_base", 6, 6, 512, 8, 2048, " (Vaswani et al. 2017, base)"),
+)}

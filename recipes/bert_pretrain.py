@@ -22,9 +22,11 @@ import numpy as np
 from zoo import registry
 from zoo.config import check_range
 from zoo.errors import ConfigError, DataError
-from zoo.recipes.bert_classify import bert_model_config, build_backbone, resolve_backbone
+from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
+from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
+from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.rundir import MaskedLMInfo, RunDir, WordPieceSpec
 
 
 @dataclass(frozen=True)
@@ -133,24 +135,24 @@ def mask_tokens(inputs: dict[str, Any], *, vocab_size: int, mask_id: int, specia
 def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPretrainConfig, Datasets]:
     import tensorflow as tf
 
-    from zoo import data as zdata
+    from zoo.data.order import slices
+    from zoo.data.splits import train_eval_split
+    from zoo.data.text import read_text_corpus
 
     d = cfg.data
     if not d.source:
         raise DataError("no corpus: pass --data with plain-text file(s), one sentence or passage per line")
 
     def read(spec: str) -> list[str]:
-        return zdata.read_text_corpus([p.strip() for p in spec.split(",") if p.strip()])
+        return read_text_corpus([p.strip() for p in spec.split(",") if p.strip()])
 
     lines = read(d.source)
     if d.eval_source:
         train_lines, eval_lines = lines, read(d.eval_source)
     else:
-        rng = np.random.default_rng(cfg.train.seed)
-        order = rng.permutation(len(lines))
-        n_eval = max(1, int(round(d.validation_split * len(lines))))
-        eval_lines = [lines[i] for i in order[:n_eval]]
-        train_lines = [lines[i] for i in order[n_eval:]]
+        train_idx, eval_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1)
+        eval_lines = [lines[i] for i in eval_idx]
+        train_lines = [lines[i] for i in train_idx]
     cfg, pre, state = resolve_backbone(cfg, explicit, lambda: train_lines)
     vocab = pre.vocabulary
     continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
@@ -163,21 +165,21 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         return mask_tokens(pre(texts), seed=seed, **options)
 
     batch = cfg.train.batch_size
-    train_ds = zdata.slices(np.asarray(train_lines), cfg.train.seed).batch(batch)
+    train_ds = slices(np.asarray(train_lines), cfg.train.seed).batch(batch)
     train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     # The evaluation masks are fixed (stateless, seeded) so validation losses compare across epochs.
-    eval_ds = zdata.slices(np.asarray(eval_lines)).batch(batch).enumerate()
+    eval_ds = slices(np.asarray(eval_lines)).batch(batch).enumerate()
     eval_ds = eval_ds.map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
     eval_ds = eval_ds.cache().prefetch(tf.data.AUTOTUNE)
     info = {"counts": {"train_lines": len(train_lines), "eval_lines": len(eval_lines)}, "vocab_size": len(vocab)}
     return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(len(train_lines) / batch)),
-                         validation=eval_ds, info=info, files={"vocab.txt": "\n".join(vocab) + "\n"}, state=state)
+                         validation=eval_ds, info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"}, state=state)
 
 
 def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:
     from zoo.models.bert import BertMaskedLM
 
-    return BertMaskedLM(build_backbone(cfg, data), name="bert_masked_lm")
+    return BertMaskedLM(build_backbone(cfg, data.state), name="bert_masked_lm")
 
 
 def compile_args(cfg: BertPretrainConfig) -> dict[str, Any]:
@@ -187,12 +189,10 @@ def compile_args(cfg: BertPretrainConfig) -> dict[str, Any]:
             "weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="masked_accuracy")]}
 
 
-def run_info(cfg: BertPretrainConfig, data: Datasets) -> dict[str, Any]:
-    return {"recipe": RECIPE.name, "task": "masked_lm", "model": "bert_masked_lm", "backbone": cfg.model.name,
-            "init": cfg.init,
-            "preprocessor": {"vocabulary_file": "vocab.txt", "sequence_length": cfg.data.sequence_length,
-                             "lowercase": cfg.data.lowercase},
-            "data": data.info}
+def run_info(cfg: BertPretrainConfig, data: Datasets) -> MaskedLMInfo:
+    return MaskedLMInfo(recipe=RECIPE.name, model="bert_masked_lm", backbone=cfg.model.name, init=cfg.init,
+                        preprocessor=WordPieceSpec(RunDir.VOCAB, cfg.data.sequence_length, cfg.data.lowercase),
+                        data=data.info)
 
 
 RECIPE = Recipe(

@@ -14,7 +14,9 @@ from typing import Any
 
 import keras
 
-from zoo.config import check_choice, check_range, write_text_atomic
+from zoo.atomic import write_json_atomic
+from zoo.config import check_choice, check_range
+from zoo.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +35,6 @@ class EarlyStoppingConfig:
         check_choice("mode", self.mode, ("auto", "min", "max"))
         check_range("patience", self.patience, 0)
         check_range("min_delta", self.min_delta, 0.0)
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON to ``path`` so that readers see the old or the new file, never half of one."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 class MetricsLog(keras.callbacks.Callback):
@@ -98,23 +87,22 @@ class MetricsLog(keras.callbacks.Callback):
         write_json_atomic(self.path, self.data)
 
 
-def build_callbacks(run_dir: str, early: EarlyStoppingConfig, *, tensorboard: bool = True,
+def build_callbacks(out: RunDir, early: EarlyStoppingConfig, *, tensorboard: bool = True,
                     checkpoint_every_epoch: bool = True) -> list[Any]:
     """The standard callback list; order matters: the backup is restored before anything else runs."""
     callbacks: list[Any] = [
         # Saves model + optimizer + epoch at each epoch end; on restart resumes there.
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+        keras.callbacks.BackupAndRestore(out.backup_dir),
         keras.callbacks.TerminateOnNaN(),
-        MetricsLog(os.path.join(run_dir, "metrics.json")),
+        MetricsLog(out.metrics_path),
     ]
     if checkpoint_every_epoch:
-        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
+        os.makedirs(out.checkpoints_dir, exist_ok=True)
+        callbacks.append(keras.callbacks.ModelCheckpoint(out.checkpoint_pattern(), save_weights_only=True))
     if early.patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=early.monitor, patience=early.patience, mode=early.mode, min_delta=early.min_delta,
             restore_best_weights=early.restore_best_weights, verbose=1))
     if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch"))
+        callbacks.append(keras.callbacks.TensorBoard(out.logs_dir, update_freq="epoch"))
     return callbacks

@@ -157,3 +157,22 @@ def is_chief() -> bool:
         return True
     first_worker = task.get("type", "worker") == "worker" and task.get("index", 0) == 0
     return first_worker and "chief" not in spec.get("cluster", {})
+
+
+def check_xla(strategy: Any, jit_compile: bool) -> None:
+    """Refuse XLA over several CPU replicas of one process, before anything is written.
+
+    TensorFlow compiles the replicated train step into one XLA cluster on the first CPU, which then
+    cannot read the replica variables that live on the other logical CPUs ("Trying to access
+    resource ... located in device CPU:1 from device CPU:0"; TensorFlow's XLA known issues,
+    tfvariable_on_a_different_device). GPUs and separate worker processes are not affected.
+    """
+    if not jit_compile or strategy.num_replicas_in_sync < 2:
+        return
+    devices = list(getattr(strategy.extended, "worker_devices", ()))
+    local_cpus = [d for d in devices if "CPU" in d.upper().split("DEVICE:")[-1]]
+    if len(local_cpus) > 1:
+        raise DeviceError(
+            f"XLA (--xla / train.jit_compile) cannot compile a step mirrored over {len(local_cpus)} CPU devices of "
+            "one process: TensorFlow's XLA cluster cannot reach variables on the other logical CPUs. Drop --xla, "
+            "or use one device (XLA alone), GPUs, or --strategy multi_worker with one process per replica")

@@ -15,22 +15,22 @@ relative to the teacher's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import keras
 import numpy as np
 
 from zoo import registry
 from zoo.config import check_range
-from zoo.errors import ConfigError, DataError
-from zoo.recipes.bert_classify import TextDataConfig, stack_texts, text_dataset
+from zoo.errors import ConfigError
+from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.optim import OptimizerConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
+from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.recipes.text_data import TextDataConfig, predict_texts, read_splits, text_classification_info, text_dataset
+from zoo.rundir import RunDir, RunDirError, TextClassificationInfo
 
 
 def student_config(name: str) -> Any:
@@ -59,82 +59,27 @@ class DistillConfig:
         check_range("temperature", self.temperature, 0.0, low_inclusive=False)
 
 
-@keras.saving.register_keras_serializable(package="zoo")
-class DistillationLoss(keras.losses.Loss):
-    """``alpha * CE(label, s) + (1 - alpha) * T^2 * KL(p_t || p_s)`` at temperature ``T``.
-
-    ``y_true`` packs ``[label, teacher logits...]`` per example (float), so the loss needs no second input.
-    """
-
-    def __init__(self, alpha: float = 0.5, temperature: float = 2.0, name: str = "distillation", **kwargs: Any):
-        super().__init__(name=name, **kwargs)
-        self.alpha, self.temperature = float(alpha), float(temperature)
-
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        ops = keras.ops
-        y_pred = ops.cast(y_pred, "float32")
-        labels = ops.cast(y_true[:, 0], "int32")
-        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
-        t = self.temperature
-        teacher = ops.log_softmax(ops.cast(y_true[:, 1:], "float32") / t, axis=-1)
-        student = ops.log_softmax(y_pred / t, axis=-1)
-        soft = ops.sum(ops.exp(teacher) * (teacher - student), axis=-1) * (t * t)
-        return self.alpha * hard + (1.0 - self.alpha) * soft
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "alpha": self.alpha, "temperature": self.temperature}
-
-
-@keras.saving.register_keras_serializable(package="zoo")
-def packed_label_accuracy(y_true: Any, y_pred: Any) -> Any:
-    """Accuracy against the label in column 0 of the packed targets."""
-    return keras.metrics.sparse_categorical_accuracy(keras.ops.cast(y_true[:, 0], "int32"), y_pred)
-
-
-def load_teacher(run_dir: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(teacher model, its preprocessor, its run.json) from a finished text-classification run."""
-    import zoo
-    from zoo.tokenizers import BertPreprocessor, load_vocabulary
-
-    info_path, model_path = os.path.join(run_dir, "run.json"), os.path.join(run_dir, "model.keras")
-    if not run_dir or not os.path.isfile(info_path) or not os.path.isfile(model_path):
-        raise ConfigError(f"--teacher {run_dir!r} is not a finished run dir (run.json and model.keras are needed)")
-    with open(info_path, encoding="utf-8") as fh:
-        info = json.load(fh)
-    if info.get("task") != "text_classification" or "preprocessor" not in info:
-        raise ConfigError(f"--teacher {run_dir!r} is a {info.get('task')!r} run; distillation needs a text "
-                          "classifier run (bert_classify)")
-    p = info["preprocessor"]
-    pre = BertPreprocessor(load_vocabulary(os.path.join(run_dir, p["vocabulary_file"])),
-                           sequence_length=p["sequence_length"], lowercase=p["lowercase"])
-    return zoo.load(model_path, compile=False), pre, info
-
-
-def teacher_logits(teacher: Any, pre: Any, texts: np.ndarray, batch: int = 64) -> np.ndarray:
-    ds = text_dataset(texts, None, pre, batch).map(lambda x, y: x)
-    return np.asarray(teacher.predict(ds, verbose=0), dtype=np.float32)
+def load_teacher(run_dir: str) -> tuple[Any, Any, TextClassificationInfo]:
+    """(teacher model, its preprocessor, its run info) from a finished text-classification run."""
+    if not run_dir:
+        raise ConfigError("no teacher: pass --teacher with the run dir of a bert_classify run")
+    try:
+        run = RunDir.open(run_dir)
+        info = run.expect(TextClassificationInfo, purpose="distillation (--teacher)")
+    except RunDirError as exc:
+        raise ConfigError(f"--teacher: {exc}") from exc
+    return run.load_model(), run.preprocessor(), info
 
 
 def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig, Datasets]:
-    from zoo import data as zdata
-
     d = cfg.data
-    if not d.source:
-        raise DataError("no training data: pass --data FILE (CSV, TSV or JSONL with text and label columns)")
     teacher, pre, info = load_teacher(cfg.teacher)
-    names = list(info["class_names"])
-    pair = d.pair_column or None
-    if bool(pair) != bool(info.get("pair")):
-        raise ConfigError("the teacher was trained on " + ("text pairs" if info.get("pair") else "single texts")
+    if bool(d.pair_column) != (info.input.pair_name is not None):
+        raise ConfigError("the teacher was trained on " + ("text pairs" if info.input.pair_name else "single texts")
                           + "; set data.pair_column accordingly")
-    train = zdata.read_labelled_text(d.source, d.text_column, d.label_column, pair, d.format)
-    x_train, y_train = stack_texts(train.texts, train.pairs), zdata.encode_labels(train, names)
-    if d.eval_source:
-        evals = zdata.read_labelled_text(d.eval_source, d.text_column, d.label_column, pair, d.format)
-        x_eval, y_eval = stack_texts(evals.texts, evals.pairs), zdata.encode_labels(evals, names)
-    else:
-        train_idx, eval_idx = zdata.stratified_split(y_train, (d.validation_split,), cfg.train.seed)
-        x_train, y_train, x_eval, y_eval = x_train[train_idx], y_train[train_idx], x_train[eval_idx], y_train[eval_idx]
+    splits = read_splits(d, cfg.train.seed, class_names=info.class_names)
+    names, x_train, y_train, x_eval, y_eval = (splits.class_names, splits.x_train, splits.y_train, splits.x_eval,
+                                               splits.y_eval)
     seq = pre.sequence_length
     if "data.sequence_length" in explicit and d.sequence_length != seq:
         raise ConfigError(f"data.sequence_length={d.sequence_length}, but the teacher reads {seq} tokens; "
@@ -149,10 +94,9 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
                                         max_sequence_length=max(seq, model_cfg.max_sequence_length))
     cfg = dataclasses.replace(cfg, model=model_cfg)
 
-    soft = teacher_logits(teacher, pre, x_train)  # once; reused every epoch
+    soft = predict_texts(teacher, x_train, pre)  # once; reused every epoch
     packed = np.concatenate([y_train[:, None].astype(np.float32), soft], axis=1)
-    eval_packed = np.concatenate([y_eval[:, None].astype(np.float32),
-                                  teacher_logits(teacher, pre, x_eval)], axis=1)
+    eval_packed = np.concatenate([y_eval[:, None].astype(np.float32), predict_texts(teacher, x_eval, pre)], axis=1)
     batch = cfg.train.batch_size
     n_eval = min(d.eval_sample_size, len(x_eval))
     state = {"preprocessor": pre, "teacher": teacher, "x_eval": x_eval, "y_eval": y_eval,
@@ -162,9 +106,9 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
         steps_per_epoch=max(1, math.ceil(len(x_train) / batch)),
         validation=text_dataset(x_eval, eval_packed, pre, batch), test=None,
         eval_sample=(x_eval[:n_eval], y_eval[:n_eval]), calibration=x_train[:d.calibration_size],
-        info={"class_names": names, "pair": pair is not None, "teacher": os.path.abspath(cfg.teacher),
+        info={"class_names": names, "pair": splits.pair, "teacher": os.path.abspath(cfg.teacher),
               "counts": {"train": int(len(x_train)), "eval": int(len(x_eval))}},
-        files={"vocab.txt": "\n".join(pre.vocabulary) + "\n"}, state=state)
+        files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
 
 
 def build_model(cfg: DistillConfig, data: Datasets) -> Any:
@@ -173,6 +117,8 @@ def build_model(cfg: DistillConfig, data: Datasets) -> Any:
         from zoo.models.bert import BertClassifier, build_bert
 
         return BertClassifier(build_bert(cfg.model), num_classes=len(data.info["class_names"]), name="student")
+    import keras
+
     inner = registry.build_from_config(cfg.model)
     inputs = {k: keras.Input(shape=(None,), dtype="int32", name=k) for k in ("token_ids", "segment_ids",
                                                                              "padding_mask")}
@@ -182,6 +128,8 @@ def build_model(cfg: DistillConfig, data: Datasets) -> Any:
 
 
 def compile_args(cfg: DistillConfig) -> dict[str, Any]:
+    from zoo.losses import DistillationLoss, packed_label_accuracy
+
     return {"loss": DistillationLoss(cfg.alpha, cfg.temperature), "metrics": [packed_label_accuracy]}
 
 
@@ -194,8 +142,7 @@ def _latency_ms(model: Any, x1: dict[str, Any], runs: int = 30) -> float:
 def evaluate(cfg: DistillConfig, model: Any, data: Datasets) -> dict[str, float]:
     x_eval, y_eval = data.state["x_eval"], data.state["y_eval"]
     pre = data.state["preprocessor"]
-    ds = text_dataset(x_eval, None, pre, cfg.train.batch_size).map(lambda x, y: x)
-    student = float((np.asarray(model.predict(ds, verbose=0)).argmax(-1) == y_eval).mean())
+    student = float((predict_texts(model, x_eval, pre, cfg.train.batch_size).argmax(-1) == y_eval).mean())
     teacher = float((data.state["teacher_eval_logits"].argmax(-1) == y_eval).mean())
     x1 = pre(tuple(list(c) for c in x_eval[:1].T) if x_eval.ndim == 2 else list(x_eval[:1]))
     student_ms, teacher_ms = _latency_ms(model, x1), _latency_ms(data.state["teacher"], x1)
@@ -206,14 +153,9 @@ def evaluate(cfg: DistillConfig, model: Any, data: Datasets) -> dict[str, float]
             "teacher_parameters": float(data.state["teacher"].count_params())}
 
 
-def run_info(cfg: DistillConfig, data: Datasets) -> dict[str, Any]:
-    return {"recipe": RECIPE.name, "task": "text_classification", "model": f"distilled_{cfg.model.name}",
-            "teacher": data.info["teacher"],
-            "input": {"name": "text", "pair_name": "text_pair" if data.info["pair"] else None, "dtype": "string",
-                      "shape": [None]},
-            "preprocessor": {"vocabulary_file": "vocab.txt", "sequence_length": cfg.data.sequence_length,
-                             "lowercase": cfg.data.lowercase},
-            "class_names": data.info["class_names"], "data": data.info}
+def run_info(cfg: DistillConfig, data: Datasets) -> TextClassificationInfo:
+    return text_classification_info(RECIPE.name, f"distilled_{cfg.model.name}", cfg, data,
+                                    teacher=data.info["teacher"])
 
 
 RECIPE = Recipe(

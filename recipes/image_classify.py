@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from zoo import registry
 from zoo.config import check_choice, check_range
+from zoo.data.images import ImageDataConfig
 from zoo.errors import ConfigError, DataError
+from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.optim import OptimizerConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
+from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.rundir import ImageClassificationInfo, InputSpec
 
-FORMATS = ("auto", "digits", "folder", "tfrecord")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
 
@@ -34,41 +35,6 @@ def _image_model_config(name: str) -> Any:
             + ", ".join(registry.list_models("image_classification"))
         )
     return registry.default_config(name)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the images come from and how they are split.
-
-    ``source`` is ``digits``, a folder of class sub-folders, or TFRecord file(s) / glob.
-    ``eval_source`` (same kinds) becomes the test split; otherwise ``test_split`` of the data is held out.
-    ``image_size`` () means the images' own size (the most common one), unless model.input_shape is set.
-    """
-
-    source: str = "digits"
-    format: str = "auto"
-    eval_source: str | None = None
-    image_size: tuple[int, ...] = ()
-    channels: int = 0
-    validation_split: float = 0.1
-    test_split: float = 0.2
-    on_corrupt: str = "skip"
-    image_key: str = "image/encoded"
-    label_key: str = "image/class/label"
-    shuffle_buffer: int = 4096
-    eval_sample_size: int = 512
-    calibration_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_choice("format", self.format, FORMATS)
-        check_choice("on_corrupt", self.on_corrupt, ("skip", "error"))
-        check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
-        check_range("test_split", self.test_split, 0.0, 1.0, high_inclusive=False)
-        if self.validation_split + self.test_split >= 1.0:
-            raise ConfigError("validation_split + test_split must be below 1 to leave training data")
-        if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ConfigError(f"image_size={list(self.image_size)}; expected [height, width]")
-        check_choice("channels", self.channels, (0, 1, 3))
 
 
 @dataclass(frozen=True)
@@ -101,67 +67,17 @@ class ImageClassifyConfig:
 
     model: Any = field(default_factory=lambda: registry.default_config("small_cnn"),
                        metadata={"polymorphic": _image_model_config})
-    data: DataConfig = field(default_factory=DataConfig)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=20, batch_size=32, optimizer=OptimizerConfig(name="adam", learning_rate=1e-3)))
-
-
-def _detect_format(source: str, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    if source == "digits":
-        return "digits"
-    if os.path.isdir(source):
-        has_records = any(f.endswith((".tfrecord", ".tfrecords")) or ".tfrecord-" in f for f in os.listdir(source))
-        return "tfrecord" if has_records else "folder"
-    if "*" in source or os.path.isfile(source):
-        return "tfrecord"
-    raise DataError(f"data path {source!r} does not exist; pass --data with a folder of class folders, "
-                    "TFRecord file(s), or 'digits'")
-
-
-def load_images(data_cfg: DataConfig, seed: int) -> Any:
-    """Load and split the images a DataConfig describes."""
-    from zoo import data as zdata
-
-    fmt = _detect_format(data_cfg.source, data_cfg.format)
-    skipped: list[str] = []
-    if fmt == "digits":
-        src, names = zdata.load_digits_source()
-        pixel_max, native, channels = 16.0, (8, 8), 1
-    elif fmt == "folder":
-        src, names, skipped, native = zdata.scan_image_folder(data_cfg.source, data_cfg.on_corrupt)
-        pixel_max, channels = 255.0, 3
-    else:
-        files = zdata.tfrecord_files(data_cfg.source)
-        src = zdata.scan_tfrecord_labels(files, data_cfg.label_key)
-        names = [str(i) for i in range(int(src.labels.max()) + 1)]
-        pixel_max, channels = 255.0, 3
-        native = None if data_cfg.image_size else zdata.tfrecord_image_size(files, data_cfg.image_key)
-        if src.labels.min() < 0:
-            raise DataError(f"TFRecords at {data_cfg.source!r} hold negative labels; labels must be 0..K-1")
-    test_frac = 0.0 if data_cfg.eval_source else data_cfg.test_split
-    # The validation fraction is of the whole data set, so it is rescaled when no test split is cut.
-    train, val, test = zdata.split_source(src, data_cfg.validation_split, test_frac, seed)
-    if data_cfg.eval_source:
-        efmt = _detect_format(data_cfg.eval_source, "auto" if fmt != "digits" else "folder")
-        if efmt == "folder":
-            test, _, more, _ = zdata.scan_image_folder(data_cfg.eval_source, data_cfg.on_corrupt, class_names=names)
-            skipped += more
-        else:
-            test = zdata.scan_tfrecord_labels(zdata.tfrecord_files(data_cfg.eval_source), data_cfg.label_key)
-            if test.labels.max() >= len(names):
-                raise DataError(f"eval data {data_cfg.eval_source!r} has label {int(test.labels.max())}, "
-                                f"not seen in training (classes 0..{len(names) - 1})")
-    return zdata.ImageData(train, val, test, names, pixel_max, native, channels, skipped), fmt
 
 
 def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageClassifyConfig, Datasets]:
     import numpy as np
     import tensorflow as tf
 
-    from zoo import data as zdata
+    from zoo.data.images import image_dataset, load_images
 
     images, fmt = load_images(cfg.data, cfg.train.seed)
     model_cfg = cfg.model
@@ -191,7 +107,7 @@ def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageCl
     cfg = dataclasses.replace(cfg, model=model_cfg, data=data_cfg)
 
     def make(src, shuffle_seed=None):
-        return zdata.image_dataset(src, size, channels, cfg.data.image_key, cfg.data.label_key,
+        return image_dataset(src, size, channels, cfg.data.image_key, cfg.data.label_key,
                                    shuffle_seed=shuffle_seed, shuffle_buffer=cfg.data.shuffle_buffer)
 
     batch = cfg.train.batch_size
@@ -247,11 +163,12 @@ def compile_args(cfg: ImageClassifyConfig) -> dict[str, Any]:
             "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
 
 
-def run_info(cfg: ImageClassifyConfig, data: Datasets) -> dict[str, Any]:
-    return {"recipe": RECIPE.name, "task": "image_classification", "model": cfg.model.name,
-            "input": {"name": "images", "shape": [None, *cfg.model.input_shape], "dtype": "float32",
-                      "pixel_range": [0.0, 1.0 / cfg.model.rescale]},
-            "class_names": data.info["class_names"], "data": data.info}
+def run_info(cfg: ImageClassifyConfig, data: Datasets) -> ImageClassificationInfo:
+    return ImageClassificationInfo(
+        recipe=RECIPE.name, model=cfg.model.name, data=data.info,
+        input=InputSpec("images", "float32", (None, *cfg.model.input_shape),
+                        pixel_range=(0.0, 1.0 / cfg.model.rescale)),
+        class_names=tuple(data.info["class_names"]))
 
 
 RECIPE = Recipe(

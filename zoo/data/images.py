@@ -1,5 +1,5 @@
-"""Input pipelines: the real digits images scikit-learn ships, folders of images per class,
-TFRecords of encoded images; deterministic stratified splits; tf.data with augmentation.
+"""Image inputs: the real digits images scikit-learn ships, folders of images per class,
+TFRecords of encoded images; tf.data pipelines with the images' own size by default.
 
 Bad data fails here, early, with the file named: a missing path, a corrupt image (skipped
 with a warning or an error, by config), a folder with fewer than two classes.
@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import DataError
+from zoo.config import check_choice, check_range
+from zoo.data.order import slices
+from zoo.data.splits import stratified_split
+from zoo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 # The formats tf.io.decode_image reads; other files in class folders are ignored with a warning.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+FORMATS = ("auto", "digits", "folder", "tfrecord")
 
 
 @dataclass
@@ -49,22 +53,6 @@ class ImageData:
     native_size: tuple[int, int] | None = None
     channels: int = 3
     skipped: list[str] = field(default_factory=list)
-
-
-def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
-    """Split indices into len(fractions)+1 parts, each class divided in the same proportions."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        start = 0
-        for p, frac in enumerate(fractions):
-            n = int(round(frac * len(idx)))
-            parts[p + 1].extend(idx[start:start + n])
-            start += n
-        parts[0].extend(idx[start:])
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
 def _subset(src: ImageSource, idx: np.ndarray) -> ImageSource:
@@ -238,36 +226,6 @@ def write_image_tfrecord(path: str, encoded_images: Sequence[bytes], labels: Seq
             writer.write(ex.SerializeToString())
 
 
-def epoch_permutations(n: int, seed: int) -> Any:
-    """An endless dataset of indices: a fresh permutation of 0..n-1 for every epoch.
-
-    Each epoch's order is a pure function of (seed, epoch), unlike ``Dataset.shuffle``, whose
-    order depends on how many iterators were opened before (Keras' MirroredStrategy path opens
-    one extra to peek, which made 1-replica and 2-replica runs see different batches).
-    """
-    import tensorflow as tf
-
-    def one_epoch(epoch):
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(perm)
-
-    return tf.data.Dataset.counter(dtype=tf.int64).flat_map(one_epoch)
-
-
-def slices(tensors: Any, shuffle_seed: int | None = None) -> Any:
-    """``Dataset.from_tensor_slices(tensors)``; with ``shuffle_seed`` endless, in a fresh
-    ``epoch_permutations`` order every epoch (``tensors`` is an array or a tuple of arrays)."""
-    import tensorflow as tf
-
-    if shuffle_seed is None:
-        return tf.data.Dataset.from_tensor_slices(tensors)
-    constants = tf.nest.map_structure(tf.constant, tensors)
-    n = len(tf.nest.flatten(tensors)[0])
-    return epoch_permutations(n, shuffle_seed).map(
-        lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), constants))
-
-
 def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
                   image_key: str = "image/encoded", label_key: str = "image/class/label",
                   shuffle_seed: int | None = None, shuffle_buffer: int = 4096) -> Any:
@@ -320,190 +278,99 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-# ----------------------------------------------------------------------------- text
+@dataclass(frozen=True)
+class ImageDataConfig:
+    """Where the images come from and how they are split.
+
+    ``source`` is ``digits``, a folder of class sub-folders, or TFRecord file(s) / glob.
+    ``eval_source`` (same kinds) becomes the test split; otherwise ``test_split`` of the data is held out.
+    ``image_size`` () means the images' own size (the most common one), unless model.input_shape is set.
+    """
+
+    source: str = "digits"
+    format: str = "auto"
+    eval_source: str | None = None
+    image_size: tuple[int, ...] = ()
+    channels: int = 0
+    validation_split: float = 0.1
+    test_split: float = 0.2
+    on_corrupt: str = "skip"
+    image_key: str = "image/encoded"
+    label_key: str = "image/class/label"
+    shuffle_buffer: int = 4096
+    eval_sample_size: int = 512
+    calibration_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_choice("format", self.format, FORMATS)
+        check_choice("on_corrupt", self.on_corrupt, ("skip", "error"))
+        check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
+        check_range("test_split", self.test_split, 0.0, 1.0, high_inclusive=False)
+        if self.validation_split + self.test_split >= 1.0:
+            raise ConfigError("validation_split + test_split must be below 1 to leave training data")
+        if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ConfigError(f"image_size={list(self.image_size)}; expected [height, width]")
+        check_choice("channels", self.channels, (0, 1, 3))
 
 
-@dataclass
-class TextExamples:
-    """Labelled texts (and optional second texts, for pairs) read from one file."""
-
-    texts: list[str]
-    labels: list[str]
-    pairs: list[str] | None = None
-    lines: list[int] = field(default_factory=list)  # source line of each example, for error messages
-    source: str = ""
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-
-def _decoded_lines(path: str) -> list[tuple[int, str]]:
-    """(line number, text) of every line; a DataError naming file and line for bytes that are not UTF-8."""
-    if not os.path.isfile(path):
-        raise DataError(f"data file {path!r} does not exist")
-    out = []
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                "re-encode the file as UTF-8") from None
-            if number == 1 and line.startswith("\ufeff"):
-                line = line[1:]  # byte-order mark
-            out.append((number, line.rstrip("\n").rstrip("\r")))
-    return out
-
-
-def text_format(path: str, fmt: str = "auto") -> str:
-    """csv, tsv or jsonl, from ``fmt`` or the file extension."""
+def detect_format(source: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    ext = os.path.splitext(path)[1].lower()
-    formats = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-    if ext not in formats:
-        raise DataError(f"cannot tell the format of {path!r} from its extension; use .csv, .tsv or .jsonl, "
-                        "or set data.format")
-    return formats[ext]
+    if source == "digits":
+        return "digits"
+    if os.path.isdir(source):
+        has_records = any(f.endswith((".tfrecord", ".tfrecords")) or ".tfrecord-" in f for f in os.listdir(source))
+        return "tfrecord" if has_records else "folder"
+    if "*" in source or os.path.isfile(source):
+        return "tfrecord"
+    raise DataError(f"data path {source!r} does not exist; pass --data with a folder of class folders, "
+                    "TFRecord file(s), or 'digits'")
 
 
-def read_labelled_text(path: str, text_column: str = "text", label_column: str = "label",
-                       pair_column: str | None = None, fmt: str = "auto") -> TextExamples:
-    """Read CSV / TSV (with a header row) or JSONL of texts and labels; errors name file and line."""
-    import csv
-    import json
-
-    fmt = text_format(path, fmt)
-    lines = _decoded_lines(path)
-    columns = [text_column, label_column] + ([pair_column] if pair_column else [])
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if fmt == "jsonl":
-        for number, line in lines:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line")
-            rows.append((number, record))
+def load_images(data_cfg: ImageDataConfig, seed: int) -> Any:
+    """Load and split the images an ImageDataConfig describes; returns (ImageData, the detected format)."""
+    fmt = detect_format(data_cfg.source, data_cfg.format)
+    skipped: list[str] = []
+    if fmt == "digits":
+        src, names = load_digits_source()
+        pixel_max, native, channels = 16.0, (8, 8), 1
+    elif fmt == "folder":
+        src, names, skipped, native = scan_image_folder(data_cfg.source, data_cfg.on_corrupt)
+        pixel_max, channels = 255.0, 3
     else:
-        delimiter = "," if fmt == "csv" else "\t"
-        if not lines:
-            raise DataError(f"{path!r} is empty; expected a header row naming the columns")
-        reader = csv.reader([text for _, text in lines], delimiter=delimiter)
-        header = next(reader)
-        for (number, _), values in zip(lines[1:], reader):
-            if not values:
-                continue
-            if len(values) != len(header):
-                raise DataError(f"{path}:{number}: {len(values)} fields but the header has {len(header)} "
-                                f"({delimiter!r}-separated); quote fields that contain the separator")
-            rows.append((number, dict(zip(header, values))))
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise DataError(f"{path!r} has no column {', '.join(map(repr, missing))}; its header has "
-                            f"{', '.join(header)} (set data.text_column / data.label_column)")
-    texts, labels, pairs, numbers = [], [], [], []
-    for number, record in rows:
-        for column in columns:
-            if column not in record:
-                raise DataError(f"{path}:{number}: no field {column!r}")
-        label = record[label_column]
-        if label is None or str(label).strip() == "":
-            raise DataError(f"{path}:{number}: empty label")
-        texts.append("" if record[text_column] is None else str(record[text_column]))
-        labels.append(str(label).strip())
-        if pair_column:
-            pairs.append("" if record[pair_column] is None else str(record[pair_column]))
-        numbers.append(number)
-    if not texts:
-        raise DataError(f"{path!r} holds no examples")
-    return TextExamples(texts, labels, pairs if pair_column else None, numbers, path)
+        files = tfrecord_files(data_cfg.source)
+        src = scan_tfrecord_labels(files, data_cfg.label_key)
+        names = [str(i) for i in range(int(src.labels.max()) + 1)]
+        pixel_max, channels = 255.0, 3
+        native = None if data_cfg.image_size else tfrecord_image_size(files, data_cfg.image_key)
+        if src.labels.min() < 0:
+            raise DataError(f"TFRecords at {data_cfg.source!r} hold negative labels; labels must be 0..K-1")
+    test_frac = 0.0 if data_cfg.eval_source else data_cfg.test_split
+    # The validation fraction is of the whole data set, so it is rescaled when no test split is cut.
+    train, val, test = split_source(src, data_cfg.validation_split, test_frac, seed)
+    if data_cfg.eval_source:
+        efmt = detect_format(data_cfg.eval_source, "auto" if fmt != "digits" else "folder")
+        if efmt == "folder":
+            test, _, more, _ = scan_image_folder(data_cfg.eval_source, data_cfg.on_corrupt, class_names=names)
+            skipped += more
+        else:
+            test = scan_tfrecord_labels(tfrecord_files(data_cfg.eval_source), data_cfg.label_key)
+            if test.labels.max() >= len(names):
+                raise DataError(f"eval data {data_cfg.eval_source!r} has label {int(test.labels.max())}, "
+                                f"not seen in training (classes 0..{len(names) - 1})")
+    return ImageData(train, val, test, names, pixel_max, native, channels, skipped), fmt
 
 
-def label_names(labels: Sequence[str]) -> list[str]:
-    """Sorted distinct labels (numerically when they are all integers)."""
-    distinct = set(labels)
-    try:
-        return sorted(distinct, key=int)
-    except ValueError:
-        return sorted(distinct)
-
-
-def encode_labels(examples: TextExamples, names: Sequence[str]) -> np.ndarray:
-    """Label ids; a label outside ``names`` is a DataError naming the file and line."""
-    index = {n: i for i, n in enumerate(names)}
-    ids = []
-    for label, number in zip(examples.labels, examples.lines or range(1, len(examples) + 1)):
-        if label not in index:
-            raise DataError(f"{examples.source}:{number}: label {label!r} was not seen in training "
-                            f"(training labels: {', '.join(names)})")
-        ids.append(index[label])
-    return np.asarray(ids, dtype=np.int32)
-
-
-def read_text_corpus(paths: Sequence[str]) -> list[str]:
-    """Non-empty lines of plain text files (globs allowed), for pretraining and vocabularies."""
-    files: list[str] = []
-    for pattern in paths:
-        matched = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        if not matched:
-            raise DataError(f"no files match {pattern!r}")
-        files.extend(matched)
-    lines = []
-    for path in files:
-        lines.extend(text for _, text in _decoded_lines(path) if text.strip())
-    if not lines:
-        raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
-    return lines
-
-
-def read_text_pairs(path: str) -> tuple[list[str], list[str], list[int]]:
-    """(sources, targets, line numbers) from a TSV of ``source<TAB>target`` lines (no header).
-
-    Blank lines are skipped; a line without a tab, or with an empty source or target, is a
-    DataError naming the file and line. Text after a second tab stays part of the target.
-    """
-    sources, targets, numbers = [], [], []
-    for number, line in _decoded_lines(path):
-        if not line.strip():
-            continue
-        if "\t" not in line:
-            raise DataError(f"{path}:{number}: no tab; each line must be 'source<TAB>target'")
-        source, target = line.split("\t", 1)
-        if not source.strip():
-            raise DataError(f"{path}:{number}: empty source text")
-        if not target.strip():
-            raise DataError(f"{path}:{number}: empty target text")
-        sources.append(source.strip())
-        targets.append(target.strip())
-        numbers.append(number)
-    if not sources:
-        raise DataError(f"{path!r} has no 'source<TAB>target' lines")
-    return sources, targets, numbers
-
-
-def length_bucketed_batches(lengths: np.ndarray, batch: int, epochs: int, seed: int, window: int = 50) -> np.ndarray:
-    """Index batches ``[epochs * steps, batch]`` that keep padding small, in a seeded order.
-
-    Each epoch: a fresh permutation (a pure function of ``(seed, epoch)``), cut into windows of
-    ``window`` batches; inside a window examples are sorted by length and cut into batches, and
-    the batches of the epoch are shuffled. Every epoch has the same number of batches,
-    ``len(lengths) // batch`` (the few examples left over differ from epoch to epoch).
-    """
-    n = len(lengths)
-    batch = min(batch, n)
-    steps = n // batch
-    out = np.empty((epochs * steps, batch), np.int64)
-    for epoch in range(epochs):
-        rng = np.random.default_rng([seed, epoch])
-        perm = rng.permutation(n)[:steps * batch]
-        span = window * batch
-        for start in range(0, len(perm), span):
-            chunk = perm[start:start + span]
-            perm[start:start + span] = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches = perm.reshape(steps, batch)
-        out[epoch * steps:(epoch + 1) * steps] = batches[rng.permutation(steps)]
-    return out
+def training_arrays(data_cfg: ImageDataConfig, seed: int, max_examples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``max_examples`` training images and labels of a run's data config, as arrays (the
+    training split the recipe used, without augmentation): what fine-tuning outside the recipe
+    (``zoo compress``) trains on."""
+    images, _ = load_images(data_cfg, seed)
+    size = tuple(data_cfg.image_size) or images.native_size or (224, 224)
+    channels = data_cfg.channels or images.channels
+    ds = image_dataset(images.train, size, channels, data_cfg.image_key, data_cfg.label_key)
+    xs, ys = [], []
+    for x, y in ds.take(max_examples).batch(256):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)

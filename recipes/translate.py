@@ -25,8 +25,10 @@ from zoo import registry
 from zoo.config import check_range
 from zoo.errors import ConfigError, DataError
 from zoo.models.decoding import DecodeConfig
+from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig, main_for
+from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.rundir import InputSpec, RunDir, Seq2SeqTextSpec, TranslationInfo
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,6 @@ class TranslateConfig:
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
 
 
-def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng(seed).permutation(n)
-    n_eval = int(round(n * fraction))
-    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
-
-
 def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, end: bool) -> tuple[np.ndarray, int]:
     """Padded id matrix (end token appended when ``end``) and how many texts were truncated."""
     from zoo.translator import pad_ids
@@ -97,17 +93,19 @@ def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, end: bool) ->
 def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateConfig, Datasets]:
     import tensorflow as tf
 
-    from zoo import data as zdata
+    from zoo.data.order import length_bucketed_batches
+    from zoo.data.splits import train_eval_split
+    from zoo.data.text import read_text_pairs
     from zoo.tokenizers import TextTokenizer, build_vocabulary
 
     d = cfg.data
     if not d.source:
         raise DataError("no training data: pass --data FILE (TSV lines 'source<TAB>target')")
-    sources, targets, _ = zdata.read_text_pairs(d.source)
+    sources, targets, _ = read_text_pairs(d.source)
     if d.eval_source:
-        eval_src, eval_tgt, _ = zdata.read_text_pairs(d.eval_source)
+        eval_src, eval_tgt, _ = read_text_pairs(d.eval_source)
     else:
-        train_idx, eval_idx = _split(len(sources), d.validation_split, cfg.train.seed)
+        train_idx, eval_idx = train_eval_split(len(sources), d.validation_split, cfg.train.seed)
         if len(eval_idx) == 0:
             raise DataError("no evaluation data: pass --eval-data or raise data.validation_split")
         eval_src, eval_tgt = [sources[i] for i in eval_idx], [targets[i] for i in eval_idx]
@@ -142,7 +140,7 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
 
     batch = cfg.train.batch_size
     lengths = (src_ids != src_tok.pad_id).sum(1) + (tgt_ids != tgt_tok.pad_id).sum(1)
-    order = zdata.length_bucketed_batches(lengths, batch, cfg.train.epochs, cfg.train.seed, d.bucket_window)
+    order = length_bucketed_batches(lengths, batch, cfg.train.epochs, cfg.train.seed, d.bucket_window)
     steps = len(order) // cfg.train.epochs
     start_id, pad_id = tgt_tok.start_id, tgt_tok.pad_id
 
@@ -162,9 +160,9 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
     eval_ds = (tf.data.Dataset.from_tensor_slices((eval_src_ids, eval_tgt_ids)).batch(batch)
                .map(make_batch).prefetch(tf.data.AUTOTUNE))
     n_sample = min(d.eval_sample_size, len(eval_src))
-    files = {"vocab.txt": "\n".join(src_tok.vocabulary) + "\n"}
+    files = {RunDir.VOCAB: "\n".join(src_tok.vocabulary) + "\n"}
     if not d.shared_vocabulary:
-        files["target_vocab.txt"] = "\n".join(tgt_tok.vocabulary) + "\n"
+        files[RunDir.TARGET_VOCAB] = "\n".join(tgt_tok.vocabulary) + "\n"
     info = {"counts": {"train": len(sources), "eval": len(eval_src)}, "truncated": {"source": src_cut,
                                                                                    "target": tgt_cut}}
     return cfg, Datasets(
@@ -183,7 +181,7 @@ def build_model(cfg: TranslateConfig, data: Datasets) -> Any:
 def compile_args(cfg: TranslateConfig) -> dict[str, Any]:
     import keras
 
-    from zoo.models.seq2seq import LabelSmoothedCrossEntropy
+    from zoo.losses import LabelSmoothedCrossEntropy
 
     return {"loss": LabelSmoothedCrossEntropy(cfg.label_smoothing),
             "weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")]}
@@ -232,16 +230,14 @@ def evaluate(cfg: TranslateConfig, model: Any, data: Datasets) -> dict[str, floa
     return {f"eval_{k}": v for k, v in score(translator_for(cfg, model, data), sources, references).items()}
 
 
-def run_info(cfg: TranslateConfig, data: Datasets) -> dict[str, Any]:
-    return {"recipe": RECIPE.name, "task": "translation", "model": cfg.model.name,
-            "input": {"name": "text", "dtype": "string", "shape": [None]},
-            "output": {"name": "translation", "dtype": "string", "shape": [None]},
-            "preprocessor": {"source_vocabulary_file": "vocab.txt",
-                             "target_vocabulary_file": "vocab.txt" if cfg.data.shared_vocabulary
-                             else "target_vocab.txt",
-                             "max_source_length": cfg.data.max_source_length,
-                             "max_target_length": cfg.data.max_target_length, "lowercase": cfg.data.lowercase},
-            "decode": dataclasses.asdict(cfg.decode), "data": data.info}
+def run_info(cfg: TranslateConfig, data: Datasets) -> TranslationInfo:
+    d = cfg.data
+    return TranslationInfo(
+        recipe=RECIPE.name, model=cfg.model.name, data=data.info,
+        input=InputSpec("text", "string", (None,)), output=InputSpec("translation", "string", (None,)),
+        preprocessor=Seq2SeqTextSpec(RunDir.VOCAB, RunDir.VOCAB if d.shared_vocabulary else RunDir.TARGET_VOCAB,
+                                     d.max_source_length, d.max_target_length, d.lowercase),
+        decode=dataclasses.asdict(cfg.decode))
 
 
 RECIPE = Recipe(

@@ -4,7 +4,6 @@ on the LiteRT interpreter that hides quantized input/output scaling.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import DataError, ExportError
+from zoo.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif fmt == "tflite_int8":
         if calibration is None or len(calibration) == 0:
-            raise ExportError(f"{fmt} needs calibration data (calibration.npz in the run dir)")
+            raise ExportError(f"{fmt} needs calibration data ({RunDir.CALIBRATION} in the run dir)")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(calibration, input_shape)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -146,48 +146,8 @@ def convert_int16x8(saved_model_dir: str, representative: Callable[[], Iterable[
         raise ExportError(f"TFLite conversion to tflite_int16x8 failed: {str(exc).splitlines()[0][:500]}") from None
 
 
-@contextlib.contextmanager
-def int16x8_friendly_graph() -> Iterator[None]:
-    """While tracing the source graph of an int16x8 file, three Keras ops take forms TFLite's 16x8
-    quantizer handles (each computes the same values in float):
-
-    * ``take`` (embedding lookups) is a plain gather: Keras first wraps negative ids with int32
-      LESS/ADD/SELECT, which the quantizer wants calibration ranges for and never gets;
-    * LayerNorm's variance is ``mean(d * d)``: the quantizer makes SQUARED_DIFFERENCE int16, which
-      LiteRT has no kernel for;
-    * the additive attention mask is -30 instead of -1e9 (exp(-30) ~ 1e-13, nothing in float): -1e9
-      stretches the int16 range of the attention scores until every real score rounds to zero
-      (labels then agree only half the time on a fine-tuned MiniLM; 100% with -30).
-    """
-    import keras.src.backend.tensorflow.nn as knn
-    import keras.src.backend.tensorflow.numpy as knp
-    import keras.src.layers.activations.softmax as ksm
-    import tensorflow as tf
-
-    saved = (knp.take, knn._compute_moments, ksm._large_negative_number)
-    real_take = knp.take
-
-    def take(x: Any, indices: Any, axis: Any = None) -> Any:
-        if axis is None or isinstance(indices, tf.SparseTensor):
-            return real_take(x, indices, axis)
-        return tf.gather(tf.convert_to_tensor(x), indices, axis=axis)
-
-    def moments(x: Any, axes: Any, keepdims: bool) -> tuple[Any, Any]:
-        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-        centered = x - mean
-        var = tf.reduce_mean(centered * centered, axis=axes, keepdims=True)
-        if not keepdims:
-            mean, var = tf.squeeze(mean, axes), tf.squeeze(var, axes)
-        return mean, var
-
-    knp.take, knn._compute_moments, ksm._large_negative_number = take, moments, lambda dtype: -30.0
-    try:
-        yield
-    finally:
-        knp.take, knn._compute_moments, ksm._large_negative_number = saved
-
-
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
+    """The LiteRT interpreter class (TF's own ``tf.lite.Interpreter`` only if LiteRT is missing)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - the pinned stack has it
@@ -201,7 +161,7 @@ class TFLiteRunner:
     """Runs a TFLite model on float inputs, quantizing and dequantizing where the model is int8."""
 
     def __init__(self, model_content: bytes, num_threads: int = 1):
-        self.interpreter = _interpreter_class()(model_content=model_content, num_threads=num_threads)
+        self.interpreter = interpreter_class()(model_content=model_content, num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]

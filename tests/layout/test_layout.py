@@ -1,0 +1,123 @@
+"""The user's layout and the import direction: zoo core <- zoo.export <- zoo.recipes <- the CLI."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+from zoo import saving
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# package -> its folder in the checkout
+PACKAGES = {"zoo": os.path.join(ROOT, "zoo"), "zoo.recipes": os.path.join(ROOT, "recipes"),
+            "zoo.export": os.path.join(ROOT, "export")}
+# The command line sits on top of everything: the one module of the zoo folder that imports the rest.
+TOP = {"zoo.cli"}
+
+
+def _modules():
+    """(module name, file path) of every module of the three packages."""
+    for package, folder in PACKAGES.items():
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(root, f), folder)[:-3].replace(os.sep, ".")
+                    name = package if rel == "__init__" else f"{package}.{rel.removesuffix('.__init__')}"
+                    yield name, os.path.join(root, f)
+
+
+def _imports(path):
+    """Every module name a file imports, at any depth (function-level imports included)."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def _layer(module):
+    if module in TOP:
+        return 3
+    if module.startswith("zoo.recipes"):
+        return 2
+    if module.startswith("zoo.export"):
+        return 1
+    return 0 if module.startswith("zoo") else None
+
+
+def test_packages_map_to_the_top_level_folders():
+    import zoo.export
+    import zoo.recipes
+
+    assert os.path.dirname(zoo.__file__) == os.path.join(ROOT, "zoo")
+    assert os.path.dirname(zoo.recipes.__file__) == os.path.join(ROOT, "recipes")
+    assert os.path.dirname(zoo.export.__file__) == os.path.join(ROOT, "export")
+    assert not os.path.exists(os.path.join(ROOT, "zoo", "recipes"))
+    assert not os.path.exists(os.path.join(ROOT, "zoo", "export"))
+
+
+def test_imports_run_one_way():
+    modules = dict(_modules())
+    assert len(modules) > 30 and "zoo.recipes.engine.run" in modules and "zoo.export.exporter" in modules
+    wrong = []
+    for name, path in modules.items():
+        for imported in _imports(path):
+            target = _layer(imported)
+            if target is not None and target > _layer(name):
+                wrong.append(f"{name} imports {imported}")
+    assert not wrong, "imports against the layering:\n" + "\n".join(sorted(set(wrong)))
+
+
+def test_the_layering_check_catches_a_wrong_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from zoo.recipes.engine.run import train\n")
+    assert "zoo.recipes.engine.run" in set(_imports(str(bad)))
+    assert _layer("zoo.recipes.engine.run") > _layer("zoo.export.publish") > _layer("zoo.rundir")
+
+
+def test_serializable_classes_are_registered_in_one_place():
+    """Every module that registers a Keras-serializable class is in zoo.saving's list, so zoo.load finds it."""
+    registering = set()
+    for name, path in _modules():
+        if "register_keras_serializable" in open(path, encoding="utf-8").read() and name != "zoo.saving":
+            registering.add(name)
+    assert registering == set(saving.SERIALIZABLE_MODULES)
+
+
+def test_run_dir_names_are_spelled_only_in_the_run_dir_module():
+    names = ('"run.json"', '"model.keras"', '"eval_sample.npz"', '"calibration.npz"', '"metrics.json"',
+             '"config.yaml"', '"backup"', '"checkpoints"', '"curves.png"')
+    found = []
+    for name, path in _modules():
+        if name == "zoo.rundir":
+            continue
+        text = open(path, encoding="utf-8").read()
+        found += [f"{name}: {n}" for n in names if n in text]
+    assert not found, found
+
+
+def test_keras_compat_refuses_other_versions():
+    from zoo import keras_compat
+
+    keras_compat.check_versions({"keras": "3.15.9", "tensorflow": "2.21.4"})
+    with pytest.raises(keras_compat.KerasCompatError, match="keras 3.16.0.*train.optimizer.fused=false"):
+        keras_compat.check_versions({"keras": "3.16.0", "tensorflow": "2.21.0"})
+
+
+def test_multi_worker_patch_is_undone():
+    import keras
+
+    from zoo import keras_compat
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    original = type(model)._maybe_symbolic_build
+    with keras_compat.multi_worker_fit(model):
+        assert keras_compat.multi_worker_patch_active()
+        assert model._maybe_symbolic_build.__func__ is not original
+    assert not keras_compat.multi_worker_patch_active()
+    assert "_maybe_symbolic_build" not in vars(model)

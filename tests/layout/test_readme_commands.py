@@ -1,0 +1,238 @@
+"""Every command the README shows, run as a user runs it: a fresh `zoo` process on tiny data.
+
+The suite's other tests run in one pytest process, where a class registered by one test's import
+hides a missing registration from the next (that is how `zoo export` of every translation run was
+broken in a fresh process). Here each README command is a subprocess of its own; the README's
+command lines are read from the file and each must be one of the commands run below, so a new
+README command without a smoke test fails the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import MINILM, TRAIN_WORDS, write_number_pairs, write_sentiment
+from zoo.rundir import RunDir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ZOO = [sys.executable, "-m", "zoo.cli"]
+NOISE = ("oneDNN custom operations", "cuInit", "absl::InitializeLog", "cudart_stub", "Traceback")
+# README command line -> run here (each is run by exactly one test below)
+COVERED: set[str] = set()
+
+
+def readme_commands() -> list[str]:
+    """The command lines in the README's code blocks (`zoo ...` and `python -m zoo...`), comments dropped."""
+    out = []
+    for line in open(os.path.join(ROOT, "README.md"), encoding="utf-8"):
+        m = re.match(r"^ {4}(?:\$ )?((?:zoo|python -m zoo[\w.]*) .*?)\s*(?:#.*)?$", line.rstrip("\n"))
+        if m:
+            out.append(re.sub(r"\s+", " ", m.group(1)))
+    return out
+
+
+class Output(str):
+    """What a command printed (stdout then stderr), with ``.stdout`` on its own."""
+
+    stdout = ""
+
+
+def zoo(readme: str, args: list[str], cwd, *, ok: bool = True, python_m: str | None = None) -> Output:
+    """Run one README command (``readme`` as printed there) as ``args`` in a fresh process."""
+    COVERED.add(re.sub(r"\s+", " ", readme))
+    cmd = [sys.executable, "-m", python_m, *args] if python_m else [*ZOO, *args]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    proc = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=900)
+    if ok:
+        assert proc.returncode == 0, f"{readme}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    if not python_m:  # the zoo command hides TensorFlow's start-up noise and never shows a traceback
+        found = [n for n in NOISE if n in proc.stderr]
+        assert not found, f"{readme}: {found}\n{proc.stderr[-2000:]}"
+    out = Output(proc.stdout + proc.stderr)
+    out.stdout = proc.stdout
+    return out
+
+
+TINY = ["--quiet", "--set", "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A scratch directory laid out as the README assumes: photos/, shards/, corpus/, train.tsv, dev.tsv..."""
+    from PIL import Image
+
+    from zoo.data.images import write_image_tfrecord
+
+    root = tmp_path_factory.mktemp("readme")
+    rng = np.random.default_rng(0)
+    encoded, labels = [], []
+    for label, name in enumerate(("circle", "square", "cross")):
+        os.makedirs(root / "photos" / name)
+        for i in range(8):
+            pixels = (rng.random((12, 12, 3)) * 80 + label * 80).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "photos" / name / f"{i}.png")
+            with open(root / "photos" / name / f"{i}.png", "rb") as fh:
+                encoded.append(fh.read())
+            labels.append(label)
+    os.makedirs(root / "shards")
+    write_image_tfrecord(str(root / "shards" / "train-0.tfrecord"), encoded[::2] + encoded[1::4],
+                         labels[::2] + labels[1::4])
+    write_image_tfrecord(str(root / "shards" / "test.tfrecord"), encoded[3::4], labels[3::4])
+    os.makedirs(root / "corpus")
+    words = TRAIN_WORDS[0] + TRAIN_WORDS[1]
+    text = rng.permutation(60).tolist()
+    (root / "corpus" / "a.txt").write_text("\n".join(f"the film {i} was {words[i % len(words)]} and long"
+                                                     for i in text) + "\n")
+    write_sentiment(root / "train.tsv", 48, TRAIN_WORDS, 0)
+    write_sentiment(root / "dev.tsv", 16, TRAIN_WORDS, 1)
+    numbers = list(range(200))
+    random.Random(0).shuffle(numbers)
+    write_number_pairs(root / "pairs-train.tsv", numbers[:160])
+    write_number_pairs(root / "pairs-dev.tsv", numbers[160:])
+    return root
+
+
+def _metrics(run_dir) -> dict:
+    with open(RunDir(str(run_dir)).metrics_path) as fh:
+        return json.load(fh)
+
+
+@pytest.mark.slow
+def test_use_block(work):
+    out = zoo("zoo list", ["list"], work)
+    assert "resnet50" in out and "25,557,032" in out and "digits_small_cnn" in out
+    zoo("zoo train image_classify", ["train", "image_classify", "--run-dir", "runs/default", "--epochs", "2", *TINY],
+        work)
+    assert _metrics(work / "runs" / "default")["epochs_completed"] == 2
+    out = zoo("zoo train image_classify --config digits_small_cnn",
+              ["train", "image_classify", "--config", "digits_small_cnn", "--run-dir", "runs/digits", "--epochs", "3",
+               "--json", "--quiet"], work)
+    assert json.loads(out[out.index("{"):])["final"]["test_accuracy"] > 0.6  # 3 epochs of the real digits
+    zoo("zoo train image_classify --data photos/ --model resnet18 --set model.stem=small --epochs 30",
+        ["train", "image_classify", "--data", "photos/", "--model", "resnet18", "--set", "model.stem=small",
+         "--epochs", "1", "--run-dir", "runs/photos", *TINY], work)
+    assert RunDir(str(work / "runs" / "photos")).info.class_names == ("circle", "cross", "square")
+    zoo("zoo train image_classify --data 'shards/train-*.tfrecord' --eval-data shards/test.tfrecord",
+        ["train", "image_classify", "--data", "shards/train-*.tfrecord", "--eval-data", "shards/test.tfrecord",
+         "--epochs", "1", "--run-dir", "runs/shards", *TINY], work)
+    zoo("zoo train image_classify --strategy mirrored --cpu-devices 2 --precision mixed_bfloat16",
+        ["train", "image_classify", "--strategy", "mirrored", "--cpu-devices", "2", "--precision", "mixed_bfloat16",
+         "--epochs", "1", "--run-dir", "runs/mirrored", *TINY], work)
+    assert _metrics(work / "runs" / "mirrored")["replicas"] == 2
+    zoo("zoo train image_classify --xla --precision mixed_bfloat16",
+        ["train", "image_classify", "--xla", "--precision", "mixed_bfloat16", "--epochs", "1", "--run-dir", "runs/xla",
+         *TINY], work)
+    assert _metrics(work / "runs" / "xla")["precision"] == "mixed_bfloat16"
+    zoo("zoo train image_classify --config runs/<run>/config.yaml --set train.optimizer.name=adamw",
+        ["train", "image_classify", "--config", "runs/digits/config.yaml", "--set", "train.optimizer.name=adamw",
+         "--epochs", "1", "--run-dir", "runs/adamw", "--quiet"], work)
+    out = zoo("zoo export runs/<run> --to exports --name digits "
+              "--formats saved_model,tflite,tflite_dynamic,tflite_int8",
+              ["export", "runs/digits", "--to", "exports", "--name", "digits", "--formats",
+               "saved_model,tflite,tflite_dynamic,tflite_int8"], work)
+    assert "published exports/digits/1" in out and "tflite_int8" in out
+    out = zoo("python -m zoo.recipes.image_classify --help", ["--help"], work, python_m="zoo.recipes.image_classify")
+    assert "--config" in out and "--data" in out
+    out = zoo("zoo train image_classify --set train.optimizer.name=adamm",
+              ["train", "image_classify", "--set", "train.optimizer.name=adamm"], work, ok=False)
+    assert "did you mean 'adam'" in out
+
+
+@pytest.mark.slow
+def test_bert_block(work):
+    zoo("zoo train bert_pretrain --data 'corpus/*.txt' --set model.preset=bert_tiny",
+        ["train", "bert_pretrain", "--data", "corpus/*.txt", "--set", "model.preset=bert_tiny", "--epochs", "2",
+         "--set", "data.sequence_length=16", "--run-dir", "runs/pretrain", *TINY], work)
+    zoo("zoo train bert_classify --data train.tsv --eval-data dev.tsv --init hf:path/to/hf_bert_dir",
+        ["train", "bert_classify", "--data", "train.tsv", "--eval-data", "dev.tsv", "--init", f"hf:{MINILM}",
+         "--epochs", "1", "--set", "data.sequence_length=16", "--run-dir", "runs/minilm", *TINY], work)
+    zoo("zoo train bert_classify --data train.tsv --init runs/<bert_pretrain run>",
+        ["train", "bert_classify", "--data", "train.tsv", "--init", "runs/pretrain", "--epochs", "2",
+         "--run-dir", "runs/classify", *TINY], work)
+    out = zoo("zoo export runs/<run> --to exports --name sentiment --formats "
+              "saved_model,tflite,tflite_int8_weights,tflite_dynamic",
+              ["export", "runs/classify", "--to", "exports", "--name", "sentiment", "--formats",
+               "saved_model,tflite,tflite_int8_weights,tflite_dynamic"], work)
+    assert "published exports/sentiment/1" in out
+    zoo("zoo train distill --teacher runs/<bert_classify run> --student text_cnn --data train.tsv --eval-data dev.tsv",
+        ["train", "distill", "--teacher", "runs/classify", "--student", "text_cnn", "--data", "train.tsv",
+         "--eval-data", "dev.tsv", "--epochs", "2", "--run-dir", "runs/distilled", *TINY], work)
+
+
+@pytest.mark.slow
+def test_seq2seq_block(work):
+    zoo("zoo train translate --data train.tsv --eval-data dev.tsv --set model.preset=transformer_small",
+        ["train", "translate", "--data", "pairs-train.tsv", "--eval-data", "pairs-dev.tsv", "--set",
+         "model.preset=transformer_small", "--epochs", "2", "--set", "data.vocab_size=200", "--set",
+         "data.max_target_length=8", "--set", "data.max_source_length=8", "--run-dir", "runs/mt", *TINY], work)
+    out = zoo('zoo translate runs/<run> "some source sentence" --beam 4',
+              ["translate", "runs/mt", "342", "17", "--beam", "4"], work)
+    assert len(out.stdout.splitlines()) == 2  # one translation per source (possibly empty after 2 epochs)
+    zoo('zoo translate runs/<run> "..." --method top_p --top-p 0.9 --temperature 0.8 --seed 1',
+        ["translate", "runs/mt", "342", "--method", "top_p", "--top-p", "0.9", "--temperature", "0.8", "--seed", "1"],
+        work)
+    out = zoo("zoo export runs/<run> --to exports --name mt --formats saved_model --beam 4",
+              ["export", "runs/mt", "--to", "exports", "--name", "mt", "--formats", "saved_model", "--beam", "4"], work)
+    assert "published exports/mt/1" in out and "decoding: beam" in out
+
+
+@pytest.mark.slow
+def test_compression_block(work):
+    if not RunDir(str(work / "runs" / "digits")).is_finished:
+        pytest.fail("test_use_block must run first (it trains runs/digits)")
+    out = zoo("zoo compress qat runs/<cnn run> --epochs 2 --to exports",
+              ["compress", "qat", "runs/digits", "--epochs", "1", "--to", "exports"], work)
+    assert "QAT int8 TFLite" in out and "published" in out
+    out = zoo("zoo compress prune runs/<cnn run> --sparsity 0.8 --to exports",
+              ["compress", "prune", "runs/digits", "--sparsity", "0.8", "--epochs", "1", "--to", "exports"], work)
+    assert "gzip size" in out
+
+
+@pytest.mark.slow
+def test_every_model_family_loads_in_a_fresh_process(work):
+    """zoo.load of each run's model.keras (compiled: optimizer, schedule and loss too) in a new interpreter."""
+    runs = {"cnn": "runs/digits", "resnet": "runs/photos", "bert_mlm": "runs/pretrain", "bert_classifier":
+            "runs/classify", "seq2seq": "runs/mt", "distilled_text_cnn": "runs/distilled",
+            "pruned_cnn": "runs/digits/compressed/prune-0.80"}
+    missing = [k for k, v in runs.items() if not RunDir(str(work / v)).is_finished]
+    assert not missing, f"earlier README tests did not produce {missing}"
+    code = ("import sys, zoo\n"
+            "for path in sys.argv[1:]:\n"
+            "    model = zoo.load(path)\n"
+            "    print(type(model).__name__, getattr(model, 'optimizer', None) is not None, model.count_params())\n")
+    proc = subprocess.run([sys.executable, "-c", code, *runs.values()], cwd=str(work), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == len(runs)
+    assert [ln.split()[0] for ln in lines][2:5] == ["BertMaskedLM", "BertClassifier", "Seq2SeqTransformer"]
+    # Trained runs load compiled (optimizer, schedule, loss restored); the pruned copy is saved uncompiled.
+    assert [ln.split()[1] for ln in lines] == ["True"] * (len(runs) - 1) + ["False"]
+
+
+@pytest.mark.slow
+def test_errors_are_one_line_and_debug_shows_the_cause(work):
+    out = zoo("zoo export runs/nowhere", ["export", "runs/nowhere", "--to", "exports"], work, ok=False)
+    assert out.strip().splitlines() == ["error: run dir 'runs/nowhere' does not exist; pass the directory `zoo train` "
+                                        "wrote (runs/<recipe>-<time> by default)"]
+    COVERED.discard("zoo export runs/nowhere")
+    out = subprocess.run([*ZOO, "export", "runs/digits", "--to", "exports", "--formats", "tflite_int4", "--debug"],
+                         cwd=str(work), capture_output=True, text=True, timeout=300).stderr
+    assert "Traceback" in out and "UnknownNameError" in out and "did you mean 'tflite_int8'" in out
+
+
+@pytest.mark.slow
+def test_every_readme_command_is_run_here():
+    """Runs last in this module: each README command line is one of the commands the tests above ran."""
+    commands = readme_commands()
+    assert len(commands) >= 20, commands
+    missing = [c for c in commands if c not in COVERED]
+    assert not missing, "README commands without a fresh-process smoke test:\n" + "\n".join(missing)

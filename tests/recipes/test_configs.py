@@ -1,0 +1,41 @@
+"""The shipped experiment configs (recipes/configs/*.yaml) resolve in their recipes."""
+
+from __future__ import annotations
+
+import pytest
+
+from zoo.errors import ConfigError, UnknownNameError
+from zoo.recipes import get_recipe_module, list_configs
+from zoo.recipes.engine.cli import load_experiment_config
+from zoo.recipes.engine.run import resolve_config
+
+EXPECTED = {"digits_small_cnn": ("image_classify", "train.epochs", 20),
+            "images_resnet18": ("image_classify", "model.name", "resnet18"),
+            "sentiment_minilm": ("bert_classify", "data.sequence_length", 64),
+            "pretrain_bert_mini": ("bert_pretrain", "model.name", "bert_mini"),
+            "mt_transformer_small": ("translate", "decode.beam_width", 4),
+            "distill_text_cnn": ("distill", "model.name", "text_cnn")}
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_config_resolves(name):
+    recipe, key, value = EXPECTED[name]
+    overrides = load_experiment_config(name, recipe)
+    cfg, explicit = resolve_config(get_recipe_module(recipe).RECIPE.config_class, overrides)
+    assert _get(cfg, key) == value and key in explicit
+
+
+def test_configs_listed_and_mismatches_explained(tmp_path):
+    assert set(list_configs()) == set(EXPECTED)
+    with pytest.raises(ConfigError, match="is for recipe 'translate'; run it with `zoo train translate --config"):
+        load_experiment_config("mt_transformer_small", "image_classify")
+    with pytest.raises(UnknownNameError, match="did you mean 'digits_small_cnn'"):
+        load_experiment_config("digits_small_ccn", "image_classify")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_experiment_config(str(tmp_path / "nope.yaml"), "image_classify")

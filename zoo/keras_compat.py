@@ -1,0 +1,198 @@
+"""Every use of private Keras / TensorFlow internals, fenced in one module.
+
+Three work-arounds reach past the public APIs, each because the public path is broken or slow on
+the pinned stack:
+
+* :func:`multi_worker_fit`: Keras 3.15 ``fit`` fails under MultiWorkerMirroredStrategy
+  (keras-team/keras#20585) at two points, patched for the duration of one run and undone after;
+* :func:`int16x8_friendly_graph`: three Keras op forms swapped, while a graph is traced, for forms
+  TFLite's 16x8 quantizer can handle (same values in float);
+* :func:`fused_adam_update`: Adam's per-variable update as one ``ResourceApplyAdam`` kernel, which
+  reads the optimizer's slot variables.
+
+They were written against the versions in :data:`WRITTEN_FOR`; importing this module on any other
+Keras or TensorFlow raises :class:`KerasCompatError` naming what to do instead, rather than
+patching internals that may have changed shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from typing import Any
+
+from zoo.errors import ZooError
+
+# Package -> the release series (major.minor) these work-arounds were written and tested against.
+WRITTEN_FOR = {"keras": "3.15", "tensorflow": "2.21"}
+
+
+class KerasCompatError(ZooError, ImportError):
+    """The installed Keras / TensorFlow is not the one the private-API work-arounds were written for."""
+
+
+def check_versions(found: dict[str, str]) -> None:
+    """Raise KerasCompatError unless every package in ``found`` is of the series in WRITTEN_FOR."""
+    wrong = {name: version for name, version in found.items()
+             if ".".join(version.split(".")[:2]) != WRITTEN_FOR[name]}
+    if wrong:
+        have = ", ".join(f"{n} {v}" for n, v in sorted(wrong.items()))
+        want = ", ".join(f"{n} {v}.x" for n, v in sorted(WRITTEN_FOR.items()))
+        raise KerasCompatError(
+            f"zoo.keras_compat reaches into private internals of {want}, but this environment has {have}. "
+            "What needs it is unavailable here: the fused Adam update (set train.optimizer.fused=false), "
+            "multi-worker fit (use the pinned stack from setup.py) and the tflite_int16x8 export")
+
+
+def _installed_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+check_versions(_installed_versions())
+
+
+# ----------------------------------------------------------------------------- multi-worker fit
+
+
+def _local_first(strategy: Any, value: Any) -> Any:
+    import tensorflow as tf
+
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
+def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+    """Keras builds the model from one batch it gets with ``strategy.reduce("MEAN", batch)``, which
+    the collective strategy rejects for a per-replica batch; the build only needs shapes, so the first
+    local replica's batch serves."""
+    import tensorflow as tf
+
+    if self._distribute_strategy is None:
+        return
+    if iterator is not None:
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(lambda v: _local_first(self.distribute_strategy, v), next(it))
+            break
+    with self.distribute_strategy.scope():
+        self._symbolic_build(data_batch=data_batch)
+
+
+@contextlib.contextmanager
+def multi_worker_fit(model: Any) -> Iterator[None]:
+    """Make ``model.fit`` / ``evaluate`` work under MultiWorkerMirroredStrategy inside the block.
+
+    After each step Keras reduces the scalar metric results with ``strategy.reduce("MEAN", v, axis=0)``;
+    a scalar has no axis 0, so scalars are reduced with ``axis=None`` (the mean over replicas). The
+    module-level patch is undone when the block ends; the model's own build hook is removed too.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if not trainer._collective_all_reduce_multi_worker(strategy) or reduction not in ("auto", "mean"):
+            return original(values, strategy, reduction)
+
+        def reduce(v: Any) -> Any:
+            rank = v.values[0].shape.rank if isinstance(v, tf.distribute.DistributedValues) else v.shape.rank
+            return strategy.reduce("MEAN", v, axis=0 if rank else None)
+
+        return tf.nest.map_structure(reduce, values)
+
+    reduce_per_replica.zoo_patch = True
+    trainer.reduce_per_replica = reduce_per_replica
+    model._maybe_symbolic_build = types.MethodType(_maybe_symbolic_build, model)
+    try:
+        yield
+    finally:
+        trainer.reduce_per_replica = original
+        del model._maybe_symbolic_build
+
+
+def multi_worker_patch_active() -> bool:
+    """True while :func:`multi_worker_fit` has Keras' trainer patched."""
+    from keras.src.backend.tensorflow import trainer
+
+    return getattr(trainer.reduce_per_replica, "zoo_patch", False)
+
+
+# ----------------------------------------------------------------------------- int16x8 tracing
+
+
+@contextlib.contextmanager
+def int16x8_friendly_graph() -> Iterator[None]:
+    """While tracing the source graph of an int16x8 TFLite file, three Keras ops take forms TFLite's
+    16x8 quantizer handles (each computes the same values in float):
+
+    * ``take`` (embedding lookups) is a plain gather: Keras first wraps negative ids with int32
+      LESS/ADD/SELECT, which the quantizer wants calibration ranges for and never gets;
+    * LayerNorm's variance is ``mean(d * d)``: the quantizer makes SQUARED_DIFFERENCE int16, which
+      LiteRT has no kernel for;
+    * the additive attention mask is -30 instead of -1e9 (exp(-30) ~ 1e-13, nothing in float): -1e9
+      stretches the int16 range of the attention scores until every real score rounds to zero
+      (labels then agree only half the time on a fine-tuned MiniLM; 100% with -30).
+    """
+    import keras.src.backend.tensorflow.nn as knn
+    import keras.src.backend.tensorflow.numpy as knp
+    import keras.src.layers.activations.softmax as ksm
+    import tensorflow as tf
+
+    saved = (knp.take, knn._compute_moments, ksm._large_negative_number)
+    real_take = knp.take
+
+    def take(x: Any, indices: Any, axis: Any = None) -> Any:
+        if axis is None or isinstance(indices, tf.SparseTensor):
+            return real_take(x, indices, axis)
+        return tf.gather(tf.convert_to_tensor(x), indices, axis=axis)
+
+    def moments(x: Any, axes: Any, keepdims: bool) -> tuple[Any, Any]:
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        var = tf.reduce_mean(centered * centered, axis=axes, keepdims=True)
+        if not keepdims:
+            mean, var = tf.squeeze(mean, axes), tf.squeeze(var, axes)
+        return mean, var
+
+    knp.take, knn._compute_moments, ksm._large_negative_number = take, moments, lambda dtype: -30.0
+    try:
+        yield
+    finally:
+        knp.take, knn._compute_moments, ksm._large_negative_number = saved
+
+
+# ----------------------------------------------------------------------------- fused Adam
+
+_FUSABLE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def fused_adam_update(optimizer: Any, gradient: Any, variable: Any, learning_rate: Any) -> bool:
+    """Adam's update of ``variable`` as one ``ResourceApplyAdam``; False where it cannot be used.
+
+    The kernel computes exactly Keras' Adam: m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    var -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps). A sparse gradient (embedding
+    lookups) is made dense first, as Keras' update also touches every row of m and v. Reads the
+    optimizer's private slot lists (``_momentums``, ``_velocities``, ``_get_variable_index``).
+    """
+    import tensorflow as tf
+
+    dtype = tf.as_dtype(variable.dtype)
+    if optimizer.amsgrad or dtype.name not in _FUSABLE_DTYPES or not hasattr(variable, "handle"):
+        return False
+    if isinstance(gradient, tf.IndexedSlices):
+        gradient = tf.convert_to_tensor(gradient)
+    index = optimizer._get_variable_index(variable)
+    m, v = optimizer._momentums[index], optimizer._velocities[index]
+    step = tf.cast(optimizer.iterations + 1, dtype)
+    beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=m.value.handle, v=v.value.handle,
+        beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+        lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+        epsilon=tf.cast(optimizer.epsilon, dtype), grad=tf.cast(gradient, dtype), use_locking=False)
+    return True
