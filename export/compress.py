@@ -56,16 +56,15 @@ def _check(kind: str, run: RunDir, sparsity: float, epochs: int) -> ImageClassif
 
 
 def _training_setup(run: RunDir, max_examples: int) -> tuple[Any, int, np.ndarray, np.ndarray]:
-    """(model config, seed, x, y): the run's model and up to ``max_examples`` of its own training data."""
-    from zoo import registry
-    from zoo.data.images import ImageDataConfig, training_arrays
+    """(model config, seed, x, y): the run's model and up to ``max_examples`` of its own training data,
+    in the order and with the augmentation of its first epoch."""
+    from zoo.data.images import AugmentConfig, ImageDataConfig, training_arrays
 
-    config = run.read_config()
-    model = dict(config["model"])
-    model_cfg = registry.make_config(model.pop("name"), **model)
-    seed = int(config["train"]["seed"])
-    x, y = training_arrays(from_dict(ImageDataConfig, config["data"], prefix="data."), seed, max_examples)
-    return model_cfg, seed, x, y
+    train = run.config_section("train")
+    data = from_dict(ImageDataConfig, run.config_section("data"), prefix="data.")
+    augment = from_dict(AugmentConfig, run.read_config().get("augment") or {}, prefix="augment.")
+    x, y = training_arrays(data, augment, int(train["seed"]), int(train["batch_size"]), max_examples)
+    return run.model_config(), int(train["seed"]), x, y
 
 
 def _run_worker(job_dir: str) -> dict[str, Any]:
@@ -138,7 +137,7 @@ def _finish_pruning(run: RunDir, info: ImageClassificationInfo, model: Any, weig
     from zoo.export import tflite as tfl
 
     out = run.compressed_dir(f"prune-{sparsity:.2f}")
-    staging = RunDir(out.path + ".tmp")
+    staging = out.staging()
     shutil.rmtree(staging.path, ignore_errors=True)
     os.makedirs(staging.path)
     run.copy_shared_files(staging)

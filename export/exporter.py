@@ -110,17 +110,19 @@ class ClassifierExporter:
 
     # -- the shared flow
 
-    def check(self, fmts: list[str]) -> None:
+    @classmethod
+    def check_formats(cls, run: RunDir, fmts: list[str]) -> None:
+        """Refuse formats this model cannot have, before anything is loaded."""
         for fmt in fmts:
-            if fmt in self.refused:
-                raise ExportError(self.refused[fmt])
-            if fmt in tfl.CALIBRATED and self.calibration is None:
-                raise ExportError(f"{fmt} needs {RunDir.CALIBRATION} in {self.run.path!r} (written by `zoo train`)")
+            if fmt in cls.refused:
+                raise ExportError(cls.refused[fmt])
+            if fmt in tfl.CALIBRATED and not os.path.isfile(run.calibration_path):
+                raise ExportError(f"{fmt} needs {RunDir.CALIBRATION} in {run.path!r} (written by `zoo train`)")
 
     def export(self, base: str, name: str, fmts: list[str], version: int | None, latency_runs: int,
                extra_report: dict[str, Any] | None = None,
                extra_tflite: dict[str, bytes] | None = None) -> dict[str, Any]:
-        self.check(fmts)
+        self.check_formats(self.run, fmts)
         self.reference = verify.batched(self.keras, self.x)
         keras_scores = verify.compare(self.reference, self.reference, self.y)
         self._scale = max(1.0, float(np.abs(self.reference).max()))
@@ -305,6 +307,12 @@ class TranslationExporter:
         x, y = run.eval_sample()
         self.sources, self.references = [str(s) for s in x], [str(s) for s in y]
 
+    @classmethod
+    def check_formats(cls, run: RunDir, fmts: list[str]) -> None:
+        if fmts != ["saved_model"]:
+            raise ExportError("a translation model exports as saved_model only (its decoding loop has no TFLite "
+                              "form here); use --formats saved_model")
+
     def export(self, base: str, name: str, fmts: list[str], version: int | None, latency_runs: int,
                extra_report: dict[str, Any] | None = None, extra_tflite: dict[str, bytes] | None = None,
                ) -> dict[str, Any]:
@@ -312,9 +320,9 @@ class TranslationExporter:
 
         from zoo.metrics import corpus_bleu, exact_match
 
-        if fmts != ["saved_model"] or extra_tflite:
-            raise ExportError("a translation model exports as saved_model only (its decoding loop has no TFLite "
-                              "form here); use --formats saved_model")
+        self.check_formats(self.run, fmts)
+        if extra_tflite:
+            raise ExportError("a translation model has no TFLite files to add")
         translator, sources, references = self.translator, self.sources, self.references
         keras_out = translator(sources)
         report: dict[str, Any] = {
@@ -356,13 +364,15 @@ EXPORTERS: dict[type, type] = {
 }
 
 
-def exporter_for(run: RunDir, decode: dict[str, Any] | None = None) -> Any:
-    """The exporter of a finished run's task, with an error for tasks that have none."""
+def exporter_for(run: RunDir, fmts: list[str], decode: dict[str, Any] | None = None) -> Any:
+    """The exporter of a finished run's task, after checking the formats suit it (before any model is
+    loaded); an error for tasks that have none."""
     info = run.info
     cls = EXPORTERS.get(type(info))
     if cls is None:
         exportable = ", ".join(sorted(c.TASK for c in EXPORTERS))
         raise ExportError(f"{run.path!r} is a {info.task} run; export handles {exportable} runs")
+    cls.check_formats(run, fmts)
     if cls is TranslationExporter:
         return cls(run, info, decode)
     if decode:
@@ -384,7 +394,7 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
     """
     fmts = parse_formats(formats)
     run = RunDir.open(run_dir, need=(RunDir.EVAL_SAMPLE,))
-    report = exporter_for(run, decode).export(base, name, fmts, version, latency_runs, extra_report, extra_tflite)
+    report = exporter_for(run, fmts, decode).export(base, name, fmts, version, latency_runs, extra_report, extra_tflite)
     version_dir = os.path.join(base, name, str(report["version"]))
     report["version_dir"] = version_dir
     report["models_config"] = publish.write_models_config(base)

@@ -150,7 +150,8 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     if d.eval_source:
         train_lines, eval_lines = lines, read(d.eval_source)
     else:
-        train_idx, eval_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1)
+        train_idx, eval_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1,
+                                                sort=False)
         eval_lines = [lines[i] for i in eval_idx]
         train_lines = [lines[i] for i in train_idx]
     cfg, pre, state = resolve_backbone(cfg, explicit, lambda: train_lines)

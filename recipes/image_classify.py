@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zoo import registry
-from zoo.config import check_choice, check_range
-from zoo.data.images import ImageDataConfig
+from zoo.data.images import AugmentConfig, ImageDataConfig
 from zoo.errors import ConfigError, DataError
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.optim import OptimizerConfig
 from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
 from zoo.rundir import ImageClassificationInfo, InputSpec
-
-FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
 
 def _image_model_config(name: str) -> Any:
@@ -35,30 +32,6 @@ def _image_model_config(name: str) -> Any:
             + ", ".join(registry.list_models("image_classification"))
         )
     return registry.default_config(name)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Keras augmentation layers applied to training batches (all off by default).
-
-    ``rotation`` and ``zoom`` are fractions (of a full turn, of the size); ``crop_padding``
-    pads by that many pixels and randomly crops back (the CIFAR recipe).
-    """
-
-    flip: str = "none"
-    rotation: float = 0.0
-    zoom: float = 0.0
-    crop_padding: int = 0
-
-    def __post_init__(self) -> None:
-        check_choice("flip", self.flip, FLIPS)
-        check_range("rotation", self.rotation, 0.0, 1.0)
-        check_range("zoom", self.zoom, 0.0, 1.0, high_inclusive=False)
-        check_range("crop_padding", self.crop_padding, 0)
-
-    @property
-    def active(self) -> bool:
-        return self.flip != "none" or self.rotation > 0 or self.zoom > 0 or self.crop_padding > 0
 
 
 @dataclass(frozen=True)
@@ -77,7 +50,7 @@ def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageCl
     import numpy as np
     import tensorflow as tf
 
-    from zoo.data.images import image_dataset, load_images
+    from zoo.data.images import build_augmenter, image_dataset, load_images
 
     images, fmt = load_images(cfg.data, cfg.train.seed)
     model_cfg = cfg.model
@@ -134,22 +107,6 @@ def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageCl
                        "test": len(images.test or [])}}
     steps = max(1, math.ceil(len(images.train) / batch))
     return cfg, Datasets(train_ds, steps, val_ds, test_ds, eval_sample, calibration, info)
-
-
-def build_augmenter(aug: AugmentConfig, shape: tuple[int, ...]) -> Any:
-    """A Keras Sequential of the configured augmentation layers (active only with training=True)."""
-    import keras
-
-    layers: list[Any] = []
-    if aug.crop_padding:
-        layers += [keras.layers.ZeroPadding2D(aug.crop_padding), keras.layers.RandomCrop(shape[0], shape[1])]
-    if aug.flip != "none":
-        layers.append(keras.layers.RandomFlip(aug.flip))
-    if aug.rotation:
-        layers.append(keras.layers.RandomRotation(aug.rotation, fill_mode="constant"))
-    if aug.zoom:
-        layers.append(keras.layers.RandomZoom(aug.zoom, fill_mode="constant"))
-    return keras.Sequential(layers, name="augment")
 
 
 def build_model(cfg: ImageClassifyConfig, data: Datasets) -> Any:

@@ -20,49 +20,44 @@ import math
 import os
 import re
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 
 from zoo.errors import ZooError, format_error
 
-# Lines TensorFlow's C++ side prints at start-up, before its logging can be configured
-# (TF_CPP_MIN_LOG_LEVEL does not reach them): shown only with --verbose.
-_STARTUP_NOISE = re.compile(
+# Lines TensorFlow's C++ side prints to the terminal, before its logging can be configured
+# (TF_CPP_MIN_LOG_LEVEL does not reach them) or from converters and interpreters: shown only with --verbose.
+TENSORFLOW_NOISE = re.compile(
     r"absl::InitializeLog|oneDNN custom operations|cudart_stub|cuda_platform|cuInit|cpu_feature_guard|"
     r"rebuild TensorFlow with the appropriate compiler flags|computation placer already registered|"
-    r"Unable to register cu(DNN|FFT|BLAS) factory")
+    r"Unable to register cu(DNN|FFT|BLAS) factory|TensorFlow Lite XNNPACK delegate|^fully_quantize: ")
 
 
 @contextlib.contextmanager
-def _filtered_stderr() -> Iterator[None]:
-    """Capture what is written to file descriptor 2 (C++ included) inside the block; afterwards
-    replay every line that is not start-up noise, so warnings and errors still show."""
+def filtered_stderr(noise: re.Pattern = TENSORFLOW_NOISE) -> Iterator[None]:
+    """Inside the block, everything written to file descriptor 2 (C++ included) passes through a pipe;
+    a thread forwards each line to the real stderr as it arrives, except the lines ``noise`` matches."""
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True):
-                if not _STARTUP_NOISE.search(line):
-                    sys.stderr.write(line)
+    original = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
 
+    def forward() -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in iter(pipe.readline, b""):
+                if not noise.search(line.decode("utf-8", "replace")):
+                    os.write(original, line)
 
-def quiet_startup(verbose: bool) -> None:
-    """Import TensorFlow and Keras with their start-up noise filtered out (unless ``verbose``)."""
-    if verbose:
-        return
-    # Level 3 also hides the cuInit error printed when devices are first initialized; devices are not
-    # initialized here, so --cpu-devices can still split the CPU.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _filtered_stderr():
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+    thread = threading.Thread(target=forward, name="zoo-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the thread reads to the end and stops
+        thread.join(timeout=10)
+        os.close(original)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -166,9 +161,17 @@ def _default_name(run_dir: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``zoo`` command. TensorFlow's console noise is filtered out unless ``--verbose`` (anywhere)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv
-    argv = [a for a in argv if a != "--verbose"]
+    if "--verbose" in argv:
+        return _main([a for a in argv if a != "--verbose"])
+    # Level 3 also hides the cuInit error TensorFlow logs when it first initializes devices.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with filtered_stderr():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="zoo", description="Keras/TensorFlow model zoo with verified exports",
                                      epilog="--verbose (anywhere) shows TensorFlow's start-up messages; "
                                             "--debug shows the full cause of an error")
@@ -233,7 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from zoo.recipes import check_recipe, get_recipe_module
 
             check_recipe(argv[1])  # before TensorFlow is imported: a typo is answered at once
-            quiet_startup(verbose)
             module = get_recipe_module(argv[1])
         except ZooError as exc:
             print(format_error(exc, "--debug" in argv), file=sys.stderr)
@@ -241,11 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return module.main(argv[2:])
 
     args = parser.parse_args(argv)
-    if args.command != "list" or not args.no_params:
-        quiet_startup(verbose)
     logging.basicConfig(level=logging.INFO if not getattr(args, "json", False) else logging.WARNING,
                         format="%(levelname)s %(message)s")
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to <staging dir>" misleads
+    # "Assets written to <staging dir>" misleads; absl's INFO lines (renamed SavedModel inputs) say nothing useful.
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress}
         return commands[args.command](args)

@@ -149,6 +149,8 @@ def info_from_json(data: dict[str, Any], where: str = "run.json") -> RunInfo:
     fields = {k: v for k, v in data.items() if k not in ("schema_version", "task")}
     try:
         return _build(TASKS[task], fields, where)
+    except RunDirError:
+        raise
     except (TypeError, ValueError) as exc:
         raise RunDirError(f"{where} does not fit the {task} schema: {exc}") from None
 
@@ -235,11 +237,20 @@ class RunDir:
 
     def worker_dir(self, task: str) -> RunDir:
         """Resume state of a non-chief multi-worker task (it never writes the run dir itself)."""
-        return RunDir(os.path.join(self.path, self.WORKERS, task))
+        return RunDir(os.path.join(self.workers_root, task))
+
+    @property
+    def workers_root(self) -> str:
+        """Where non-chief multi-worker tasks keep their resume state (removed when the last one ends)."""
+        return os.path.join(self.path, self.WORKERS)
 
     def compressed_dir(self, label: str) -> RunDir:
         """A run derived from this one (``compressed/prune-0.80``)."""
         return RunDir(os.path.join(self.path, self.COMPRESSED, label))
+
+    def staging(self) -> RunDir:
+        """A sibling directory to build this run dir in before renaming it into place."""
+        return RunDir(self.path.rstrip(os.sep) + ".tmp")
 
     # -- state
 
@@ -312,6 +323,21 @@ class RunDir:
         from zoo.config import load_config_file
 
         return load_config_file(self.config_path)
+
+    def config_section(self, name: str) -> dict[str, Any]:
+        """One top-level section of config.yaml (``model``, ``data``, ``train``...)."""
+        config = self.read_config()
+        if not isinstance(config.get(name), dict):
+            raise RunDirError(f"{self.config_path} has no {name!r} section; the run dir is damaged or not from "
+                              "`zoo train`")
+        return dict(config[name])
+
+    def model_config(self) -> Any:
+        """The model's config dataclass, rebuilt from config.yaml through the registry."""
+        from zoo import registry
+
+        fields = self.config_section("model")
+        return registry.make_config(fields.pop("name"), **fields)
 
     # -- contents
 

@@ -98,7 +98,8 @@ def main_for(recipe: Recipe, argv: Sequence[str] | None = None,
         parser.add_argument(flag, help=help_text)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     extra = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (key, _) in flags.items()}
     try:
         overrides = overrides_from_args(args, {k: v for k, v in extra.items() if v is not None}, recipe.name)

@@ -97,8 +97,16 @@ def build_schedule(opt: OptimizerConfig, sched: ScheduleConfig, steps_per_epoch:
     return WarmupDecay(opt.learning_rate, sched.name, warmup, total, sched.alpha, boundaries, sched.gamma)
 
 
+def check_optimizer_support(opt: OptimizerConfig) -> None:
+    """Fail before a run writes anything when the fused Adam update cannot run on this Keras
+    (``zoo.keras_compat`` refuses versions it was not written for, naming ``fused=false``)."""
+    if opt.fused and opt.name in ("adam", "adamw"):
+        import zoo.keras_compat  # noqa: F401
+
+
 def build_optimizer(opt: OptimizerConfig, learning_rate: Any = None) -> Any:
     """A Keras optimizer for ``opt``; ``learning_rate`` (float or schedule) overrides its rate."""
+    check_optimizer_support(opt)
     lr = opt.learning_rate if learning_rate is None else learning_rate
     decay = opt.weight_decay if opt.weight_decay is not None else (0.01 if opt.name == "adamw" else None)
     common: dict[str, Any] = {"learning_rate": lr, "global_clipnorm": opt.global_clipnorm}

@@ -149,7 +149,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     import keras
 
     from zoo.recipes.engine.callbacks import build_callbacks
-    from zoo.recipes.engine.optim import build_optimizer, build_schedule
+    from zoo.recipes.engine.optim import build_optimizer, build_schedule, check_optimizer_support
     from zoo.recipes.engine.plots import plot_curves
     from zoo.recipes.engine.precision import has_loss_scaling, precision_scope
     from zoo.recipes.engine.strategy import build_strategy, check_xla, is_chief, split_cpu, task_name
@@ -160,6 +160,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     # Before any op runs: MultiWorkerMirroredStrategy configures collectives at startup only.
     strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
     check_xla(strategy, train.jit_compile)
+    check_optimizer_support(train.optimizer)
     keras.utils.set_random_seed(train.seed)
     cfg, data = recipe.prepare_data(cfg, explicit)
     # In a multi-worker job only the chief writes the run dir; the other workers keep their own
@@ -218,7 +219,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     else:
         shutil.rmtree(out.path, ignore_errors=True)
         with contextlib.suppress(OSError):  # the last worker to finish removes .workers/
-            os.rmdir(os.path.dirname(out.path))
+            os.rmdir(RunDir(run_dir).workers_root)
     return RunResult(run_dir, metrics, model)
 
 

@@ -102,7 +102,7 @@ def test_resnet_with_augmentation_trains_on_digits(tmp_path):
 
 
 def test_augmenter_changes_training_images_only():
-    from zoo.recipes.image_classify import AugmentConfig, build_augmenter
+    from zoo.data.images import AugmentConfig, build_augmenter
 
     aug = build_augmenter(AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.2, crop_padding=2), (16, 16, 3))
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")

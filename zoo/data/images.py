@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # The formats tf.io.decode_image reads; other files in class folders are ignored with a warning.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FORMATS = ("auto", "digits", "folder", "tfrecord")
+FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
 
 @dataclass
@@ -361,16 +362,66 @@ def load_images(data_cfg: ImageDataConfig, seed: int) -> Any:
     return ImageData(train, val, test, names, pixel_max, native, channels, skipped), fmt
 
 
-def training_arrays(data_cfg: ImageDataConfig, seed: int, max_examples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``max_examples`` training images and labels of a run's data config, as arrays (the
-    training split the recipe used, without augmentation): what fine-tuning outside the recipe
-    (``zoo compress``) trains on."""
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Keras augmentation layers applied to training batches (all off by default).
+
+    ``rotation`` and ``zoom`` are fractions (of a full turn, of the size); ``crop_padding``
+    pads by that many pixels and randomly crops back (the CIFAR recipe).
+    """
+
+    flip: str = "none"
+    rotation: float = 0.0
+    zoom: float = 0.0
+    crop_padding: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("flip", self.flip, FLIPS)
+        check_range("rotation", self.rotation, 0.0, 1.0)
+        check_range("zoom", self.zoom, 0.0, 1.0, high_inclusive=False)
+        check_range("crop_padding", self.crop_padding, 0)
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or self.rotation > 0 or self.zoom > 0 or self.crop_padding > 0
+
+
+def build_augmenter(aug: AugmentConfig, shape: tuple[int, ...]) -> Any:
+    """A Keras Sequential of the configured augmentation layers (active only with training=True)."""
+    import keras
+
+    layers: list[Any] = []
+    if aug.crop_padding:
+        layers += [keras.layers.ZeroPadding2D(aug.crop_padding), keras.layers.RandomCrop(shape[0], shape[1])]
+    if aug.flip != "none":
+        layers.append(keras.layers.RandomFlip(aug.flip))
+    if aug.rotation:
+        layers.append(keras.layers.RandomRotation(aug.rotation, fill_mode="constant"))
+    if aug.zoom:
+        layers.append(keras.layers.RandomZoom(aug.zoom, fill_mode="constant"))
+    return keras.Sequential(layers, name="augment")
+
+
+def training_arrays(data_cfg: ImageDataConfig, augment: AugmentConfig, seed: int, batch_size: int,
+                    max_examples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``max_examples`` training images and labels as arrays, in the order and with the
+    augmentation of the recipe's first epoch: what fine-tuning outside the recipe (``zoo compress``)
+    trains on."""
+    import tensorflow as tf
+
     images, _ = load_images(data_cfg, seed)
     size = tuple(data_cfg.image_size) or images.native_size or (224, 224)
     channels = data_cfg.channels or images.channels
-    ds = image_dataset(images.train, size, channels, data_cfg.image_key, data_cfg.label_key)
-    xs, ys = [], []
-    for x, y in ds.take(max_examples).batch(256):
+    ds = image_dataset(images.train, size, channels, data_cfg.image_key, data_cfg.label_key, shuffle_seed=seed,
+                       shuffle_buffer=data_cfg.shuffle_buffer).batch(batch_size)
+    if augment.active:
+        augmenter = build_augmenter(augment, (*size, channels))
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    xs, ys, n = [], [], 0
+    for x, y in ds.take(max(1, -(-len(images.train) // batch_size))):
         xs.append(x.numpy())
         ys.append(y.numpy())
-    return np.concatenate(xs), np.concatenate(ys)
+        n += len(xs[-1])
+        if n >= max_examples:
+            break
+    return np.concatenate(xs)[:max_examples], np.concatenate(ys)[:max_examples]

@@ -24,15 +24,16 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
 
 
 def train_eval_split(n: int, fraction: float, seed: int, labels: np.ndarray | None = None,
-                     min_eval: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, eval indices), each sorted: ``fraction`` of ``n`` examples held out, at least ``min_eval``.
+                     min_eval: int = 0, sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, eval indices): ``fraction`` of ``n`` examples held out, at least ``min_eval``.
 
     With ``labels`` the split is stratified (each class divided in the same proportion); without,
-    a seeded permutation is cut.
+    a seeded permutation is cut, each side sorted unless ``sort=False`` (then in permutation order).
     """
     if labels is not None:
         train_idx, eval_idx = stratified_split(labels, (fraction,), seed)
         return train_idx, eval_idx
     perm = np.random.default_rng(seed).permutation(n)
     n_eval = min(n, max(min_eval, int(round(n * fraction))))
-    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+    train_idx, eval_idx = perm[n_eval:], perm[:n_eval]
+    return (np.sort(train_idx), np.sort(eval_idx)) if sort else (train_idx, eval_idx)
