@@ -14,6 +14,7 @@ strings). Classifier exporters share the verify-and-publish flow of :class:`Clas
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import os
@@ -60,7 +61,7 @@ def write_report(report: dict[str, Any], directory: str) -> None:
     verify.plot_report(report, os.path.join(directory, "report.png"))
 
 
-class ClassifierExporter:
+class ClassifierExporter(abc.ABC):
     """Verify-and-publish for classifiers; a subclass says how its model is called, saved and converted.
 
     The flow: Keras outputs on the run's eval sample are the reference; each format is written into
@@ -86,24 +87,29 @@ class ClassifierExporter:
 
     input_description = ""
 
+    @abc.abstractmethod
     def keras(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The Keras model's logits on a batch of eval inputs: the reference every format is checked against."""
 
+    @abc.abstractmethod
     def write_saved_model(self, path: str) -> None:
-        raise NotImplementedError
+        """The serving SavedModel (raw inputs, the serving head)."""
 
+    @abc.abstractmethod
     def saved_model_fn(self, path: str) -> Callable[[np.ndarray], np.ndarray]:
-        raise NotImplementedError
+        """A function running the written SavedModel on eval inputs, returning logits."""
 
+    @abc.abstractmethod
     def write_tflite_source(self, path: str) -> None:
-        raise NotImplementedError
+        """The SavedModel the TFLite converter starts from (logits only)."""
 
+    @abc.abstractmethod
     def tflite_fn(self, content: bytes) -> Callable[[np.ndarray], np.ndarray]:
-        raise NotImplementedError
+        """A function running a TFLite file on eval inputs, returning logits."""
 
+    @abc.abstractmethod
     def write_int16x8_source(self, path: str) -> Callable[[], Any]:
         """Write the int16x8 source graph; return its representative dataset."""
-        raise NotImplementedError
 
     def int16x8_fn(self, content: bytes) -> Callable[[np.ndarray], np.ndarray]:
         return self.tflite_fn(content)

@@ -90,18 +90,38 @@ def publish_version(base: str, name: str, version: int | None = None) -> Iterato
     log.info("published %s", final)
 
 
+def servable_versions(model_dir: str) -> list[int]:
+    """Published versions that hold a SavedModel (TF Serving cannot load a TFLite-only version)."""
+    return [v for v in list_versions(model_dir) if os.path.isfile(os.path.join(model_dir, str(v), "saved_model.pb"))]
+
+
 def write_models_config(base: str) -> str:
     """Write ``BASE/models.config``, TF Serving's ``model_config_list`` for every model under ``BASE``
-    that has a published version (``tensorflow_model_server --model_config_file=BASE/models.config``).
-    Written atomically; returns its path."""
+    with a SavedModel version (``tensorflow_model_server --model_config_file=BASE/models.config``).
+
+    TF Serving serves a model's highest version by default; where that version is TFLite-only (a
+    ``zoo compress qat`` export), the entry pins the newest SavedModel version instead, and a model with
+    no SavedModel version is left out. Written atomically; returns its path.
+    """
     from zoo.atomic import write_text_atomic
 
     root = os.path.abspath(base)
-    names = sorted(d for d in os.listdir(root) if not d.startswith(".") and list_versions(os.path.join(root, d)))
-    entries = "".join(f"  config {{\n    name: '{n}'\n    base_path: '{os.path.join(root, n)}'\n"
-                      f"    model_platform: 'tensorflow'\n  }}\n" for n in names)
+    entries = []
+    for name in sorted(d for d in os.listdir(root) if not d.startswith(".")):
+        model_dir = os.path.join(root, name)
+        servable = servable_versions(model_dir)
+        if not servable:
+            if list_versions(model_dir):
+                log.info("models.config leaves out %s: it has no SavedModel version (TFLite files only)", name)
+            continue
+        policy = ""
+        if servable[-1] != list_versions(model_dir)[-1]:
+            policy = (f"    model_version_policy {{\n      specific {{\n        versions: {servable[-1]}\n"
+                      "      }\n    }\n")
+        entries.append(f"  config {{\n    name: '{name}'\n    base_path: '{model_dir}'\n"
+                       f"    model_platform: 'tensorflow'\n{policy}  }}\n")
     path = os.path.join(root, "models.config")
-    write_text_atomic(path, "model_config_list {\n" + entries + "}\n")
+    write_text_atomic(path, "model_config_list {\n" + "".join(entries) + "}\n")
     return path
 
 

@@ -19,8 +19,8 @@ from zoo import registry
 from zoo.metrics import macro_f1
 from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
 from zoo.recipes.engine.cli import main_for
-from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.recipes.text_data import (
     TextDataConfig,
     predict_texts,
@@ -53,13 +53,12 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
     cfg, pre, state = resolve_backbone(cfg, explicit, lambda: splits.train_corpus)
     batch = cfg.train.batch_size
     train_ds = text_dataset(splits.x_train, splits.y_train, pre, batch, shuffle_seed=cfg.train.seed)
-    eval_ds = text_dataset(splits.x_eval, splits.y_eval, pre, batch)
+    val_ds = text_dataset(splits.x_val, splits.y_val, pre, batch)
     state.update({"preprocessor": pre, "x_eval": splits.x_eval, "y_eval": splits.y_eval})
     n_eval = min(d.eval_sample_size, len(splits.x_eval))
-    info = {"class_names": splits.class_names, "pair": splits.pair,
-            "counts": {"train": int(len(splits.x_train)), "eval": int(len(splits.x_eval))}}
+    info = {"class_names": splits.class_names, "pair": splits.pair, "counts": splits.counts}
     return cfg, Datasets(
-        train=train_ds, steps_per_epoch=max(1, math.ceil(len(splits.x_train) / batch)), validation=eval_ds,
+        train=train_ds, steps_per_epoch=max(1, math.ceil(len(splits.x_train) / batch)), validation=val_ds,
         test=None, eval_sample=(splits.x_eval[:n_eval], splits.y_eval[:n_eval]),
         calibration=splits.x_train[:d.calibration_size], info=info,
         files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)

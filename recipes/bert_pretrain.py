@@ -24,8 +24,8 @@ from zoo.config import check_range
 from zoo.errors import ConfigError, DataError
 from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
 from zoo.recipes.engine.cli import main_for
-from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import MaskedLMInfo, RunDir, WordPieceSpec
 
 
@@ -186,7 +186,9 @@ def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:
 def compile_args(cfg: BertPretrainConfig) -> dict[str, Any]:
     import keras
 
-    return {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    # The mean over the masked tokens (the sample weights), not over every prediction slot: a batch
+    # whose rows mask fewer tokens than max_predictions would otherwise report a smaller loss.
+    return {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
             "weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="masked_accuracy")]}
 
 

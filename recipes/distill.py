@@ -27,8 +27,8 @@ from zoo import registry
 from zoo.config import check_range
 from zoo.errors import ConfigError
 from zoo.recipes.engine.cli import main_for
-from zoo.recipes.engine.optim import OptimizerConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.recipes.engine.config import OptimizerConfig, TrainConfig
+from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.recipes.text_data import TextDataConfig, predict_texts, read_splits, text_classification_info, text_dataset
 from zoo.rundir import RunDir, RunDirError, TextClassificationInfo
 
@@ -96,18 +96,19 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
 
     soft = predict_texts(teacher, x_train, pre)  # once; reused every epoch
     packed = np.concatenate([y_train[:, None].astype(np.float32), soft], axis=1)
-    eval_packed = np.concatenate([y_eval[:, None].astype(np.float32), predict_texts(teacher, x_eval, pre)], axis=1)
+    val_packed = np.concatenate([splits.y_val[:, None].astype(np.float32),
+                                 predict_texts(teacher, splits.x_val, pre)], axis=1)
     batch = cfg.train.batch_size
     n_eval = min(d.eval_sample_size, len(x_eval))
     state = {"preprocessor": pre, "teacher": teacher, "x_eval": x_eval, "y_eval": y_eval,
-             "teacher_eval_logits": eval_packed[:, 1:]}
+             "teacher_eval_logits": predict_texts(teacher, x_eval, pre)}
     return cfg, Datasets(
         train=text_dataset(x_train, packed, pre, batch, shuffle_seed=cfg.train.seed),
         steps_per_epoch=max(1, math.ceil(len(x_train) / batch)),
-        validation=text_dataset(x_eval, eval_packed, pre, batch), test=None,
+        validation=text_dataset(splits.x_val, val_packed, pre, batch), test=None,
         eval_sample=(x_eval[:n_eval], y_eval[:n_eval]), calibration=x_train[:d.calibration_size],
         info={"class_names": names, "pair": splits.pair, "teacher": os.path.abspath(cfg.teacher),
-              "counts": {"train": int(len(x_train)), "eval": int(len(x_eval))}},
+              "counts": splits.counts},
         files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
 
 

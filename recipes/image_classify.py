@@ -20,8 +20,8 @@ from zoo import registry
 from zoo.data.images import AugmentConfig, ImageDataConfig
 from zoo.errors import ConfigError, DataError
 from zoo.recipes.engine.cli import main_for
-from zoo.recipes.engine.optim import OptimizerConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.recipes.engine.config import OptimizerConfig, TrainConfig
+from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import ImageClassificationInfo, InputSpec
 
 

@@ -40,15 +40,26 @@ class TextDataConfig:
 
 @dataclass
 class TextSplits:
-    """Texts ([N] strings, or [N, 2] for pairs) and integer labels of the train and eval splits."""
+    """Texts ([N] strings, or [N, 2] for pairs) and integer labels of the train, validation and eval splits.
+
+    The validation split (model choice, early stopping, per-epoch metrics) is carved from the training
+    file; the eval split (final metrics, the export sample) is ``--eval-data`` when given, else the
+    validation split itself (no other held-out data exists then).
+    """
 
     class_names: list[str]
     x_train: np.ndarray
     y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
     x_eval: np.ndarray
     y_eval: np.ndarray
     pair: bool
     train_corpus: list[str]  # every training text, pair sides included (for learning a vocabulary)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"train": int(len(self.x_train)), "validation": int(len(self.x_val)), "eval": int(len(self.x_eval))}
 
 
 def stack_texts(texts: list[str], pairs: list[str] | None) -> np.ndarray:
@@ -56,8 +67,8 @@ def stack_texts(texts: list[str], pairs: list[str] | None) -> np.ndarray:
 
 
 def read_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | None = None) -> TextSplits:
-    """Read ``d.source`` (and ``d.eval_source``, or hold out ``d.validation_split`` of the training
-    file, stratified); labels are numbered by ``class_names`` if given, else by the sorted training labels."""
+    """Read ``d.source`` (``d.validation_split`` of it held out for validation, stratified) and
+    ``d.eval_source``; labels are numbered by ``class_names`` if given, else by the sorted training labels."""
     from zoo.data.splits import train_eval_split
     from zoo.data.text import encode_labels, label_names, read_labelled_text
 
@@ -69,17 +80,18 @@ def read_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | None 
     if len(names) < 2:
         raise DataError(f"{d.source!r} has a single label ({names[0]!r}); a classifier needs two or more")
     x, y = stack_texts(train.texts, train.pairs), encode_labels(train, names)
+    train_idx, val_idx = train_eval_split(len(y), d.validation_split, seed, labels=y)
+    if len(val_idx) == 0:
+        raise DataError(f"data.validation_split={d.validation_split} leaves no validation examples of the "
+                        f"{len(y)} in {d.source!r}; raise it (e.g. 0.1)")
+    x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
     if d.eval_source:
         evals = read_labelled_text(d.eval_source, d.text_column, d.label_column, pair, d.format)
-        x_train, y_train = x, y
         x_eval, y_eval = stack_texts(evals.texts, evals.pairs), encode_labels(evals, names)
     else:
-        train_idx, eval_idx = train_eval_split(len(y), d.validation_split, seed, labels=y)
-        if len(eval_idx) == 0:
-            raise DataError("no evaluation data: pass --eval-data or raise data.validation_split")
-        x_train, y_train, x_eval, y_eval = x[train_idx], y[train_idx], x[eval_idx], y[eval_idx]
-    return TextSplits(names, x_train, y_train, x_eval, y_eval, pair is not None,
-                      list(train.texts) + list(train.pairs or []))
+        x_eval, y_eval = x_val, y_val
+    corpus = [str(t) for t in (x_train.reshape(-1) if x_train.ndim == 2 else x_train)]
+    return TextSplits(names, x_train, y_train, x_val, y_val, x_eval, y_eval, pair is not None, corpus)
 
 
 def text_dataset(texts: np.ndarray, labels: np.ndarray | None, preprocessor: Any, batch: int,

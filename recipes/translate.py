@@ -26,8 +26,8 @@ from zoo.config import check_range
 from zoo.errors import ConfigError, DataError
 from zoo.models.decoding import DecodeConfig
 from zoo.recipes.engine.cli import main_for
-from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
-from zoo.recipes.engine.run import Datasets, Recipe, TrainConfig
+from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import InputSpec, RunDir, Seq2SeqTextSpec, TranslationInfo
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,18 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
     if not d.source:
         raise DataError("no training data: pass --data FILE (TSV lines 'source<TAB>target')")
     sources, targets, _ = read_text_pairs(d.source)
+    # Validation (per-epoch loss, BLEU, early stopping) is carved from the training pairs; the final
+    # evaluation and the export sample use --eval-data, or the validation pairs when there is none.
+    train_idx, val_idx = train_eval_split(len(sources), d.validation_split, cfg.train.seed)
+    if len(val_idx) == 0:
+        raise DataError(f"data.validation_split={d.validation_split} leaves no validation pairs of the "
+                        f"{len(sources)} in {d.source!r}; raise it (e.g. 0.1)")
+    val_src, val_tgt = [sources[i] for i in val_idx], [targets[i] for i in val_idx]
+    sources, targets = [sources[i] for i in train_idx], [targets[i] for i in train_idx]
     if d.eval_source:
         eval_src, eval_tgt, _ = read_text_pairs(d.eval_source)
     else:
-        train_idx, eval_idx = train_eval_split(len(sources), d.validation_split, cfg.train.seed)
-        if len(eval_idx) == 0:
-            raise DataError("no evaluation data: pass --eval-data or raise data.validation_split")
-        eval_src, eval_tgt = [sources[i] for i in eval_idx], [targets[i] for i in eval_idx]
-        sources, targets = [sources[i] for i in train_idx], [targets[i] for i in train_idx]
+        eval_src, eval_tgt = val_src, val_tgt
 
     if d.shared_vocabulary:
         vocab = build_vocabulary(sources + targets, d.vocab_size, lowercase=d.lowercase)
@@ -135,8 +139,13 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
         log.warning("truncated %d source(s) to data.max_source_length=%d and %d target(s) to "
                     "data.max_target_length=%d tokens (end token included)", src_cut, d.max_source_length,
                     tgt_cut, d.max_target_length)
-    eval_src_ids, _ = _encode(src_tok, eval_src, d.max_source_length, end=False)
-    eval_tgt_ids, _ = _encode(tgt_tok, eval_tgt, d.max_target_length, end=True)
+    short = sum(len(t.split()) < 4 for t in val_tgt)
+    if short > len(val_tgt) / 2:
+        log.warning("%d of %d evaluation targets have fewer than 4 words: corpus BLEU counts 4-grams, so it stays "
+                    "near 0 on such data however good the outputs are; read val_exact_match instead", short,
+                    len(val_tgt))
+    val_src_ids, _ = _encode(src_tok, val_src, d.max_source_length, end=False)
+    val_tgt_ids, _ = _encode(tgt_tok, val_tgt, d.max_target_length, end=True)
 
     batch = cfg.train.batch_size
     lengths = (src_ids != src_tok.pad_id).sum(1) + (tgt_ids != tgt_tok.pad_id).sum(1)
@@ -157,19 +166,20 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
     train_ds = (tf.data.Dataset.from_tensor_slices(order)
                 .map(lambda idx: make_batch(tf.gather(src_c, idx), tf.gather(tgt_c, idx)))
                 .prefetch(tf.data.AUTOTUNE))
-    eval_ds = (tf.data.Dataset.from_tensor_slices((eval_src_ids, eval_tgt_ids)).batch(batch)
-               .map(make_batch).prefetch(tf.data.AUTOTUNE))
+    val_ds = (tf.data.Dataset.from_tensor_slices((val_src_ids, val_tgt_ids)).batch(batch)
+              .map(make_batch).prefetch(tf.data.AUTOTUNE))
     n_sample = min(d.eval_sample_size, len(eval_src))
     files = {RunDir.VOCAB: "\n".join(src_tok.vocabulary) + "\n"}
     if not d.shared_vocabulary:
         files[RunDir.TARGET_VOCAB] = "\n".join(tgt_tok.vocabulary) + "\n"
-    info = {"counts": {"train": len(sources), "eval": len(eval_src)}, "truncated": {"source": src_cut,
-                                                                                   "target": tgt_cut}}
+    info = {"counts": {"train": len(sources), "validation": len(val_src), "eval": len(eval_src)},
+            "truncated": {"source": src_cut, "target": tgt_cut}}
     return cfg, Datasets(
-        train=train_ds, steps_per_epoch=steps, validation=eval_ds, test=None,
+        train=train_ds, steps_per_epoch=steps, validation=val_ds, test=None,
         eval_sample=(np.asarray(eval_src[:n_sample], dtype=str), np.asarray(eval_tgt[:n_sample], dtype=str)),
         calibration=None, info=info, files=files,
-        state={"source_tokenizer": src_tok, "target_tokenizer": tgt_tok, "eval_pairs": (eval_src, eval_tgt)})
+        state={"source_tokenizer": src_tok, "target_tokenizer": tgt_tok, "val_pairs": (val_src, val_tgt),
+               "eval_pairs": (eval_src, eval_tgt)})
 
 
 def build_model(cfg: TranslateConfig, data: Datasets) -> Any:
@@ -207,11 +217,11 @@ def callbacks(cfg: TranslateConfig, data: Datasets) -> list[Any]:
         return []
     import keras
 
-    sources, references = data.state["eval_pairs"]
+    sources, references = data.state["val_pairs"]
     n = cfg.data.eval_sample_size
 
     class EvalTranslations(keras.callbacks.Callback):
-        """Decode the first ``eval_sample_size`` eval sources after every epoch; log BLEU and exact match."""
+        """Decode the first ``eval_sample_size`` validation sources after every epoch; log BLEU and exact match."""
 
         translator = None
 

@@ -142,8 +142,12 @@ def load_hf_bert_weights(backbone: Any, tensors: dict[str, np.ndarray], source: 
                 continue
             missing.append(hf_name)
             continue
-        value = transform(array) if transform is not None and array.ndim > 0 else array
         var = variables[path]
+        try:
+            value = transform(array) if transform is not None and array.ndim > 0 else array
+        except ValueError as exc:  # e.g. attention weights that cannot split into config.json's heads
+            mismatched.append(f"{hf_name} {tuple(array.shape)} does not fit {path} {tuple(var.shape)} ({exc})")
+            continue
         if tuple(value.shape) != tuple(var.shape):
             mismatched.append(f"{hf_name} {tuple(array.shape)} -> expected {tuple(var.shape)} for {path}")
             continue

@@ -126,7 +126,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
               f"gzip size {summary['gzip_ratio']:.2f}x of the unpruned float32 TFLite file")
     else:
         print(f"QAT int8 TFLite: accuracy {summary['tflite_accuracy']:.4f} "
-              f"(Keras float {summary['keras_accuracy']:.4f}, delta {summary['accuracy_delta']:+.4f}), "
+              f"(the float model before QAT: {summary['keras_accuracy']:.4f}, delta {summary['accuracy_delta']:+.4f}), "
               f"{summary['size_bytes']:,} bytes")
     if report is not None:
         print(f"published {summary['version_dir']}\n")
@@ -142,10 +142,15 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     translator = Translator.from_run(args.run_dir, **options)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts:
+    texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
+    if not any(t.strip() for t in texts):
         raise ZooError("nothing to translate: give texts as arguments or on standard input")
-    for out in translator(texts):
+    # One output line per input line, so outputs stay aligned with a file's lines: an empty line stays empty.
+    filled = [i for i, t in enumerate(texts) if t.strip()]
+    outputs = [""] * len(texts)
+    for i, out in zip(filled, translator([texts[i] for i in filled])):
+        outputs[i] = out
+    for out in outputs:
         print(out)
     return 0
 
@@ -254,6 +259,9 @@ def _main(argv: list[str]) -> int:
     except ZooError as exc:
         print(format_error(exc, args.debug), file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be read or written: one line, the cause with --debug
+        print(format_error(exc, args.debug), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

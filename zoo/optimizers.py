@@ -21,7 +21,7 @@ import keras
 
 from zoo.config import check_choice
 
-SCHEDULES = ("constant", "linear", "cosine", "step", "rsqrt")
+KINDS = ("constant", "linear", "cosine", "step", "rsqrt")  # the decays WarmupDecay implements
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -30,7 +30,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak: float, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1,
                  alpha: float = 0.0, boundaries: tuple[int, ...] | list[int] = (), gamma: float = 0.1):
-        check_choice("schedule kind", kind, SCHEDULES)
+        check_choice("schedule kind", kind, KINDS)
         self.peak = float(peak)
         self.kind = kind
         self.warmup_steps = int(warmup_steps)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -231,9 +232,30 @@ class RunDir:
     calibration_path = property(lambda self: self.file(self.CALIBRATION))
     model_path = property(lambda self: self.file(self.MODEL))
 
-    def checkpoint_pattern(self) -> str:
-        """Keras ``ModelCheckpoint`` file pattern of the per-epoch weights."""
-        return os.path.join(self.checkpoints_dir, "epoch-{epoch:03d}.weights.h5")
+    # Weight states, named by the number of epochs they completed: backup/epoch-0007.weights.h5 (model and
+    # optimizer, for resuming) and checkpoints/epoch-007.weights.h5 (kept for the user, the newest few).
+    _STATE = re.compile(r"^epoch-(\d+)\.weights\.h5$")
+
+    def backup_state_path(self, epoch: int) -> str:
+        return os.path.join(self.backup_dir, f"epoch-{epoch:04d}.weights.h5")
+
+    def checkpoint_path(self, epoch: int) -> str:
+        return os.path.join(self.checkpoints_dir, f"epoch-{epoch:03d}.weights.h5")
+
+    def _states(self, folder: str) -> list[tuple[int, str]]:
+        if not os.path.isdir(folder):
+            return []
+        found = [(int(m.group(1)), os.path.join(folder, f)) for f in os.listdir(folder)
+                 if (m := self._STATE.match(f))]
+        return sorted(found, reverse=True)
+
+    def backup_states(self) -> list[tuple[int, str]]:
+        """(epochs completed, file) of the resume states in backup/, newest first."""
+        return self._states(self.backup_dir)
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """(epochs completed, file) of the epoch checkpoints, newest first."""
+        return self._states(self.checkpoints_dir)
 
     def worker_dir(self, task: str) -> RunDir:
         """Resume state of a non-chief multi-worker task (it never writes the run dir itself)."""
@@ -264,7 +286,7 @@ class RunDir:
 
     @property
     def has_backup(self) -> bool:
-        return os.path.isdir(self.backup_dir)
+        return bool(self.backup_states())
 
     @classmethod
     def open(cls, path: str, *, finished: bool = True, need: tuple[str, ...] = ()) -> RunDir:

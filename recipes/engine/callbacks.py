@@ -1,40 +1,30 @@
-"""Callbacks every recipe gets: per-epoch checkpoints, crash resume, early stopping,
+"""Callbacks every recipe gets: crash-safe resume state and epoch checkpoints, early stopping,
 TensorBoard, NaN guard, and metrics.json that survives resumes.
+
+Every weight file is written under a temporary name in its folder and renamed into place, so a
+kill at any instant leaves the previous states whole. On restart :func:`choose_resume_state`
+picks the newest state that reads back (a damaged one is passed over with a one-line warning,
+down to the epoch checkpoints) and the engine resumes there: the weights and optimizer state
+are loaded by :class:`RestoreState`, the data pipeline skips the epochs already done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 
 from zoo.atomic import write_json_atomic
-from zoo.config import check_choice, check_range
+from zoo.recipes.engine.config import EarlyStoppingConfig
 from zoo.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EarlyStoppingConfig:
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (0 = off)."""
-
-    monitor: str = "val_loss"
-    patience: int = 0
-    mode: str = "auto"
-    min_delta: float = 0.0
-    restore_best_weights: bool = True
-
-    def __post_init__(self) -> None:
-        check_choice("mode", self.mode, ("auto", "min", "max"))
-        check_range("patience", self.patience, 0)
-        check_range("min_delta", self.min_delta, 0.0)
 
 
 class MetricsLog(keras.callbacks.Callback):
@@ -87,18 +77,130 @@ class MetricsLog(keras.callbacks.Callback):
         write_json_atomic(self.path, self.data)
 
 
+def _save_weights_atomically(model: Any, final: str) -> None:
+    """``model.save_weights`` (model and optimizer variables) to a temporary name, then rename."""
+    folder, name = os.path.split(final)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # Keras wants the .weights.h5 ending
+    model.save_weights(tmp, overwrite=True)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def _remove_partial_writes(folder: str) -> None:
+    """Temporary files a killed process left half-written (one trainer writes a run dir at a time)."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+
+
+def _prune(states: list[tuple[int, str]], keep: int) -> None:
+    for _, path in states[keep:]:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+class CrashSafeBackup(keras.callbacks.Callback):
+    """After every epoch, the model and optimizer state as backup/epoch-NNNN.weights.h5, written
+    atomically (the new state is complete before the old one is removed, so one whole state exists at
+    every instant); the epoch checkpoints are the fallback should a state be damaged anyway."""
+
+    KEEP = 1
+
+    def __init__(self, out: RunDir):
+        super().__init__()
+        self.out = out
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        _remove_partial_writes(self.out.backup_dir)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        _save_weights_atomically(self.model, self.out.backup_state_path(epoch + 1))
+        _prune(self.out.backup_states(), self.KEEP)
+
+
+class EpochCheckpoints(keras.callbacks.Callback):
+    """checkpoints/epoch-NNN.weights.h5 after every epoch, written atomically; the newest ``keep``
+    are kept (0 keeps all)."""
+
+    def __init__(self, out: RunDir, keep: int):
+        super().__init__()
+        self.out, self.keep = out, keep
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        _remove_partial_writes(self.out.checkpoints_dir)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        _save_weights_atomically(self.model, self.out.checkpoint_path(epoch + 1))
+        if self.keep:
+            _prune(self.out.checkpoints(), self.keep)
+
+
+class RestoreState(keras.callbacks.Callback):
+    """Load a resume state (weights and optimizer variables) once the model is built, before the first step."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # its variables must exist to be loaded
+        self.model.load_weights(self.path)
+
+
+def unreadable_reason(path: str) -> str | None:
+    """Why a .weights.h5 file cannot be read back (cut short by a kill, not HDF5), or None if it can."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            for dataset in _datasets(f):
+                dataset[()]  # reads every array: a truncated file fails here at the latest
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def _datasets(group: Any) -> list[Any]:
+    import h5py
+
+    found: list[Any] = []
+    group.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def choose_resume_state(out: RunDir) -> tuple[int, str] | None:
+    """(epochs completed, weights file) to resume from: the newest readable backup state, else the newest
+    readable epoch checkpoint; None for a fresh start. Each damaged file is named in a one-line warning."""
+    candidates = out.backup_states() + out.checkpoints()
+    candidates.sort(key=lambda c: c[0], reverse=True)  # stable: a backup state before a checkpoint of its epoch
+    for epoch, path in candidates:
+        reason = unreadable_reason(path)
+        if reason is None:
+            return epoch, path
+        log.warning("%s is unreadable (%s; a kill while it was written?); trying an older state", path, reason)
+    if candidates:
+        log.warning("no readable state in %s; starting again from epoch 1", out.path)
+    return None
+
+
 def build_callbacks(out: RunDir, early: EarlyStoppingConfig, *, tensorboard: bool = True,
-                    checkpoint_every_epoch: bool = True) -> list[Any]:
-    """The standard callback list; order matters: the backup is restored before anything else runs."""
-    callbacks: list[Any] = [
-        # Saves model + optimizer + epoch at each epoch end; on restart resumes there.
-        keras.callbacks.BackupAndRestore(out.backup_dir),
+                    checkpoint_every_epoch: bool = True, keep_checkpoints: int = 2,
+                    resume_from: str | None = None) -> list[Any]:
+    """The standard callback list; order matters: the state is restored before anything else runs."""
+    callbacks: list[Any] = [RestoreState(resume_from)] if resume_from else []
+    callbacks += [
+        CrashSafeBackup(out),
         keras.callbacks.TerminateOnNaN(),
         MetricsLog(out.metrics_path),
     ]
     if checkpoint_every_epoch:
-        os.makedirs(out.checkpoints_dir, exist_ok=True)
-        callbacks.append(keras.callbacks.ModelCheckpoint(out.checkpoint_pattern(), save_weights_only=True))
+        callbacks.append(EpochCheckpoints(out, keep_checkpoints))
     if early.patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=early.monitor, patience=early.patience, mode=early.mode, min_delta=early.min_delta,

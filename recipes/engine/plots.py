@@ -13,8 +13,10 @@ def plot_curves(metrics: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     epochs = metrics.get("epochs", [])
-    names = sorted({k for e in epochs for k in e if not k.startswith("val_")
-                    and k not in ("epoch", "seconds", "learning_rate")})
+    # A panel per metric: training and validation side by side, and metrics logged for validation only
+    # (BLEU, exact match of the translate recipe) on their own.
+    keys = {k for e in epochs for k in e if k not in ("epoch", "seconds", "learning_rate")}
+    names = sorted({k.removeprefix("val_") for k in keys})
     if not epochs or not names:
         return
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from zoo.errors import unknown_name
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+from zoo.recipes.engine.config import PRECISIONS
 
 
 @contextlib.contextmanager

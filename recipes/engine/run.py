@@ -20,44 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zoo.atomic import write_json_atomic
-from zoo.config import apply_overrides, check_choice, check_range, flatten, load_config_file, to_dict, write_config
+from zoo.config import apply_overrides, flatten, load_config_file, to_dict, write_config
 from zoo.errors import ConfigError, ZooError
-from zoo.recipes.engine.callbacks import EarlyStoppingConfig
-from zoo.recipes.engine.optim import OptimizerConfig, ScheduleConfig
-from zoo.recipes.engine.precision import PRECISIONS
-from zoo.recipes.engine.strategy import STRATEGIES
+from zoo.recipes.engine.config import TrainConfig
 from zoo.rundir import RunDir, RunInfo
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What every recipe trains with. ``batch_size`` is the global batch across replicas."""
-
-    epochs: int = 10
-    batch_size: int = 32
-    strategy: str = "default"
-    devices: tuple[str, ...] = ()
-    cpu_devices: int = 0
-    tpu: str = ""
-    precision: str = "float32"
-    jit_compile: bool = False
-    seed: int = 42
-    steps_per_execution: int = 1
-    tensorboard: bool = True
-    checkpoint_every_epoch: bool = True
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-
-    def __post_init__(self) -> None:
-        check_range("epochs", self.epochs, 1)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("cpu_devices", self.cpu_devices, 0)
-        check_range("steps_per_execution", self.steps_per_execution, 1)
-        check_choice("strategy", self.strategy, STRATEGIES)
-        check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -148,7 +116,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     """Train ``recipe`` with ``cfg`` into ``run_dir`` (resuming if it holds an unfinished run)."""
     import keras
 
-    from zoo.recipes.engine.callbacks import build_callbacks
+    from zoo.recipes.engine.callbacks import MetricsLog, build_callbacks, choose_resume_state
     from zoo.recipes.engine.optim import build_optimizer, build_schedule, check_optimizer_support
     from zoo.recipes.engine.plots import plot_curves
     from zoo.recipes.engine.precision import has_loss_scaling, precision_scope
@@ -168,28 +136,38 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     chief = train.strategy != "multi_worker" or is_chief()
     out = RunDir(run_dir) if chief else RunDir(run_dir).worker_dir(task_name())
     _check_resumable(out, cfg)
-    os.makedirs(out.path, exist_ok=True)
-    resuming = out.has_backup
-    _write_run_files(out, cfg, recipe.run_info(cfg, data), data)
-    if resuming:
-        log.info("found an unfinished run in %s; resuming from its last completed epoch", out.path)
-
+    # Everything that can refuse the config (the model, the schedule's warm-up, the optimizer) is
+    # built before the run dir is written, so a refused run leaves nothing behind.
     with precision_scope(train.precision), strategy.scope():
         model = recipe.build_model(cfg, data)
         lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs)
         optimizer = build_optimizer(train.optimizer, lr)
         model.compile(optimizer=optimizer, jit_compile=train.jit_compile,
                       steps_per_execution=train.steps_per_execution, **recipe.compile_args(cfg))
+    os.makedirs(out.path, exist_ok=True)
+    resume = choose_resume_state(out)
+    _write_run_files(out, cfg, recipe.run_info(cfg, data), data)
+    initial_epoch, train_data = 0, data.train
+    if resume is not None:
+        initial_epoch = resume[0]
+        # Each epoch's order is a function of (seed, epoch): skipping the batches of the epochs done
+        # gives the resumed epochs the order an uninterrupted run would have seen.
+        train_data = data.train.skip(initial_epoch * data.steps_per_epoch)
+        log.info("resuming the unfinished run in %s after epoch %d (%s)", out.path, initial_epoch, resume[1])
     callbacks = build_callbacks(out, train.early_stopping, tensorboard=train.tensorboard,
-                                checkpoint_every_epoch=train.checkpoint_every_epoch)
+                                checkpoint_every_epoch=train.checkpoint_every_epoch,
+                                keep_checkpoints=train.keep_checkpoints,
+                                resume_from=resume[1] if resume else None)
     if recipe.callbacks is not None:
-        callbacks[1:1] = recipe.callbacks(cfg, data)  # after BackupAndRestore, before the metrics log
+        # After the state is restored and saved, before the metrics log (so what they log lands in it).
+        at = next(i for i, c in enumerate(callbacks) if isinstance(c, MetricsLog))
+        callbacks[at:at] = recipe.callbacks(cfg, data)
     callbacks.extend(extra_callbacks)
     with _fit_scope(train.strategy, model):
         start = time.perf_counter()
-        history = model.fit(data.train, validation_data=data.validation, epochs=train.epochs,
-                            steps_per_epoch=data.steps_per_epoch, callbacks=callbacks, verbose=verbose,
-                            shuffle=False)
+        history = model.fit(train_data, validation_data=data.validation, epochs=train.epochs,
+                            initial_epoch=initial_epoch, steps_per_epoch=data.steps_per_epoch, callbacks=callbacks,
+                            verbose=verbose, shuffle=False)
         train_seconds = time.perf_counter() - start
         final: dict[str, Any] = {}
         if data.test is not None:
@@ -216,6 +194,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
         tmp = out.file(RunDir.MODEL_TMP)
         model.save(tmp)
         os.replace(tmp, out.model_path)
+        shutil.rmtree(out.backup_dir, ignore_errors=True)  # a finished run resumes nothing; the checkpoints stay
     else:
         shutil.rmtree(out.path, ignore_errors=True)
         with contextlib.suppress(OSError):  # the last worker to finish removes .workers/

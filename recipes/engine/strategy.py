@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from zoo.errors import ConfigError, DeviceError, unknown_name
+from zoo.recipes.engine.config import STRATEGIES
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 _MIRRORED: dict[tuple[str, ...], Any] = {}
 
 

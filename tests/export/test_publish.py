@@ -65,3 +65,18 @@ def test_sigkill_at_each_step_never_publishes_a_partial_version(digits_run, tmp_
     assert version_dir.endswith(os.path.join("digits", "3"))
     assert not [d for d in os.listdir(os.path.join(base, "digits")) if d.startswith(".")]
     assert _tree_digest(v1) == before
+
+
+def test_models_config_lists_only_what_tf_serving_can_load(tmp_path):
+    """A TFLite-only version (zoo compress qat) is never the version TF Serving is told to load."""
+    for name, version, has_saved_model in [("mixed", 1, True), ("mixed", 2, False), ("tflite_only", 1, False),
+                                           ("plain", 3, True)]:
+        os.makedirs(tmp_path / name / str(version))
+        if has_saved_model:
+            (tmp_path / name / str(version) / "saved_model.pb").write_bytes(b"")
+    text = open(sm.write_models_config(str(tmp_path)), encoding="utf-8").read()
+    assert "'tflite_only'" not in text
+    mixed = text[text.index("name: 'mixed'"):text.index("name: 'plain'")]
+    assert "specific {\n        versions: 1\n" in mixed  # pinned to the newest SavedModel version
+    assert "model_version_policy" not in text[text.index("name: 'plain'"):]  # latest is servable: default policy
+    assert sm.servable_versions(str(tmp_path / "mixed")) == [1]

@@ -110,3 +110,21 @@ def test_classifier_fine_tunes_from_a_pretraining_run(pretrain_run, tmp_path):
     assert result.metrics["final"]["eval_accuracy"] >= 0.9
     with open(tmp_path / "run" / "vocab.txt") as fh, open(os.path.join(pretrain_run.run_dir, "vocab.txt")) as gh:
         assert fh.read() == gh.read()  # the pretraining vocabulary is kept
+
+
+def test_mlm_loss_is_the_mean_over_masked_tokens():
+    """Two rows, four prediction slots each, masking 1 and 3 tokens: the loss is the mean of those 4 tokens'
+    cross-entropies, not the weighted sum over all 8 slots divided by 8."""
+    from zoo.recipes import bert_pretrain
+    from zoo.recipes.bert_pretrain import BertPretrainConfig
+
+    loss = bert_pretrain.compile_args(BertPretrainConfig())["loss"]
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 7)).astype("float32")
+    labels = rng.integers(0, 7, size=(2, 4))
+    weights = np.array([[1, 0, 0, 0], [1, 1, 1, 0]], "float32")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    expected = (nll * weights).sum() / weights.sum()
+    got = float(loss(labels, logits, sample_weight=weights))
+    assert abs(got - expected) < 1e-5 and abs(got - (nll * weights).sum() / 8) > 0.1

@@ -237,6 +237,11 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     (shapes / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"shape mismatches .*intermediate.dense.weight \(128, 32\)"):
         import_hf_bert(str(shapes), sequence_length=16)
+    cfg["intermediate_size"], cfg["hidden_size"] = 4 * cfg["hidden_size"], 2 * cfg["hidden_size"]
+    cfg["intermediate_size"] = 4 * cfg["hidden_size"]
+    (shapes / "config.json").write_text(json.dumps(cfg))  # hidden_size no longer matches the tensors
+    with pytest.raises(CheckpointError, match=r"shape mismatches .*attention.self.query.weight"):
+        import_hf_bert(str(shapes), sequence_length=16)
     with pytest.raises(CheckpointError, match="has no config.json"):
         import_hf_bert(str(tmp_path))
     (tmp_path / "novocab").mkdir()

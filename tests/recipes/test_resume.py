@@ -1,0 +1,142 @@
+"""Crash-safe resume: kills at any instant (inside saves too), damaged states, retention."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import zoo
+from tests.conftest import FAST
+from zoo.recipes.engine.run import train
+from zoo.rundir import RunDir
+
+SMALL = {**FAST, "train.checkpoint_every_epoch": True, "model.dropout": 0.0, "train.batch_size": 64}
+
+
+class StopAfter:
+    """An extra callback that aborts training after epoch ``n`` (after the state of that epoch is saved)."""
+
+    def __new__(cls, n):
+        import keras
+
+        class Stop(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 == n:
+                    raise RuntimeError("simulated crash")
+
+        return Stop()
+
+
+def _truncate(path):
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_state_falls_back_to_an_older_one(tmp_path, caplog):
+    run = RunDir(str(tmp_path / "run"))
+    cfg = {**SMALL, "train.epochs": 4}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train("image_classify", run.path, cfg, verbose=0, extra_callbacks=[StopAfter(3)])
+    assert [e for e, _ in run.backup_states()] == [3]   # the newest resume state
+    assert [e for e, _ in run.checkpoints()] == [3, 2]  # keep_checkpoints=2
+    # What a kill in the middle of the epoch-3 writes would leave, were they not atomic: both files cut short.
+    _truncate(run.backup_state_path(3))
+    _truncate(run.checkpoint_path(3))
+    with caplog.at_level(logging.WARNING):
+        result = train("image_classify", run.path, cfg, verbose=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("epoch-0003.weights.h5 is unreadable" in w for w in warnings), warnings
+    assert any("epoch-003.weights.h5 is unreadable" in w for w in warnings), warnings
+    assert result.metrics["resumes"][-1]["epoch"] == 3  # resumed after epoch 2, the newest readable state
+    assert [e["epoch"] for e in result.metrics["epochs"]] == [1, 2, 3, 4]
+    assert not os.path.exists(run.backup_dir)  # a finished run keeps no resume state
+    assert [e for e, _ in run.checkpoints()] == [4, 3]
+
+
+def test_keep_checkpoints_zero_keeps_all(tmp_path):
+    run = RunDir(str(tmp_path / "run"))
+    train("image_classify", run.path, {**SMALL, "train.epochs": 3, "train.keep_checkpoints": 0}, verbose=0)
+    assert [e for e, _ in run.checkpoints()] == [3, 2, 1]
+    assert not [f for f in os.listdir(run.checkpoints_dir) if f.startswith(".tmp")]
+
+
+# The child: a training that may be SIGKILLed after a random delay, or right after a weights file was
+# written (with that file cut to half first: what a kill in the middle of the write leaves).
+CHILD = textwrap.dedent("""
+    import os, random, signal, sys, threading
+    import keras
+
+    mode, delay, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    rng = random.Random(seed)
+    real_save = keras.Model.save_weights
+
+    def save_weights(self, filepath, *args, **kwargs):
+        real_save(self, filepath, *args, **kwargs)
+        if mode == "in_save" and rng.random() < 0.35:
+            with open(filepath, "r+b") as fh:
+                fh.truncate(os.path.getsize(filepath) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.Model.save_weights = save_weights
+    real_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):  # the clock starts with training, whatever the machine's start-up time
+        if mode == "timer":
+            threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        return real_fit(self, *args, **kwargs)
+
+    keras.Model.fit = fit
+    from zoo.recipes import image_classify
+
+    code = image_classify.main(sys.argv[4:])
+    os._exit(code)  # the timer thread must not outlive a finished run
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_instants_always_finishes_with_the_uninterrupted_weights(tmp_path):
+    args = ["--epochs", "6", "--quiet", "--batch-size", "32", "--set", "train.tensorboard=false",
+            "--set", "model.dropout=0"]
+    reference = RunDir(str(tmp_path / "reference"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", CHILD, "none", "0", "0", "--run-dir", reference.path, *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    with open(reference.metrics_path) as fh:
+        fit_seconds = json.load(fh)["train_seconds_this_process"]  # this machine's time for the whole fit
+
+    run = RunDir(str(tmp_path / "killed"))
+    rng = random.Random(7)
+    kills, outcomes = 0, []
+    for attempt in range(14):  # bounded: the last attempts run without kills
+        mode = ("in_save", "timer")[attempt % 2] if attempt < 12 else "none"
+        delay = rng.uniform(0.05, 0.9) * fit_seconds  # somewhere in the fit (this run resumes, so often earlier)
+        proc = subprocess.run([sys.executable, "-c", CHILD, mode, f"{delay:.2f}", str(attempt), "--run-dir", run.path,
+                               *args], env=env, capture_output=True, text=True, timeout=600)
+        outcomes.append((mode, proc.returncode))
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, (mode, proc.stderr[-3000:])
+        kills += 1
+    print("kill loop:", outcomes)
+    assert run.is_finished, outcomes
+    assert kills >= 2, outcomes  # the loop did kill the training, more than once
+    with open(run.metrics_path) as fh:
+        metrics = json.load(fh)
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5, 6]
+    assert metrics["epochs_completed"] == 6 and metrics["final"]["test_accuracy"] > 0.8
+    # Every kill resumed from an epoch boundary with the data order of that epoch: same weights as no kill.
+    got = zoo.load(run.model_path, compile=False).get_weights()
+    want = zoo.load(reference.model_path, compile=False).get_weights()
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(got, want)), outcomes
+    assert not [f for f in os.listdir(run.checkpoints_dir) if f.startswith(".tmp")]  # partial writes cleaned up
