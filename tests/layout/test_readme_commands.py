@@ -13,8 +13,10 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -236,3 +238,27 @@ def test_every_readme_command_is_run_here():
     assert len(commands) >= 20, commands
     missing = [c for c in commands if c not in COVERED]
     assert not missing, "README commands without a fresh-process smoke test:\n" + "\n".join(missing)
+
+
+@pytest.mark.slow
+def test_os_errors_and_ctrl_c_end_in_one_line(work):
+    (work / "a_file").write_text("not a directory")
+    out = subprocess.run([*ZOO, "train", "image_classify", "--run-dir", "a_file/run", "--epochs", "1", "--quiet"],
+                         cwd=str(work), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == ["error: [Errno 20] Not a directory: 'a_file/run'"]
+    assert not os.path.exists(work / "a_file" / "run")
+    # Ctrl-C in the middle of training: one line that says how to resume, exit code 130.
+    run_dir = work / "runs" / "interrupted"
+    proc = subprocess.Popen([*ZOO, "train", "image_classify", "--run-dir", str(run_dir), "--epochs", "200", "--quiet",
+                             "--set", "train.tensorboard=false"], cwd=str(work), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not os.path.isfile(RunDir(str(run_dir)).metrics_path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # metrics.json appears after the first epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines() == [
+        "interrupted; run the same command again to resume from the last completed epoch"], err[-2000:]
+    assert RunDir(str(run_dir)).backup_states()  # there is a state to resume from
