@@ -403,7 +403,12 @@ def export_run(run_dir: str, base: str, name: str, formats: str | Sequence[str] 
     report = exporter_for(run, fmts, decode).export(base, name, fmts, version, latency_runs, extra_report, extra_tflite)
     version_dir = os.path.join(base, name, str(report["version"]))
     report["version_dir"] = version_dir
-    report["models_config"] = publish.write_models_config(base)
+    try:
+        report["models_config"] = publish.write_models_config(base)
+    except OSError as exc:
+        raise ExportError(f"published {version_dir} (complete and verified), but could not write "
+                          f"{os.path.join(base, 'models.config')}: {exc}. Fix the cause; the next export rewrites "
+                          "it") from exc
     if report_path:
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
         write_json_atomic(report_path, report)

@@ -99,6 +99,9 @@ def write_translator_saved_model(translator: Any, path: str) -> None:
     import tensorflow as tf
 
     def serve(text):
-        return {"translation": translator.target_tokenizer.detokenize(translator.generate_ids(text))}
+        # An empty (or blank) source translates to an empty string, as `zoo translate` prints an empty line.
+        translation = translator.target_tokenizer.detokenize(translator.generate_ids(text))
+        blank = tf.equal(tf.strings.length(tf.strings.strip(text)), 0)
+        return {"translation": tf.where(blank, tf.constant(""), translation)}
 
     save_serving_module(translator.model, serve, [tf.TensorSpec([None], tf.string, name="text")], path)

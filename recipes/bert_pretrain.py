@@ -147,13 +147,12 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         return read_text_corpus([p.strip() for p in spec.split(",") if p.strip()])
 
     lines = read(d.source)
-    if d.eval_source:
-        train_lines, eval_lines = lines, read(d.eval_source)
-    else:
-        train_idx, eval_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1,
-                                                sort=False)
-        eval_lines = [lines[i] for i in eval_idx]
-        train_lines = [lines[i] for i in train_idx]
+    # Validation (per-epoch loss, early stopping) is carved from the training corpus; --eval-data, if
+    # given, is scored once at the end (test_loss, test_masked_accuracy).
+    train_idx, val_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1, sort=False)
+    val_lines = [lines[i] for i in val_idx]
+    train_lines = [lines[i] for i in train_idx]
+    test_lines = read(d.eval_source) if d.eval_source else []
     cfg, pre, state = resolve_backbone(cfg, explicit, lambda: train_lines)
     vocab = pre.vocabulary
     continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
@@ -168,13 +167,17 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     batch = cfg.train.batch_size
     train_ds = slices(np.asarray(train_lines), cfg.train.seed).batch(batch)
     train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    # The evaluation masks are fixed (stateless, seeded) so validation losses compare across epochs.
-    eval_ds = slices(np.asarray(eval_lines)).batch(batch).enumerate()
-    eval_ds = eval_ds.map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
-    eval_ds = eval_ds.cache().prefetch(tf.data.AUTOTUNE)
-    info = {"counts": {"train_lines": len(train_lines), "eval_lines": len(eval_lines)}, "vocab_size": len(vocab)}
+    def fixed_masks(texts: list[str]) -> Any:
+        # Evaluation masks are fixed (stateless, seeded) so losses compare across epochs and runs.
+        ds = slices(np.asarray(texts)).batch(batch).enumerate()
+        ds = ds.map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
+        return ds.cache().prefetch(tf.data.AUTOTUNE)
+
+    info = {"counts": {"train_lines": len(train_lines), "validation_lines": len(val_lines),
+                       "eval_lines": len(test_lines)}, "vocab_size": len(vocab)}
     return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(len(train_lines) / batch)),
-                         validation=eval_ds, info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"}, state=state)
+                         validation=fixed_masks(val_lines), test=fixed_masks(test_lines) if test_lines else None,
+                         info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"}, state=state)
 
 
 def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:

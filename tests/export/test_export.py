@@ -169,3 +169,15 @@ def test_cli_export_prints_the_table(digits_run, tmp_path, capsys):
     assert json.loads(report_path.read_text())["formats"].keys() == {"saved_model", "tflite_int8"}
     assert zoo_main(["export", str(tmp_path / "missing"), "--to", str(tmp_path / "out")]) == 2
     assert "error: run dir" in capsys.readouterr().err
+
+
+def test_a_models_config_failure_says_the_version_was_published(tmp_path, digits_run, monkeypatch):
+    from zoo.export import publish
+
+    def fail(base):
+        raise PermissionError(13, "Permission denied", os.path.join(base, "models.config"))
+
+    monkeypatch.setattr(publish, "write_models_config", fail)
+    with pytest.raises(ExportError, match=r"published .*digits/1 \(complete and verified\), but could not write"):
+        exporter.export_run(digits_run.run_dir, str(tmp_path), "digits", "tflite", latency_runs=1)
+    assert os.path.isfile(tmp_path / "digits" / "1" / "model_float32.tflite")

@@ -11,6 +11,7 @@ import pytest
 
 from zoo.recipes.bert_pretrain import mask_tokens
 from zoo.recipes.engine.run import train
+from zoo.rundir import RunDir
 from zoo.tokenizers import BertPreprocessor
 
 FAST = {"train.tensorboard": False, "train.checkpoint_every_epoch": False}
@@ -128,3 +129,17 @@ def test_mlm_loss_is_the_mean_over_masked_tokens():
     expected = (nll * weights).sum() / weights.sum()
     got = float(loss(labels, logits, sample_weight=weights))
     assert abs(got - expected) < 1e-5 and abs(got - (nll * weights).sum() / 8) > 0.1
+
+
+def test_eval_data_is_scored_once_and_validation_comes_from_training(tmp_path):
+    rng = random.Random(1)
+    words = ["cat", "dog", "bird", "ran", "sat", "the", "a", "on", "mat", "tree"]
+    for name, n in (("train.txt", 120), ("eval.txt", 20)):
+        (tmp_path / name).write_text("\n".join(" ".join(rng.choices(words, k=6)) for _ in range(n)) + "\n")
+    result = train("bert_pretrain", str(tmp_path / "run"),
+                   {**FAST, "data.source": str(tmp_path / "train.txt"), "data.eval_source": str(tmp_path / "eval.txt"),
+                    "data.sequence_length": 12, "data.vocab_size": 60, "train.epochs": 2}, verbose=0)
+    assert {"test_loss", "test_masked_accuracy"} <= set(result.metrics["final"])
+    assert "val_loss" in result.metrics["epochs"][0]
+    counts = RunDir(result.run_dir).info.data["counts"]
+    assert counts == {"train_lines": 114, "validation_lines": 6, "eval_lines": 20}

@@ -140,3 +140,17 @@ def test_sigkill_at_random_instants_always_finishes_with_the_uninterrupted_weigh
     want = zoo.load(reference.model_path, compile=False).get_weights()
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(got, want)), outcomes
     assert not [f for f in os.listdir(run.checkpoints_dir) if f.startswith(".tmp")]  # partial writes cleaned up
+
+
+def test_a_refused_config_leaves_nothing_and_the_fixed_rerun_is_not_refused(tmp_path):
+    """The warm-up covering the whole run is found before the run dir exists (it used to be found after
+    config.yaml, run.json and the samples were written, and the fixed rerun was then refused)."""
+    from zoo.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="warmup_epochs=2.0 covers the whole run of 1 epochs"):
+        train("image_classify", str(run_dir), {**FAST, "train.epochs": 1, "train.schedule.warmup_epochs": 2.0},
+              verbose=0)
+    assert not run_dir.exists()
+    result = train("image_classify", str(run_dir), {**FAST, "train.epochs": 1}, verbose=0)
+    assert result.metrics["epochs_completed"] == 1

@@ -96,6 +96,9 @@ def test_saved_model_translates_raw_strings_like_keras(translate_run, tmp_path):
     sources = [str(s) for s in np.load(os.path.join(translate_run.run_dir, "eval_sample.npz"))["x"]]
     exported = [s.decode() for s in fn(text=tf.constant(sources))["translation"].numpy()]
     assert exported == Translator.from_run(translate_run.run_dir)(sources)  # identical to Keras greedy
+    # Blank sources give empty translations, as `zoo translate` prints an empty line for an empty one.
+    blank = [s.decode() for s in fn(text=tf.constant(["", "   ", sources[0]]))["translation"].numpy()]
+    assert blank == ["", "", exported[0]]
     r = report["formats"]["saved_model"]
     assert r["agreement"] == 1.0 and r["exact_match"] >= 0.9 and report["decode"]["method"] == "greedy"
     # beam width as an export option; TFLite formats are refused for the decoding loop
