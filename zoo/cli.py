@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
-from zoo.errors import ZooError, format_error
+from zoo.errors import ZooError, format_error, report_failure
 
 # Lines TensorFlow's C++ side prints to the terminal, before its logging can be configured
 # (TF_CPP_MIN_LOG_LEVEL does not reach them) or from converters and interpreters: shown only with --verbose.
@@ -256,15 +256,8 @@ def _main(argv: list[str]) -> int:
     try:
         commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress}
         return commands[args.command](args)
-    except ZooError as exc:
-        print(format_error(exc, args.debug), file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path that cannot be read or written: one line, the cause with --debug
-        print(format_error(exc, args.debug), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (ZooError, OSError, KeyboardInterrupt) as exc:
+        return report_failure(exc, args.debug)
 
 
 if __name__ == "__main__":

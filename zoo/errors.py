@@ -59,3 +59,15 @@ def format_error(exc: BaseException, debug: bool = False) -> str:
     import traceback
 
     return "".join(traceback.format_exception(exc)).rstrip() + f"\nerror: {exc}"
+
+
+def report_failure(exc: BaseException, debug: bool = False, interrupted: str = "interrupted") -> int:
+    """Print the one line a command ends with for a failure a user can cause (a ZooError, an OSError on
+    a path, Ctrl-C) and return the exit code: 2, 1 and 130."""
+    import sys
+
+    if isinstance(exc, KeyboardInterrupt):
+        print(interrupted, file=sys.stderr)
+        return 130
+    print(format_error(exc, debug), file=sys.stderr)
+    return 2 if isinstance(exc, ZooError) else 1

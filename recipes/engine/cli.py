@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zoo.config import flatten, load_config_file, parse_set_args
-from zoo.errors import ConfigError, ZooError, format_error
+from zoo.errors import ConfigError, ZooError, report_failure
 from zoo.recipes.engine.config import PRECISIONS, STRATEGIES
 from zoo.recipes.engine.run import Recipe, RunResult, default_run_dir, resolve_config, run
 
@@ -105,15 +105,9 @@ def main_for(recipe: Recipe, argv: Sequence[str] | None = None,
         cfg, explicit = resolve_config(recipe.config_class, overrides)
         result = run(recipe, cfg, args.run_dir or default_run_dir(recipe.name), explicit=explicit,
                      verbose=0 if (args.quiet or args.json) else "auto")  # --json: stdout holds JSON only
-    except ZooError as exc:
-        print(format_error(exc, args.debug), file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path that cannot be read or written: one line, the cause with --debug
-        print(format_error(exc, args.debug), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the last completed epoch", file=sys.stderr)
-        return 130
+    except (ZooError, OSError, KeyboardInterrupt) as exc:
+        return report_failure(exc, args.debug, "interrupted; run the same command again to resume from the last "
+                                               "completed epoch")
     print_summary(result, as_json=args.json)
     return 0
 
