@@ -150,7 +150,7 @@ class ClassifierExporter(abc.ABC):
                 with tempfile.TemporaryDirectory(dir=staging, prefix=".src-") as src:
                     self.write_tflite_source(src)
                     log.info("converting to %s", ", ".join(converted))
-                    for fmt, content in tfl.convert_formats(src, converted, self.calibration, self.info_shape(),
+                    for fmt, content in tfl.convert_formats(src, converted, self.calibration, self.info.input.shape,
                                                             custom_ops=self.custom_ops):
                         self._add_tflite(fmt, content, tfl.TFLITE_FORMATS[fmt][0], self.tflite_fn)
             if "tflite_int16x8" in fmts:
@@ -167,9 +167,6 @@ class ClassifierExporter(abc.ABC):
                 r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None
             write_report(self.report, staging)
         return self.report
-
-    def info_shape(self) -> Any:
-        return self.info.input.shape
 
     def _record(self, fmt: str, outputs: np.ndarray, size: int, latency: dict[str, float], path: str,
                 **extra: Any) -> None:

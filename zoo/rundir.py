@@ -284,10 +284,6 @@ class RunDir:
     def is_finished(self) -> bool:
         return os.path.isfile(self.model_path)
 
-    @property
-    def has_backup(self) -> bool:
-        return bool(self.backup_states())
-
     @classmethod
     def open(cls, path: str, *, finished: bool = True, need: tuple[str, ...] = ()) -> RunDir:
         """An existing run dir with a readable run.json; ``finished`` requires model.keras,
