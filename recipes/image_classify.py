@@ -50,7 +50,7 @@ def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageCl
     import numpy as np
     import tensorflow as tf
 
-    from zoo.data.images import build_augmenter, image_dataset, load_images
+    from zoo.data.images import image_dataset, load_images, training_batches
 
     images, fmt = load_images(cfg.data, cfg.train.seed)
     model_cfg = cfg.model
@@ -79,15 +79,13 @@ def prepare_data(cfg: ImageClassifyConfig, explicit: frozenset) -> tuple[ImageCl
     data_cfg = dataclasses.replace(cfg.data, image_size=size, channels=channels, format=fmt)
     cfg = dataclasses.replace(cfg, model=model_cfg, data=data_cfg)
 
-    def make(src, shuffle_seed=None):
+    def make(src):
         return image_dataset(src, size, channels, cfg.data.image_key, cfg.data.label_key,
-                                   shuffle_seed=shuffle_seed, shuffle_buffer=cfg.data.shuffle_buffer)
+                             shuffle_buffer=cfg.data.shuffle_buffer)
 
     batch = cfg.train.batch_size
-    train_ds = make(images.train, shuffle_seed=cfg.train.seed).batch(batch)
-    if cfg.augment.active:
-        augment = build_augmenter(cfg.augment, shape)
-        train_ds = train_ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    # The same stream zoo compress rebuilds from config.yaml.
+    train_ds = training_batches(images.train, size, channels, cfg.data, cfg.augment, cfg.train.seed, batch)
     train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     val_ds = make(images.validation).batch(batch).cache().prefetch(tf.data.AUTOTUNE) if images.validation else None
     test_ds = make(images.test).batch(batch).cache().prefetch(tf.data.AUTOTUNE) if images.test else None

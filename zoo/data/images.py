@@ -402,21 +402,28 @@ def build_augmenter(aug: AugmentConfig, shape: tuple[int, ...]) -> Any:
     return keras.Sequential(layers, name="augment")
 
 
+def training_batches(src: ImageSource, size: tuple[int, ...], channels: int, data_cfg: ImageDataConfig,
+                     augment: AugmentConfig, seed: int, batch_size: int) -> Any:
+    """The endless training stream: a fresh seeded order every epoch, batched, augmented when configured."""
+    import tensorflow as tf
+
+    ds = image_dataset(src, size, channels, data_cfg.image_key, data_cfg.label_key, shuffle_seed=seed,
+                       shuffle_buffer=data_cfg.shuffle_buffer).batch(batch_size)
+    if augment.active:
+        augmenter = build_augmenter(augment, (*size, channels))
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds
+
+
 def training_arrays(data_cfg: ImageDataConfig, augment: AugmentConfig, seed: int, batch_size: int,
                     max_examples: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``max_examples`` training images and labels as arrays, in the order and with the
     augmentation of the recipe's first epoch: what fine-tuning outside the recipe (``zoo compress``)
     trains on."""
-    import tensorflow as tf
-
     images, _ = load_images(data_cfg, seed)
     size = tuple(data_cfg.image_size) or images.native_size or (224, 224)
     channels = data_cfg.channels or images.channels
-    ds = image_dataset(images.train, size, channels, data_cfg.image_key, data_cfg.label_key, shuffle_seed=seed,
-                       shuffle_buffer=data_cfg.shuffle_buffer).batch(batch_size)
-    if augment.active:
-        augmenter = build_augmenter(augment, (*size, channels))
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = training_batches(images.train, size, channels, data_cfg, augment, seed, batch_size)
     xs, ys, n = [], [], 0
     for x, y in ds.take(max(1, -(-len(images.train) // batch_size))):
         xs.append(x.numpy())
