@@ -194,10 +194,13 @@ def build_callbacks(out: RunDir, early: EarlyStoppingConfig, *, tensorboard: boo
                     resume_from: str | None = None) -> list[Any]:
     """The standard callback list; order matters: the state is restored before anything else runs."""
     callbacks: list[Any] = [RestoreState(resume_from)] if resume_from else []
+    # metrics.json is written before the resume state of the same epoch: a kill between the two then
+    # leaves the metrics ahead of the state (the resumed run redoes and rewrites that epoch), never behind
+    # (the resumed run would start after an epoch the metrics never recorded).
     callbacks += [
+        MetricsLog(out.metrics_path),
         CrashSafeBackup(out),
         keras.callbacks.TerminateOnNaN(),
-        MetricsLog(out.metrics_path),
     ]
     if checkpoint_every_epoch:
         callbacks.append(EpochCheckpoints(out, keep_checkpoints))

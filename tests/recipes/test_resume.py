@@ -62,6 +62,30 @@ def test_damaged_state_falls_back_to_an_older_one(tmp_path, caplog):
     assert [e for e, _ in run.checkpoints()] == [4, 3]
 
 
+def test_a_kill_between_the_metrics_and_the_state_of_an_epoch_loses_no_epoch(tmp_path, monkeypatch):
+    """The instant the kill loop once hit: the epoch's writes are not one transaction, so their order must
+    leave metrics.json ahead of the resume state, never behind (it lost epoch 4 when the state came first)."""
+    from zoo.recipes.engine import callbacks
+
+    run = RunDir(str(tmp_path / "run"))
+    cfg = {**SMALL, "train.epochs": 4}
+    real_write = callbacks.write_json_atomic
+
+    def write_then_die(path, data, *args, **kwargs):
+        real_write(path, data, *args, **kwargs)
+        if [e["epoch"] for e in data.get("epochs", [])][-1:] == [3]:
+            raise RuntimeError("killed after the epoch-3 metrics")
+
+    monkeypatch.setattr(callbacks, "write_json_atomic", write_then_die)
+    with pytest.raises(RuntimeError, match="killed after the epoch-3 metrics"):
+        train("image_classify", run.path, cfg, verbose=0)
+    monkeypatch.setattr(callbacks, "write_json_atomic", real_write)
+    assert [e for e, _ in run.backup_states()] == [2]  # the epoch-3 state was not written yet
+    result = train("image_classify", run.path, cfg, verbose=0)
+    assert result.metrics["resumes"][-1]["epoch"] == 3  # epoch 3 is done again, its metrics rewritten
+    assert [e["epoch"] for e in result.metrics["epochs"]] == [1, 2, 3, 4]
+
+
 def test_keep_checkpoints_zero_keeps_all(tmp_path):
     run = RunDir(str(tmp_path / "run"))
     train("image_classify", run.path, {**SMALL, "train.epochs": 3, "train.keep_checkpoints": 0}, verbose=0)
