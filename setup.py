@@ -20,6 +20,14 @@ STACK = [
     "pyyaml==6.0.3",
     "safetensors==0.8.0",
     "sacrebleu==2.6.0",
+    # zoo serve: TF Serving's own protos and gRPC servicers (same version as TensorFlow), a gRPC server
+    # with the standard health service, an ASGI app and server for REST, Prometheus metrics.
+    "tensorflow-serving-api==2.21.0",
+    "grpcio==1.85.1",
+    "grpcio-health-checking==1.85.1",
+    "starlette==1.10.0",
+    "uvicorn==0.54.0",
+    "prometheus-client==0.26.0",
 ]
 
 setup(
@@ -37,6 +45,8 @@ setup(
     package_data={"zoo.recipes": ["configs/*.yaml"]},
     install_requires=STACK,
     # tokenizers: the reference WordPiece implementation the tokenizer tests compare against.
-    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6", "tokenizers==0.23.3"]},
+    # httpx: Starlette's test client and the serving tests' HTTP client; hypothesis: the request fuzz.
+    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6", "tokenizers==0.23.3", "httpx==0.28.1",
+                             "hypothesis==6.170.15"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
 )

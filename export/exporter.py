@@ -30,6 +30,7 @@ from zoo.errors import ExportError, unknown_name
 from zoo.export import publish, verify
 from zoo.export import saved_model as sm
 from zoo.export import tflite as tfl
+from zoo.export.warmup import sample_batches, write_warmup_requests
 from zoo.rundir import ImageClassificationInfo, RunDir, TextClassificationInfo, TranslationInfo
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class ClassifierExporter(abc.ABC):
         self.reference = verify.batched(self.keras, self.x)
         keras_scores = verify.compare(self.reference, self.reference, self.y)
         self._scale = max(1.0, float(np.abs(self.reference).max()))
-        self.latency_runs = latency_runs
+        self.latency_runs, self.name = latency_runs, name
         self.report = {
             "run_dir": os.path.abspath(self.run.path), "model": self.info.model, "examples": int(len(self.x)),
             "input": self.input_description,
@@ -179,8 +180,13 @@ class ClassifierExporter(abc.ABC):
         self.report["formats"][fmt] = {**scores, "accuracy_delta": scores["accuracy"] - keras_accuracy,
                                        "size_bytes": int(size), "latency_ms": latency, "file": path, **extra}
 
+    def serving_inputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """A batch of eval inputs as the serving signature's named inputs (for the warm-up requests)."""
+        return {self.info.input.name: batch}
+
     def _add_saved_model(self) -> None:
         self.write_saved_model(self.staging)
+        write_warmup_requests(self.staging, self.name, sample_batches(self.serving_inputs(self.x)))
         publish.reached("saved_model_written")
         call = self.saved_model_fn(self.staging)
         self._record("saved_model", verify.batched(call, self.x), publish.directory_size(self.staging),
@@ -263,6 +269,10 @@ class TextClassifierExporter(ClassifierExporter):
     def write_tflite_source(self, path: str) -> None:
         sm.write_text_classifier_saved_model(self.model, self.preprocessor, path, self.names, logits_only=True)
 
+    def serving_inputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {n: np.asarray([str(s).encode("utf-8") for s in t], dtype=object)
+                for n, t in zip(self.names, self._split(batch))}
+
     def saved_model_fn(self, path: str) -> Callable[[np.ndarray], np.ndarray]:
         import tensorflow as tf
 
@@ -338,6 +348,8 @@ class TranslationExporter:
         with publish.publish_version(base, name, version) as (staging, ver):
             report["version"] = ver
             sm.write_translator_saved_model(translator, staging)
+            texts = np.asarray([s.encode("utf-8") for s in sources], dtype=object)
+            write_warmup_requests(staging, name, sample_batches({"text": texts}))
             publish.reached("saved_model_written")
             fn = tf.saved_model.load(staging).signatures["serving_default"]
 

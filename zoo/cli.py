@@ -8,6 +8,7 @@ the one core module allowed to import the recipes and the exporters.
     zoo export runs/<run> --to exports --name digits --formats saved_model,tflite_int8
     zoo translate runs/<translate run> "some source sentence" --beam 4
     zoo compress prune runs/<cnn run> --sparsity 0.8 --to exports
+    zoo serve exports            # TF Serving's REST :8501 and gRPC :8500, KServe v2
 """
 
 from __future__ import annotations
@@ -165,6 +166,15 @@ def _default_name(run_dir: str) -> str:
         return "model"
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from zoo.export.serve.server import ServeOptions, serve
+
+    fields = {f.name for f in dataclasses.fields(ServeOptions)}
+    return serve(ServeOptions(**{k: v for k, v in vars(args).items() if k in fields}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``zoo`` command. TensorFlow's console noise is filtered out unless ``--verbose`` (anywhere)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -229,6 +239,35 @@ def _main(argv: list[str]) -> int:
     p_tr.add_argument("--length-penalty", dest="length_penalty", type=float)
     p_tr.add_argument("--max-length", dest="max_length", type=int, help="most tokens to generate")
 
+    p_s = sub.add_parser("serve", parents=[common],
+                         help="serve exports over TF Serving's REST and gRPC APIs and KServe v2",
+                         description="Serve every NAME/<version> SavedModel under BASE (or the models of a TF "
+                                     "Serving models.config). TF Serving's flag spellings (--rest_api_port ...) "
+                                     "work too.")
+    p_s.add_argument("base", nargs="?", help="the export base path (zoo export --to)")
+
+    def flag(name: str, **kw: object) -> None:
+        p_s.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, **kw)  # type: ignore[arg-type]
+
+    flag("model_config_file", help="TF Serving's models.config (text ModelServerConfig) instead of BASE")
+    flag("port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
+    flag("rest_api_port", type=int, default=8501, help="REST port (default 8501; 0 picks a free one)")
+    p_s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                         "only; 0.0.0.0 for every interface)")
+    flag("enable_batching", action="store_true", help="merge concurrent requests into batches (zoo's defaults)")
+    flag("batching_parameters_file", help="TF Serving's batching parameters text file (turns batching on)")
+    flag("file_system_poll_wait_seconds", type=float, default=1.0,
+         help="how often to look for new versions (default 1; 0: only at start)")
+    flag("max_body_bytes", type=int, default=32 << 20, help="largest REST request body (default 32 MiB; 413 beyond)")
+    flag("max_instances", type=int, default=1024, help="most instances (rows) per request (default 1024)")
+    flag("max_string_bytes", type=int, default=1 << 20, help="longest string input (default 1 MiB)")
+    flag("request_timeout", type=float, default=30.0, help="seconds before a request gets 504 / "
+                                                           "DEADLINE_EXCEEDED (default 30; 0: none)")
+    flag("grpc_max_message_bytes", type=int, default=2**31 - 1, help="gRPC message size limit (default 2 GiB, as "
+                                                                      "TF Serving)")
+    p_s.add_argument("--cors", action="store_true", help="answer browsers from any origin (Access-Control-Allow-"
+                                                         "Origin: *)")
+
     if argv[:1] == ["train"]:
         # Everything after the recipe name belongs to the recipe's own parser.
         if len(argv) < 2 or argv[1].startswith("-"):
@@ -249,12 +288,14 @@ def _main(argv: list[str]) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not getattr(args, "json", False) else logging.WARNING,
-                        format="%(levelname)s %(message)s")
+                        format="%(asctime)s %(levelname)s %(message)s" if args.command == "serve"
+                        else "%(levelname)s %(message)s")
     # "Assets written to <staging dir>" misleads; absl's INFO lines (renamed SavedModel inputs) say nothing useful.
     for name in ("tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress}
+        commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress,
+                    "serve": cmd_serve}
         return commands[args.command](args)
     except (ZooError, OSError, KeyboardInterrupt) as exc:
         return report_failure(exc, args.debug)

@@ -1,0 +1,178 @@
+"""The gRPC side: TF Serving's ``tensorflow.serving.PredictionService`` and ``ModelService`` (the
+servicers generated in tensorflow-serving-api) and the standard ``grpc.health.v1`` service."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+from typing import Any
+
+import grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from zoo.export.serve import tensors
+from zoo.export.serve.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ServingError,
+    Unimplemented,
+)
+from zoo.export.serve.manager import ModelManager, configs_from_proto
+from zoo.export.serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def _version_request(spec: Any) -> tuple[int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return spec.version.value, None
+    if choice == "version_label":
+        return None, spec.version_label
+    return None, None
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager, metrics: Metrics, limits: tensors.Limits, timeout: float):
+        self.manager, self.metrics, self.limits, self.timeout = manager, metrics, limits, timeout
+
+    def _fail(self, context: Any, exc: ServingError, model: str, api: str, start: float) -> None:
+        self._observe(model, api, exc.code, start)
+        context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+
+    def _observe(self, model: str, api: str, code: str, start: float) -> None:
+        known = model in self.manager.model_names()
+        self.metrics.observe(model if known else "-", api, code, time.perf_counter() - start)
+
+    def Predict(self, request: Any, context: Any) -> Any:
+        start, spec = time.perf_counter(), request.model_spec
+        try:
+            version, label = _version_request(spec)
+            with self.manager.acquire(spec.name, version, label) as held:
+                sig = held.signature(spec.signature_name or "serving_default")
+                if sig.method != "tensorflow/serving/predict":
+                    raise FailedPrecondition(f"signature '{sig.name}' is a {sig.method} signature, not a predict one")
+                inputs = {k: tensors.proto_to_array(v, k) for k, v in request.inputs.items()}
+                inputs = tensors.check_inputs(sig, inputs, self.limits)
+                wanted = list(request.output_filter) or sorted(sig.outputs)
+                unknown = sorted(set(wanted) - set(sig.outputs))
+                if unknown:
+                    raise InvalidArgument(f"output_filter names {', '.join(unknown)}, which signature '{sig.name}' "
+                                          f"does not have (outputs: {', '.join(sorted(sig.outputs))})")
+                future = self.manager.submit(held, sig.name, inputs)
+                remaining = context.time_remaining()
+                limit = min(x for x in (remaining, self.timeout or math.inf) if x is not None)
+                try:
+                    outputs = future.result(None if math.isinf(limit) else max(limit, 0.0))
+                except concurrent.futures.TimeoutError:
+                    future.cancel()
+                    raise DeadlineExceeded("Deadline exceeded waiting for the model") from None
+                response = predict_pb2.PredictResponse()
+                response.model_spec.name = spec.name
+                response.model_spec.version.value = held.number
+                response.model_spec.signature_name = sig.name
+                for name in wanted:
+                    response.outputs[name].CopyFrom(tensors.array_to_proto(outputs[name]))
+        except ServingError as exc:
+            self._fail(context, exc, spec.name, "grpc_predict", start)
+        self._observe(spec.name, "grpc_predict", "OK", start)
+        return response
+
+    def GetModelMetadata(self, request: Any, context: Any) -> Any:
+        start, spec = time.perf_counter(), request.model_spec
+        try:
+            fields = list(request.metadata_field)
+            if not fields:
+                raise InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in fields:
+                if field != "signature_def":
+                    raise InvalidArgument(f"Metadata field {field} is not supported")
+            version, label = _version_request(spec)
+            with self.manager.acquire(spec.name, version, label) as held:
+                defs = get_model_metadata_pb2.SignatureDefMap()
+                for key, d in held.servable.signature_defs.items():
+                    defs.signature_def[key].CopyFrom(d)
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = spec.name
+                response.model_spec.version.value = held.number
+                response.metadata["signature_def"].Pack(defs)
+        except ServingError as exc:
+            self._fail(context, exc, spec.name, "grpc_metadata", start)
+        self._observe(spec.name, "grpc_metadata", "OK", start)
+        return response
+
+    def _unsupported(self, request: Any, context: Any, verb: str) -> Any:
+        start, spec = time.perf_counter(), request.model_spec
+        try:
+            version, label = _version_request(spec)
+            with self.manager.acquire(spec.name, version, label) as held:
+                sig = held.signature(spec.signature_name or "serving_default")
+                want = f"tensorflow/serving/{verb}"
+                if sig.method != want:
+                    kind = "classification" if verb == "classify" else "regression"
+                    raise FailedPrecondition(f"Expected {kind} signature method_name to be {want}. Was: {sig.method}")
+                raise Unimplemented(f"zoo serve does not run {verb} signatures; call Predict on a predict signature")
+        except ServingError as exc:
+            self._fail(context, exc, spec.name, f"grpc_{verb}", start)
+
+    def Classify(self, request: Any, context: Any) -> Any:
+        return self._unsupported(request, context, "classify")
+
+    def Regress(self, request: Any, context: Any) -> Any:
+        return self._unsupported(request, context, "regress")
+
+    def MultiInference(self, request: Any, context: Any) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "zoo serve does not implement MultiInference; call Predict")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request: Any, context: Any) -> Any:
+        spec = request.model_spec
+        try:
+            version, label = _version_request(spec)
+            if label is not None:
+                with self.manager.acquire(spec.name, label=label) as held:
+                    version = held.number
+            return self.manager.status_proto(spec.name, version)
+        except ServingError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        return get_model_status_pb2.GetModelStatusResponse()  # not reached: abort raises
+
+    def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.manager.reload(configs_from_proto(request.config, "ReloadConfigRequest", "."))
+        except ValueError as exc:
+            response.status.error_code = 3  # INVALID_ARGUMENT
+            response.status.error_message = str(exc)
+        return response
+
+
+def build_server(manager: ModelManager, metrics: Metrics, limits: tensors.Limits, timeout: float,
+                 max_message_bytes: int, workers: int = 32) -> tuple[Any, Any]:
+    """A grpc.Server with the services added (not started yet) and its health servicer."""
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    options = [("grpc.max_receive_message_length", max_message_bytes),
+               ("grpc.max_send_message_length", max_message_bytes)]
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(manager, metrics, limits, timeout), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer

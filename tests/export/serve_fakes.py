@@ -1,0 +1,74 @@
+"""A stand-in for a loaded SavedModel, so the server's logic is tested without loading TensorFlow graphs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from zoo.export.serve.tensors import Signature, TensorInfo
+
+
+def signature_def(sig: Signature):
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    proto = meta_graph_pb2.SignatureDef(method_name=sig.method)
+    for target, infos in ((proto.inputs, sig.inputs), (proto.outputs, sig.outputs)):
+        for key, info in infos.items():
+            target[key].name = f"{key}:0"
+            target[key].dtype = tf.dtypes.as_dtype(info.dtype).as_datatype_enum
+            for d in info.shape:
+                target[key].tensor_shape.dim.add(size=-1 if d is None else d)
+    return proto
+
+
+DOUBLER = Signature("serving_default", "tensorflow/serving/predict",
+                    {"x": TensorInfo("x", "float32", (None, 3))},
+                    {"y": TensorInfo("y", "float32", (None, 3)), "total": TensorInfo("total", "float32", (None,))})
+PAIRS = Signature("pairs", "tensorflow/serving/predict",
+                  {"text": TensorInfo("text", "string", (None,)), "count": TensorInfo("count", "int32", (None,))},
+                  {"joined_bytes": TensorInfo("joined_bytes", "string", (None,)),
+                   "upper": TensorInfo("upper", "string", (None,))})
+SINGLE = Signature("single", "tensorflow/serving/predict", {"x": TensorInfo("x", "float32", (None, 3))},
+                   {"y": TensorInfo("y", "float32", (None, 3))})
+CLASSIFY = Signature("classify", "tensorflow/serving/classify",
+                     {"inputs": TensorInfo("inputs", "string", (None,))},
+                     {"scores": TensorInfo("scores", "float32", (None, 2))})
+
+
+class FakeServable:
+    """Signatures DOUBLER (serving_default), PAIRS and CLASSIFY. ``delay`` seconds per run; every run's
+    batch size is recorded in ``batches``; a path containing 'broken' fails to load."""
+
+    def __init__(self, path: str, delay: float = 0.0, version_tag: float = 0.0):
+        if "broken" in path:
+            raise ValueError(f"SavedModel file does not exist at: {path}")
+        self.path, self.delay, self.version_tag = path, delay, version_tag
+        self.signatures = {s.name: s for s in (DOUBLER, PAIRS, SINGLE, CLASSIFY)}
+        self.signature_defs = {name: signature_def(s) for name, s in self.signatures.items()}
+        self.batches: list[int] = []
+        self._lock = threading.Lock()
+
+    def signature(self, name):
+        from zoo.export.serve.errors import NotFound
+
+        name = name or "serving_default"
+        if name not in self.signatures:
+            raise NotFound(f'Serving signature name: "{name}" not found in signature def')
+        return self.signatures[name]
+
+    def run(self, signature, inputs):
+        with self._lock:
+            self.batches.append(len(next(iter(inputs.values()))))
+        if self.delay:
+            time.sleep(self.delay)
+        if signature == "pairs":
+            pairs = zip(inputs["text"], inputs["count"])
+            joined = np.array([t + b"#" + str(c).encode() for t, c in pairs], dtype=object)
+            return {"joined_bytes": joined, "upper": np.array([t.upper() for t in inputs["text"]], dtype=object)}
+        x = inputs["x"]
+        if signature == "single":
+            return {"y": x * 2 + self.version_tag}
+        return {"y": x * 2 + self.version_tag, "total": x.sum(axis=1)}
