@@ -93,14 +93,26 @@ def configs_from_proto(msg: Any, source: str, folder: str) -> list[ModelConfig]:
     return out
 
 
+_SKIPPED: set[str] = set()  # TFLite-only models already reported
+
+
 def scan_base(base: str) -> list[ModelConfig]:
-    """Every ``NAME`` directory under ``base`` (hidden ones excepted), latest version served."""
+    """Every ``NAME`` directory under ``base`` (hidden ones excepted) with a SavedModel version, latest
+    version served. A model whose versions hold TFLite files only is left out (said once in the log)."""
     try:
         names = sorted(d for d in os.listdir(base) if not d.startswith(".") and os.path.isdir(os.path.join(base, d)))
     except OSError as exc:
         log.warning("cannot list %s: %s", base, exc)
         return []
-    return [ModelConfig(n, os.path.join(base, n), saved_model_only=True) for n in names]
+    configs = []
+    for name in names:
+        cfg = ModelConfig(name, os.path.join(base, name), saved_model_only=True)
+        if versions_on_disk(cfg):
+            configs.append(cfg)
+        elif name not in _SKIPPED and versions_on_disk(dataclasses.replace(cfg, saved_model_only=False)):
+            _SKIPPED.add(name)
+            log.info("not serving %s: its versions hold TFLite files only, no SavedModel", name)
+    return configs
 
 
 def versions_on_disk(cfg: ModelConfig) -> list[int]:

@@ -155,7 +155,7 @@ def serve(options: ServeOptions) -> int:
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         while not stop_health.is_set():
             state = serving if manager.ready() else not_serving
-            for service in ("", "tensorflow.serving.PredictionService"):
+            for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
                 health.set(service, state)
             stop_health.wait(0.5)
 

@@ -517,3 +517,17 @@ def test_grpc_services_in_process(tmp_path):
     finally:
         server.stop(0)
         manager.stop()
+
+
+def test_base_path_mode_serves_savedmodel_versions_only(tmp_path):
+    make_versions(tmp_path, "cnn", [1, 2])
+    make_versions(tmp_path, "cnn", [3], saved_model=False)  # a TFLite-only version (zoo compress qat)
+    make_versions(tmp_path, "qat", [1], saved_model=False)  # a TFLite-only model
+    os.makedirs(tmp_path / ".tmp-1-99-x")
+    (tmp_path / "models.config").write_text("model_config_list {}")
+    manager, _ = start_manager(tmp_path)
+    assert manager.available() == {"cnn": [2]} and manager.ready()
+    make_versions(tmp_path, "late", [1])  # an export published while serving appears at the next poll
+    manager.poll()
+    assert manager.available() == {"cnn": [2], "late": [1]}
+    manager.stop()

@@ -199,6 +199,56 @@ def test_compression_block(work):
 
 
 @pytest.mark.slow
+def test_serving_block(work):
+    """Both `zoo serve` lines on what the blocks above exported, queried as the README's curl lines do
+    (and with TF Serving's gRPC client); SIGTERM ends each with exit 0."""
+    import grpc
+    import httpx
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tests.export.serve_process import ServerProcess
+
+    if not os.path.isdir(work / "exports" / "sentiment"):
+        pytest.fail("test_bert_block must run first (it exports sentiment)")
+    COVERED.add("zoo serve exports")
+    with ServerProcess(["exports", "--port", "0", "--rest-api-port", "0"], work, str(work / "serve1.log")) as server:
+        assert any(line.split()[:2] == ["sentiment", "1"] for line in server.stdout), server.stdout
+        with httpx.Client(base_url=server.rest, timeout=60) as http:
+            pred = http.post("/v1/models/sentiment:predict", json={"instances": ["a great film"]})
+            assert pred.status_code == 200, pred.text
+            assert pred.json()["predictions"][0]["class_name"] in ("positive", "negative")
+            status = http.get("/v1/models/sentiment").json()["model_version_status"]
+            assert status[0]["state"] == "AVAILABLE"
+            meta = http.get("/v1/models/sentiment/metadata").json()
+            assert "serving_default" in meta["metadata"]["signature_def"]["signature_def"]
+            v2 = http.post("/v2/models/sentiment/infer", json={"inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a great film"]}]})
+            assert {o["name"]: o["data"] for o in v2.json()["outputs"]}["class_name"] == \
+                [pred.json()["predictions"][0]["class_name"]]
+            assert http.get("/v2/health/ready").status_code == 200
+            assert "zoo_serve_requests_total" in http.get("/monitoring/prometheus/metrics").text
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "mt"
+        request.inputs["text"].CopyFrom(tf.make_tensor_proto(np.array([b"342"], dtype=object)))
+        reply = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc)).Predict(
+            request, timeout=60)
+        assert tf.make_ndarray(reply.outputs["translation"]).shape == (1,)
+    assert server.returncode == 0 and "zoo serve: stopped" in server.log
+    assert not [n for n in NOISE if n in server.log], server.log[-2000:]
+
+    (work / "batching.txt").write_text(open(os.path.join(ROOT, "export", "deploy", "batching.txt")).read())
+    COVERED.add("zoo serve --model-config-file exports/models.config --batching-parameters-file batching.txt")
+    with ServerProcess(["--model-config-file", "exports/models.config", "--batching-parameters-file", "batching.txt",
+                        "--port", "0", "--rest-api-port", "0"], work, str(work / "serve2.log")) as server:
+        assert any("'max_batch_size': 32" in line for line in server.stdout), server.stdout
+        x = np.zeros((1, 8, 8, 1), np.float32).tolist()
+        r = httpx.post(f"{server.rest}/v1/models/digits:predict", json={"instances": x}, timeout=60)
+        assert r.status_code == 200, r.text
+    assert server.returncode == 0
+
+
+@pytest.mark.slow
 def test_every_model_family_loads_in_a_fresh_process(work):
     """zoo.load of each run's model.keras (compiled: optimizer, schedule and loss too) in a new interpreter."""
     runs = {"cnn": "runs/digits", "resnet": "runs/photos", "bert_mlm": "runs/pretrain", "bert_classifier":

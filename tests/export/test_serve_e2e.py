@@ -1,0 +1,250 @@
+"""A real `zoo serve` process on real exports (digits CNN, MiniLM sentiment classifier on raw strings,
+transformer translator), queried with an HTTP client and TF Serving's official gRPC client: every wire
+gives what calling the SavedModel directly gives; batching merges and splits correctly; a new version
+swaps in under load with no failed request; a broken version is reported and never served."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.export.serve_process import ServerProcess
+from zoo.export.exporter import export_run
+from zoo.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+BATCHING = """
+max_batch_size { value: 16 }
+batch_timeout_micros { value: 20000 }
+max_enqueued_batches { value: 100 }
+num_batch_threads { value: 1 }
+"""
+
+
+@pytest.fixture(scope="module")
+def base(digits_run, minilm_run, translate_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    base = str(root / "exports")
+    for run, name in ((digits_run, "digits"), (minilm_run, "sentiment"), (translate_run, "mt")):
+        export_run(run.run_dir, base, name, "saved_model", latency_runs=2)
+    with open(root / "batching.txt", "w") as fh:
+        fh.write(BATCHING)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(base):
+    with ServerProcess(["exports", "--port", "0", "--rest-api-port", "0", "--batching-parameters-file",
+                        "batching.txt"], base, str(base / "serve.log")) as running:
+        yield running
+    assert running.returncode == 0, running.log[-3000:]  # SIGTERM: finish in flight, exit 0
+    assert "zoo serve: stopped" in running.log and "Traceback" not in running.log
+
+
+def direct(version_dir, inputs):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+    return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+
+def samples(base):
+    """(model, named inputs as numpy, the same as JSON) for each export, from its run's eval sample."""
+    out = []
+    for name in ("digits", "sentiment", "mt"):
+        import json
+
+        report = json.load(open(os.path.join(base, "exports", name, "1", "report.json")))
+        x, _ = RunDir(report["run_dir"]).eval_sample()
+        if name == "digits":
+            arr = np.asarray(x[:3], np.float32)
+            out.append((name, {"images": arr}, {"images": arr.tolist()}))
+        else:
+            texts = [str(t) for t in x[:3]]
+            key = "text"
+            out.append((name, {key: np.asarray([t.encode() for t in texts], dtype=object)}, {key: texts}))
+    return out
+
+
+def assert_same(got, want, context):
+    assert set(got) == set(want), context
+    for k in want:
+        w = np.asarray(want[k])
+        g = np.asarray(got[k], dtype=object if w.dtype == object else w.dtype)
+        if w.dtype == object:
+            assert [v if isinstance(v, bytes) else str(v).encode() for v in g.ravel()] == list(w.ravel()), (context, k)
+        elif w.dtype.kind in "iu":
+            assert np.array_equal(g, w), (context, k)
+        else:
+            assert np.allclose(g, w, atol=1e-5, rtol=0), (context, k, float(np.abs(g - w).max()))
+
+
+def test_every_wire_gives_the_saved_models_own_outputs(server, base):
+    import grpc
+    import httpx
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    with httpx.Client(base_url=server.rest, timeout=60) as http:
+        for name, arrays, as_json in samples(base):
+            want = direct(str(base / "exports" / name / "1"), arrays)
+            rows = len(next(iter(arrays.values())))
+            key = next(iter(as_json))
+            instances = as_json[key]  # one input: plain values per instance
+            r = http.post(f"/v1/models/{name}:predict", json={"instances": instances})
+            assert r.status_code == 200, r.text
+            preds = r.json()["predictions"]
+            row = {k: [p[k] for p in preds] for k in preds[0]} if isinstance(preds[0], dict) else \
+                {next(iter(want)): preds}
+            assert_same({k: _bytes(v) for k, v in row.items()}, want, (name, "row"))
+            r = http.post(f"/v1/models/{name}/versions/1:predict", json={"inputs": as_json})
+            cols = r.json()["outputs"]
+            cols = cols if isinstance(cols, dict) else {next(iter(want)): cols}
+            assert_same({k: _bytes(v) for k, v in cols.items()}, want, (name, "columnar"))
+            spec = {"name": key, "shape": list(arrays[key].shape), "data": np.asarray(instances).ravel().tolist(),
+                    "datatype": "BYTES" if arrays[key].dtype == object else "FP32"}
+            r = http.post(f"/v2/models/{name}/infer", json={"inputs": [spec]})
+            assert r.status_code == 200, r.text
+            v2 = {o["name"]: np.asarray(o["data"], dtype=object if o["datatype"] == "BYTES" else None)
+                  .reshape(o["shape"]) for o in r.json()["outputs"]}
+            assert_same({k: _bytes(v) for k, v in v2.items()}, want, (name, "v2"))
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = name
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(arrays[key]))
+            reply = stub.Predict(request, timeout=60)
+            assert reply.model_spec.version.value == 1
+            assert_same({k: tf.make_ndarray(v) for k, v in reply.outputs.items()}, want, (name, "grpc"))
+            assert rows == 3
+        status = http.get("/v1/models/sentiment").json()
+        assert status["model_version_status"][0]["state"] == "AVAILABLE"
+        sig = http.get("/v1/models/sentiment/metadata").json()["metadata"]["signature_def"]["signature_def"]
+        assert sig["serving_default"]["inputs"]["text"]["dtype"] == "DT_STRING"
+        assert http.get("/v2/health/ready").status_code == 200
+    assert "2 warm-up requests" in open(base / "serve.log").read()  # replayed before AVAILABLE
+
+
+def _bytes(values):
+    arr = np.asarray(values, dtype=object)
+    if arr.size and all(isinstance(v, str) for v in arr.ravel()):
+        return np.vectorize(lambda s: s.encode(), otypes=[object])(arr)
+    return np.asarray(values)
+
+
+def test_concurrent_requests_are_batched_and_split_back_exactly(server, base):
+    import httpx
+
+    x, _ = RunDir(_run_dir(base, "digits")).eval_sample()
+    x = np.asarray(x[:48], np.float32)
+    want = direct(str(base / "exports" / "digits" / "1"), {"images": x})
+    chunks = [(i, i + 1 + (i % 3)) for i in range(0, 45, 3)]  # requests of 1, 2 and 3 rows
+
+    def call(span):
+        a, b = span
+        with httpx.Client(base_url=server.rest, timeout=60) as http:
+            r = http.post("/v1/models/digits:predict", json={"inputs": x[a:b].tolist()})
+            assert r.status_code == 200, r.text
+            return span, r.json()["outputs"]
+
+    with concurrent.futures.ThreadPoolExecutor(len(chunks)) as pool:
+        for (a, b), out in pool.map(call, chunks):
+            assert out["label"] == want["label"][a:b].tolist()
+            assert np.allclose(out["probabilities"], want["probabilities"][a:b], atol=1e-5)
+    metrics = httpx.get(f"{server.rest}/monitoring/prometheus/metrics").text
+    total = float(re.search(r'zoo_serve_batch_size_sum\{model="digits",signature="serving_default",version="1"\} '
+                            r'(\S+)', metrics).group(1))
+    count = float(re.search(r'zoo_serve_batch_size_count\{model="digits",signature="serving_default",version="1"\} '
+                            r'(\S+)', metrics).group(1))
+    assert total / count > 1.0, (total, count)  # requests were merged
+
+
+def _run_dir(base, name):
+    import json
+
+    return json.load(open(os.path.join(base, "exports", name, "1", "report.json")))["run_dir"]
+
+
+def test_a_new_version_swaps_in_under_load_and_a_broken_one_is_never_served(server, base, digits_run):
+    import grpc
+    import httpx
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    x, _ = RunDir(digits_run.run_dir).eval_sample()
+    body = {"instances": np.asarray(x[:2], np.float32).tolist()}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.asarray(x[:2], np.float32)))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    stop, failures, versions, sent = threading.Event(), [], set(), [0]
+
+    def client():
+        with httpx.Client(base_url=server.rest, timeout=60) as http:
+            while not stop.is_set() and sent[0] < 5000:  # bounded
+                sent[0] += 2
+                r = http.post("/v1/models/digits:predict", json=body)
+                if r.status_code != 200:
+                    failures.append(r.text)
+                try:
+                    versions.add(stub.Predict(request, timeout=60).model_spec.version.value)
+                except grpc.RpcError as exc:
+                    failures.append(exc.details())
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        export_run(digits_run.run_dir, str(base / "exports"), "digits", "saved_model", latency_runs=2)  # version 2
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            status = httpx.get(f"{server.rest}/v1/models/digits").json()["model_version_status"]
+            if [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "END")]:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(status)
+        time.sleep(0.5)  # requests keep flowing to the new version
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert versions == {1, 2} and sent[0] > 10
+    # A version directory that is not a SavedModel: reported with its error, version 2 still served.
+    broken = base / "exports" / "digits" / "3"
+    os.makedirs(broken)
+    with open(broken / "saved_model.pb", "wb") as fh:
+        fh.write(b"not a protobuf")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        status = httpx.get(f"{server.rest}/v1/models/digits").json()["model_version_status"]
+        if status[0]["version"] == "3" and status[0]["state"] == "END":
+            break
+        time.sleep(0.2)
+    assert status[0]["state"] == "END" and status[0]["status"]["error_message"], status
+    assert stub.Predict(request, timeout=60).model_spec.version.value == 2
+    shutil.rmtree(broken)
+
+
+def test_every_export_carries_tf_serving_warmup_records(base):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    for name, inputs in (("digits", {"images"}), ("sentiment", {"text"}), ("mt", {"text"})):
+        path = base / "exports" / name / "1" / "assets.extra" / "tf_serving_warmup_requests"
+        records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+        assert [len(next(iter(r.predict_log.request.inputs.values())).string_val) or
+                tf.make_ndarray(next(iter(r.predict_log.request.inputs.values()))).shape[0] for r in records] == [1, 8]
+        for r in records:
+            assert set(r.predict_log.request.inputs) == inputs
+            assert r.predict_log.request.model_spec.signature_name == "serving_default"
