@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/bert.py
 	$(PY) benchmarks/seq2seq.py
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) demo-out runs *.egg-info

@@ -11,22 +11,18 @@ from typing import Any
 
 import grpc
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
-from zoo.export.serve import tensors
-from zoo.export.serve.errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    ServingError,
-    Unimplemented,
-)
+from zoo.export.serve import examples, tensors
+from zoo.export.serve.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ServingError
 from zoo.export.serve.manager import ModelManager, configs_from_proto
 from zoo.export.serve.metrics import Metrics
 
@@ -69,14 +65,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if unknown:
                     raise InvalidArgument(f"output_filter names {', '.join(unknown)}, which signature '{sig.name}' "
                                           f"does not have (outputs: {', '.join(sorted(sig.outputs))})")
-                future = self.manager.submit(held, sig.name, inputs)
-                remaining = context.time_remaining()
-                limit = min(x for x in (remaining, self.timeout or math.inf) if x is not None)
-                try:
-                    outputs = future.result(None if math.isinf(limit) else max(limit, 0.0))
-                except concurrent.futures.TimeoutError:
-                    future.cancel()
-                    raise DeadlineExceeded("Deadline exceeded waiting for the model") from None
+                outputs = self._wait(self.manager.submit(held, sig.name, inputs), context)
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = spec.name
                 response.model_spec.version.value = held.number
@@ -111,25 +100,47 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._observe(spec.name, "grpc_metadata", "OK", start)
         return response
 
-    def _unsupported(self, request: Any, context: Any, verb: str) -> Any:
+    def _examples(self, request: Any, context: Any, verb: str) -> Any:
         start, spec = time.perf_counter(), request.model_spec
         try:
             version, label = _version_request(spec)
             with self.manager.acquire(spec.name, version, label) as held:
                 sig = held.signature(spec.signature_name or "serving_default")
-                want = f"tensorflow/serving/{verb}"
-                if sig.method != want:
-                    kind = "classification" if verb == "classify" else "regression"
-                    raise FailedPrecondition(f"Expected {kind} signature method_name to be {want}. Was: {sig.method}")
-                raise Unimplemented(f"zoo serve does not run {verb} signatures; call Predict on a predict signature")
+                key = examples.check_signature(sig, verb)
+                serialized = examples.proto_examples(request.input, self.limits)
+                outputs = self._wait(self.manager.submit(held, sig.name, {key: serialized}), context)
+                if verb == "classify":
+                    response = classification_pb2.ClassificationResponse()
+                    for row in examples.classifications(outputs, len(serialized)):
+                        entry = response.result.classifications.add()
+                        for name, score in row:
+                            entry.classes.add(label=name, score=score)
+                else:
+                    response = regression_pb2.RegressionResponse()
+                    for value in examples.regressions(outputs, len(serialized)):
+                        response.result.regressions.add(value=value)
+                response.model_spec.name = spec.name
+                response.model_spec.version.value = held.number
+                response.model_spec.signature_name = sig.name
         except ServingError as exc:
             self._fail(context, exc, spec.name, f"grpc_{verb}", start)
+        self._observe(spec.name, f"grpc_{verb}", "OK", start)
+        return response
+
+    def _wait(self, future: Any, context: Any) -> Any:
+        remaining = context.time_remaining()
+        limit = min(x for x in (remaining, self.timeout or math.inf) if x is not None)
+        try:
+            return future.result(None if math.isinf(limit) else max(limit, 0.0))
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded("Deadline exceeded waiting for the model") from None
 
     def Classify(self, request: Any, context: Any) -> Any:
-        return self._unsupported(request, context, "classify")
+        return self._examples(request, context, "classify")
 
     def Regress(self, request: Any, context: Any) -> Any:
-        return self._unsupported(request, context, "regress")
+        return self._examples(request, context, "regress")
 
     def MultiInference(self, request: Any, context: Any) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "zoo serve does not implement MultiInference; call Predict")

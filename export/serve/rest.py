@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from zoo.export.serve import tensors
-from zoo.export.serve.errors import DeadlineExceeded, FailedPrecondition, NotFound, ServingError, Unimplemented
+from zoo.export.serve import examples, tensors
+from zoo.export.serve.errors import DeadlineExceeded, FailedPrecondition, NotFound, ServingError
 from zoo.export.serve.manager import Handle, ModelManager
 from zoo.export.serve.metrics import Metrics
 
@@ -161,11 +161,15 @@ class RestApi:
                 raise tensors.InvalidArgument("'signature_name' must be a string")
             sig = held.signature(sig_name)
             if verb != "predict":
-                want = f"tensorflow/serving/{verb}"
-                if sig.method != want:
-                    kind = "classification" if verb == "classify" else "regression"
-                    raise FailedPrecondition(f"Expected {kind} signature method_name to be {want}. Was: {sig.method}")
-                raise Unimplemented(f"zoo serve does not run {verb} signatures; call :predict on a predict signature")
+                key = examples.check_signature(sig, verb)
+                serialized = examples.json_examples(body, self.options.limits)
+                outputs = await self.infer(held, sig.name, {key: serialized})
+                if verb == "classify":
+                    results: Any = [[[label, score] for label, score in row]
+                                    for row in examples.classifications(outputs, len(serialized))]
+                else:
+                    results = examples.regressions(outputs, len(serialized))
+                return json_response({"results": results})
             if sig.method != "tensorflow/serving/predict":
                 raise FailedPrecondition(f"signature '{sig.name}' is a {sig.method} signature, not a predict one")
             inputs, row_format = tensors.rest_request(body, sig, self.options.limits)

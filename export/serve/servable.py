@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.export.serve.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
+from zoo.export.serve.errors import InvalidArgument, NotFound, ServingError
 from zoo.export.serve.tensors import Signature, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,6 @@ class Servable:
         import tensorflow as tf
 
         sig = self.signature(signature)
-        if sig.method != PREDICT:
-            raise FailedPrecondition(f"signature '{signature}' is a {sig.method} signature; send it to :"
-                                     f"{sig.method.rsplit('/', 1)[-1]}")
         try:
             out = self._fns[sig.name](**{k: tf.constant(v, dtype=sig.inputs[k].dtype) for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:

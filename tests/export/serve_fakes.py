@@ -64,6 +64,12 @@ class FakeServable:
             self.batches.append(len(next(iter(inputs.values()))))
         if self.delay:
             time.sleep(self.delay)
+        if signature == "classify":  # scores (sum of feature x, its negative) per serialized tf.Example
+            from tensorflow.core.example import example_pb2
+
+            sums = [sum(example_pb2.Example.FromString(e).features.feature["x"].float_list.value)
+                    for e in inputs["inputs"]]
+            return {"scores": np.array([[v, -v] for v in sums], np.float32)}
         if signature == "pairs":
             pairs = zip(inputs["text"], inputs["count"])
             joined = np.array([t + b"#" + str(c).encode() for t, c in pairs], dtype=object)

@@ -147,8 +147,12 @@ def test_status_metadata_and_labels(tmp_path):
     ("POST", "/v1/models/dbl:classify", {"examples": [{"x": 1}]}, 400,
      "Expected classification signature method_name to be tensorflow/serving/classify. "
      "Was: tensorflow/serving/predict"),
-    ("POST", "/v1/models/dbl:classify", {"signature_name": "classify", "examples": [{"x": 1}]}, 501,
-     "does not run classify signatures"),
+    ("POST", "/v1/models/dbl:classify", {"signature_name": "classify", "examples": []}, 400,
+     "non-empty 'examples' list"),
+    ("POST", "/v1/models/dbl:classify", {"signature_name": "classify", "examples": [{"x": [1, "a"]}]}, 400,
+     "values must be all numbers or all strings"),
+    ("POST", "/v1/models/dbl:regress", {"signature_name": "classify", "examples": [{"x": 1}]}, 400,
+     "Expected regression signature method_name to be tensorflow/serving/regress"),
     ("POST", "/v1/models/dbl:explain", {"instances": [[1, 2, 3]]}, 404, "Malformed request"),
     ("GET", "/v1/models/dbl:predict", None, 404, "Malformed request"),
     ("POST", "/v1/models/../../etc:predict", {"instances": [[1, 2, 3]]}, 404, ""),
@@ -531,3 +535,95 @@ def test_base_path_mode_serves_savedmodel_versions_only(tmp_path):
     manager.poll()
     assert manager.available() == {"cnn": [2], "late": [1]}
     manager.stop()
+
+
+def test_deploy_files_parse_as_tf_serving_reads_them(tmp_path):
+    """export/deploy: the batching file parses; tf_serving.sh --write-config turns the exporter's host paths
+    into /models/NAME, and the result is a valid ModelServerConfig."""
+    import subprocess
+
+    from zoo.export.publish import write_models_config
+
+    deploy = os.path.join(os.path.dirname(__file__), "..", "..", "export", "deploy")
+    params = parse_batching_parameters(open(os.path.join(deploy, "batching.txt")).read())
+    assert params.max_batch_size == 32 and params.allowed_batch_sizes[-1] == 32
+    make_versions(tmp_path / "base", "digits", [1])
+    make_versions(tmp_path / "base", "sentiment", [1, 2])
+    write_models_config(str(tmp_path / "base"))
+    out = subprocess.run(["bash", os.path.join(deploy, "tf_serving.sh"), "--write-config", str(tmp_path / "base"),
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    configs = parse_model_config(open(tmp_path / "out" / "models.config").read(), str(tmp_path / "out" / "x"))
+    assert [(c.name, c.base_path) for c in configs] == [("digits", "/models/digits"),
+                                                        ("sentiment", "/models/sentiment")]
+    assert parse_batching_parameters(open(tmp_path / "out" / "batching.txt").read()) == params
+
+
+def write_example_signatures_model(path):
+    """A SavedModel as Estimator exports made them: classify, regress and predict signatures on serialized
+    tf.Example (feature x: 2 floats). scores = softmax(x @ W), classes 'neg'/'pos', regression = x0 + x1."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    with tf.Graph().as_default():
+        serialized = v1.placeholder(tf.string, [None], name="tf_example")
+        x = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([2], tf.float32)})["x"]
+        scores = tf.nn.softmax(tf.matmul(x, tf.constant([[1.0, -1.0], [2.0, 0.5]])))
+        classes = tf.tile(tf.constant([["neg", "pos"]]), [tf.shape(x)[0], 1])
+        total = tf.reduce_sum(x, axis=1, keepdims=True)
+        with v1.Session() as sess:
+            builder = v1.saved_model.Builder(path)
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+                "serving_default": v1.saved_model.classification_signature_def(serialized, classes, scores),
+                "regress": v1.saved_model.regression_signature_def(serialized, total),
+                "predict": v1.saved_model.predict_signature_def({"examples": serialized}, {"scores": scores})})
+            builder.save()
+
+
+def test_classify_and_regress_on_example_signatures(tmp_path):
+    import grpc
+    import tensorflow as tf
+    from starlette.testclient import TestClient
+    from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc, regression_pb2
+
+    from zoo.export.serve.grpc_service import build_server
+
+    write_example_signatures_model(str(tmp_path / "est" / "1"))
+    manager = ModelManager(base=str(tmp_path))
+    manager.start(poll_seconds=0)
+    metrics = Metrics(manager.queued_batches, lambda: {})
+    x = np.array([[1.0, 2.0], [0.5, -3.0]], np.float32)
+    want = tf.nn.softmax(x @ np.array([[1.0, -1.0], [2.0, 0.5]], np.float32)).numpy()
+    with TestClient(build_app(manager, metrics, RestOptions())) as client:
+        r = client.post("/v1/models/est:classify", json={"examples": [{"x": [1.0, 2.0]}, {"x": [0.5, -3.0]}]})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [[label for label, _ in row] for row in results] == [["neg", "pos"]] * 2
+        assert np.allclose([[score for _, score in row] for row in results], want, atol=1e-6)
+        r = client.post("/v1/models/est:regress", json={"signature_name": "regress", "context": {"x": [1.0, 1.0]},
+                                                         "examples": [{"x": [1.0, 2.0]}, {}]})
+        assert r.json() == {"results": [3.0, 2.0]}  # the second example takes x from the context
+        r = client.post("/v1/models/est:predict", json={"signature_name": "serving_default", "instances": ["x"]})
+        assert r.status_code == 400 and "not a predict one" in r.json()["error"]
+        r = client.post("/v1/models/est:classify", json={"examples": [{"y": [1.0]}]})
+        assert r.status_code == 400 and "the model refused the input" in r.json()["error"]  # feature x missing
+    server, _ = build_server(manager, metrics, Limits(), timeout=30, max_message_bytes=1 << 20)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = "est"
+        for row in x:
+            request.input.example_list.examples.add().features.feature["x"].float_list.value.extend(row.tolist())
+        reply = stub.Classify(request, timeout=30)
+        assert reply.model_spec.version.value == 1
+        got = [[c.score for c in entry.classes] for entry in reply.result.classifications]
+        assert np.allclose(got, want, atol=1e-6)
+        request = regression_pb2.RegressionRequest()
+        request.model_spec.name, request.model_spec.signature_name = "est", "regress"
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.extend([4.0, 5.0])
+        assert [r.value for r in stub.Regress(request, timeout=30).result.regressions] == [9.0]
+    finally:
+        server.stop(0)
+        manager.stop()
