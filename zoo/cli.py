@@ -31,7 +31,8 @@ from zoo.errors import ZooError, format_error, report_failure
 TENSORFLOW_NOISE = re.compile(
     r"absl::InitializeLog|oneDNN custom operations|cudart_stub|cuda_platform|cuInit|cpu_feature_guard|"
     r"rebuild TensorFlow with the appropriate compiler flags|computation placer already registered|"
-    r"Unable to register cu(DNN|FFT|BLAS) factory|TensorFlow Lite XNNPACK delegate|^fully_quantize: ")
+    r"Unable to register cu(DNN|FFT|BLAS) factory|TensorFlow Lite XNNPACK delegate|^fully_quantize: |"
+    r"add_port\.cc:\d+\] Failed to add port")  # gRPC's own line; zoo serve says it in its error
 
 
 @contextlib.contextmanager

@@ -178,7 +178,8 @@ def build_server(manager: ModelManager, metrics: Metrics, limits: tensors.Limits
     from grpc_health.v1 import health, health_pb2_grpc
 
     options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes)]
+               ("grpc.max_send_message_length", max_message_bytes),
+               ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

@@ -65,8 +65,11 @@ def _batching(options: ServeOptions) -> BatchingParameters | None:
 
 
 def _check(options: ServeOptions) -> None:
-    if (options.base is None) == (options.model_config_file is None):
-        raise ServeError("give a base path (zoo serve exports) or --model-config-file exports/models.config, not both")
+    if options.base is None and options.model_config_file is None:
+        raise ServeError("say what to serve: the export base path (zoo serve exports) or a TF Serving model config "
+                         "(zoo serve --model-config-file exports/models.config)")
+    if options.base is not None and options.model_config_file is not None:
+        raise ServeError("give the base path or --model-config-file, not both (models.config names its own paths)")
     if options.base is not None and not os.path.isdir(options.base):
         raise ServeError(f"{options.base!r} is not a directory; serve the --to folder of `zoo export` "
                          "(it holds NAME/<version>/ directories)")
@@ -112,6 +115,8 @@ def describe(manager: ModelManager) -> list[str]:
 
 def serve(options: ServeOptions) -> int:
     """Run the server until SIGTERM / Ctrl-C; returns the exit code."""
+    _check(options)  # before TensorFlow is imported: a mistyped path is answered at once
+    batching = _batching(options)
     import uvicorn
     from grpc_health.v1 import health_pb2
 
@@ -120,8 +125,6 @@ def serve(options: ServeOptions) -> int:
     from zoo.export.serve.metrics import Metrics
     from zoo.export.serve.rest import RestOptions, build_app
 
-    _check(options)
-    batching = _batching(options)
     holder: dict[str, Any] = {}
 
     def on_batch(*args: Any) -> None:
@@ -143,13 +146,12 @@ def serve(options: ServeOptions) -> int:
     try:
         grpc_port = grpc_server.add_insecure_port(f"[{options.host}]:{options.port}" if ":" in options.host
                                                   else f"{options.host}:{options.port}")
-    except RuntimeError as exc:
-        rest_sock.close()
-        raise ServeError(f"cannot listen on {options.host}:{options.port} for gRPC: {exc}; choose another --port") \
-            from None
+    except RuntimeError:
+        grpc_port = 0
     if grpc_port == 0:
         rest_sock.close()
-        raise ServeError(f"cannot listen on {options.host}:{options.port} for gRPC; choose another --port")
+        raise ServeError(f"cannot listen on {options.host}:{options.port} for gRPC (in use, or not an address of "
+                         "this machine); choose another --port (0 picks a free one)")
 
     manager.start(options.file_system_poll_wait_seconds)
     stop_health = threading.Event()

@@ -627,3 +627,36 @@ def test_classify_and_regress_on_example_signatures(tmp_path):
     finally:
         server.stop(0)
         manager.stop()
+
+
+def test_command_line_mistakes_are_one_line_errors(tmp_path):
+    """Fresh `zoo serve` processes fed what a careless user types: one `error:` line, exit 2, no traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    make_versions(tmp_path, "m", [1])
+    (tmp_path / "bad.config").write_text("model_config_list { config { name: 'x' } }")
+    (tmp_path / "bad_batching.txt").write_text("max_batch_size: 3")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = str(taken.getsockname()[1])
+    cases = [([], "say what to serve"),
+             (["nowhere"], "'nowhere' is not a directory"),
+             (["m", "--model-config-file", "bad.config"], "not both"),
+             (["--model-config-file", "bad.config"], "bad.config: every config needs a name and a base_path"),
+             (["--model-config-file", "missing.config"], "does not exist"),
+             ([".", "--batching-parameters-file", "bad_batching.txt"], "BatchingParameters text format"),
+             ([".", "--rest-api-port", "70000"], "--rest-api-port must be between 0 and 65535"),
+             ([".", "--rest-api-port", port, "--port", "0"], f"cannot listen on 127.0.0.1:{port} for REST"),
+             ([".", "--rest-api-port", "0", "--port", port], f"cannot listen on 127.0.0.1:{port} for gRPC")]
+    try:
+        for args, message in cases:
+            out = subprocess.run([sys.executable, "-m", "zoo.cli", "serve", *args], cwd=str(tmp_path),
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 2, (args, out.stderr)
+            lines = out.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, out.stderr)
+    finally:
+        taken.close()

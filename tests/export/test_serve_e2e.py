@@ -248,3 +248,44 @@ def test_every_export_carries_tf_serving_warmup_records(base):
         for r in records:
             assert set(r.predict_log.request.inputs) == inputs
             assert r.predict_log.request.model_spec.signature_name == "serving_default"
+
+
+def write_slow_model(path):
+    """A SavedModel whose serving_default spins ``steps`` matmuls: a request of known, long duration."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="steps")])
+        def serve(self, steps):
+            m = tf.eye(256) * 0.5
+
+            def body(i, acc):
+                return i + 1, tf.matmul(acc, m) + tf.eye(256)
+
+            _, acc = tf.while_loop(lambda i, acc: i < steps[0], body, (tf.constant(0), tf.eye(256)))
+            return {"done": tf.fill(tf.shape(steps), tf.reduce_sum(acc[:1, :1]))}
+
+    module = Slow()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path):
+    import httpx
+
+    write_slow_model(str(tmp_path / "exports" / "slow" / "1"))
+    with ServerProcess(["exports", "--port", "0", "--rest-api-port", "0"], tmp_path, str(tmp_path / "s.log")) as server:
+        url = f"{server.rest}/v1/models/slow:predict"
+        start = time.perf_counter()
+        assert httpx.post(url, json={"instances": [2000]}, timeout=120).status_code == 200
+        long_steps = int(2000 * 1.5 / max(time.perf_counter() - start, 1e-3))  # about 1.5 s of work
+        result = {}
+        caller = threading.Thread(target=lambda: result.update(
+            r=httpx.post(url, json={"instances": [long_steps]}, timeout=120)))
+        caller.start()
+        time.sleep(0.4)  # the request is running
+        server.stop()
+        caller.join()
+    assert result["r"].status_code == 200, result["r"].text  # answered although SIGTERM came first
+    assert server.returncode == 0 and "zoo serve: stopped" in server.log
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.rest + "/v2/health/live", timeout=5)
