@@ -13,6 +13,7 @@ from zoo.errors import ConfigError, unknown_name
 RECIPES = {
     "image_classify": "zoo.recipes.image_classify",
     "bert_classify": "zoo.recipes.bert_classify",
+    "bert_qa": "zoo.recipes.bert_qa",
     "bert_pretrain": "zoo.recipes.bert_pretrain",
     "translate": "zoo.recipes.translate",
     "distill": "zoo.recipes.distill",

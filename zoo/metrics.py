@@ -48,3 +48,54 @@ def macro_f1(y_true: Any, y_pred: Any, num_classes: int) -> float:
             continue
         scores.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(scores)) if scores else 0.0
+
+
+# -- SQuAD (question answering), as the official v1.1 / v2.0 evaluation scripts define it
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalization: lower case, drop ASCII punctuation, drop the articles a / an / the,
+    collapse white space (in that order)."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_exact(prediction: str, truths: Sequence[str]) -> float:
+    """1.0 if the normalized prediction equals a normalized ground truth (no truths: the prediction must
+    be empty, SQuAD 2.0's unanswerable questions)."""
+    truths = [t for t in truths if normalize_answer(t)] or [""]
+    return float(max(normalize_answer(prediction) == normalize_answer(t) for t in truths))
+
+
+def squad_f1(prediction: str, truths: Sequence[str]) -> float:
+    """Best token-overlap F1 of the prediction against the ground truths (bags of normalized words)."""
+    from collections import Counter
+
+    truths = [t for t in truths if normalize_answer(t)] or [""]
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for truth in truths:
+        gold = normalize_answer(truth).split()
+        if not pred or not gold:  # an empty side scores 1 only against an empty side
+            best = max(best, float(pred == gold))
+            continue
+        same = sum((Counter(pred) & Counter(gold)).values())
+        if same:
+            precision, recall = same / len(pred), same / len(gold)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def squad_scores(predictions: Sequence[str], truths: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Exact match and F1 over a set of questions, on SQuAD's 0-100 scale."""
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} predictions but {len(truths)} sets of answers")
+    if not predictions:
+        return {"exact_match": 0.0, "f1": 0.0}
+    n = len(predictions)
+    return {"exact_match": 100.0 * sum(squad_exact(p, t) for p, t in zip(predictions, truths)) / n,
+            "f1": 100.0 * sum(squad_f1(p, t) for p, t in zip(predictions, truths)) / n}

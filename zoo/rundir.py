@@ -127,9 +127,24 @@ class TranslationInfo(RunInfo):
     decode: dict[str, Any] = field(default_factory=dict)
 
 
-# task name -> its run.json dataclass; a new task (question answering) adds one entry.
+@dataclass(frozen=True)
+class QuestionAnsweringInfo(RunInfo):
+    """Span extraction from raw (question, context) strings (``bert_qa``): how features are cut and how the
+    answer is chosen."""
+
+    TASK: ClassVar[str] = "question_answering"
+    preprocessor: WordPieceSpec = WordPieceSpec("vocab.txt", 384, True)
+    doc_stride: int = 128
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    null_threshold: float | None = None  # set for SQuAD 2.0 data: answer "" when [CLS] wins by more
+    backbone: str = ""
+    init: str = ""
+
+
+# task name -> its run.json dataclass
 TASKS: dict[str, type[RunInfo]] = {cls.TASK: cls for cls in (
-    ImageClassificationInfo, TextClassificationInfo, MaskedLMInfo, TranslationInfo)}
+    ImageClassificationInfo, TextClassificationInfo, MaskedLMInfo, TranslationInfo, QuestionAnsweringInfo)}
 
 
 def info_to_json(info: RunInfo) -> dict[str, Any]:
@@ -416,7 +431,7 @@ class RunDir:
         """The WordPiece vocabulary of a BERT run."""
         from zoo.tokenizers import load_vocabulary
 
-        info = self.expect(TextClassificationInfo, MaskedLMInfo, purpose="a vocabulary")
+        info = self.expect(TextClassificationInfo, MaskedLMInfo, QuestionAnsweringInfo, purpose="a vocabulary")
         return load_vocabulary(self.file(info.preprocessor.vocabulary_file))
 
     def tokenizers(self) -> tuple[Any, Any]:

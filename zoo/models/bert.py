@@ -112,6 +112,33 @@ class BertClassifier(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
+class BertQuestionAnswerer(keras.Model):
+    """Span extraction: a dense layer on every token gives a start and an end logit (float32 under mixed
+    precision); outputs ``{"start_logits", "end_logits"}``, each ``[batch, sequence_length]``."""
+
+    def __init__(self, backbone: BertBackbone, **kwargs: Any):
+        inputs = dict(backbone.input)
+        sequence = backbone(inputs)["sequence_output"]
+        outputs = {}
+        for name in ("start", "end"):
+            logit = keras.layers.Dense(1, kernel_initializer=_init(backbone.config), dtype="float32",
+                                       name=f"{name}_dense")(sequence)
+            outputs[f"{name}_logits"] = keras.layers.Reshape((-1,), dtype="float32", name=f"{name}_logits")(logit)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.backbone = backbone
+
+    def get_config(self) -> dict[str, Any]:
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name,
+                "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> BertQuestionAnswerer:
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
 class BertMaskedLM(keras.Model):
     """Predicts the tokens at ``mask_positions``; the output projection is the token embedding (tied)."""
 

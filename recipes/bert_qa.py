@@ -1,0 +1,218 @@
+"""Recipe: fine-tune BERT for extractive question answering on SQuAD-format data.
+
+    zoo train bert_qa --data train.json --eval-data dev.json --init hf:path/to/hf_bert_dir
+    zoo train bert_qa --data train.jsonl --init runs/<bert_pretrain run> --set data.sequence_length=256
+
+SQuAD v1.1 / v2.0 JSON or JSON Lines (see ``zoo.data.squad``). Long contexts are cut into overlapping
+windows; the model predicts a start and an end token; answers are the best span over all windows of
+a question. Reports SQuAD's exact match and F1 (official normalization), per epoch on the validation
+questions (``val_exact_match``, ``val_f1``) and at the end on ``--eval-data``. Data with unanswerable
+questions (v2.0) turns on the no-answer rule: the answer is empty when [CLS] beats the best span by
+more than ``data.null_threshold``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zoo import registry
+from zoo.config import check_range
+from zoo.errors import ConfigError
+from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
+from zoo.recipes.engine.cli import main_for
+from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from zoo.recipes.engine.run import Datasets, Recipe
+from zoo.rundir import QuestionAnsweringInfo, RunDir, WordPieceSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QADataConfig:
+    source: str = ""
+    eval_source: str | None = None
+    validation_split: float = 0.1       # of the training questions (split by context, so no passage leaks)
+    sequence_length: int = 384
+    doc_stride: int = 128               # tokens between the starts of consecutive windows of a context
+    max_query_length: int = 64          # question tokens kept (at most half of sequence_length)
+    max_answer_length: int = 30         # tokens
+    null_threshold: float = 0.0         # SQuAD 2.0 data only
+    vocab_size: int = 8000              # without --init: the WordPiece vocabulary learned from the data
+    lowercase: bool = True
+    eval_sample_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
+        check_range("sequence_length", self.sequence_length, 16)
+        check_range("doc_stride", self.doc_stride, 1)
+        check_range("max_query_length", self.max_query_length, 1)
+        check_range("max_answer_length", self.max_answer_length, 1)
+
+    @property
+    def query_limit(self) -> int:
+        """Question tokens kept: max_query_length, at most half the sequence (the rest is the context)."""
+        return min(self.max_query_length, self.sequence_length // 2)
+
+
+@dataclass(frozen=True)
+class BertQAConfig:
+    model: Any = field(default_factory=lambda: registry.default_config("bert_tiny"),
+                       metadata={"polymorphic": bert_model_config})
+    init: str = ""
+    data: QADataConfig = field(default_factory=QADataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=2, batch_size=32, optimizer=OptimizerConfig(name="adamw", learning_rate=5e-5, weight_decay=0.01),
+        schedule=ScheduleConfig(name="linear", warmup_epochs=0.1)))
+
+
+def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Validation questions carved from the training file, whole contexts at a time."""
+    contexts = sorted({e.context for e in examples})
+    random.Random(seed).shuffle(contexts)
+    held = set(contexts[:max(1, round(len(contexts) * fraction))]) if fraction > 0 and len(contexts) > 1 else set()
+    return [e for e in examples if e.context not in held], [e for e in examples if e.context in held]
+
+
+def featurize(cfg: BertQAConfig, preprocessor: Any, examples: Sequence[Any]) -> Any:
+    from zoo.data.squad import build_features
+    from zoo.tokenizers import fast_bert_tokenizer
+
+    d = cfg.data
+    features = build_features(examples, fast_bert_tokenizer(preprocessor.vocabulary, preprocessor.lowercase),
+                              sequence_length=d.sequence_length, doc_stride=d.doc_stride,
+                              max_query_length=d.query_limit, cls_id=preprocessor.cls_id,
+                              sep_id=preprocessor.sep_id, pad_id=preprocessor.pad_id)
+    if features.truncated_questions:
+        log.warning("%d question(s) longer than %d tokens were truncated (data.max_query_length)",
+                    features.truncated_questions, d.query_limit)
+    return features
+
+
+def _dataset(features: Any, batch: int, seed: int | None) -> Any:
+    import tensorflow as tf
+
+    from zoo.data.order import slices
+
+    ds = slices(((features.token_ids, features.segment_ids, features.padding_mask),
+                 (features.start_positions, features.end_positions)), seed).batch(batch)
+    return ds.map(lambda x, y: ({"token_ids": x[0], "segment_ids": x[1], "padding_mask": x[2]},
+                                {"start_logits": y[0], "end_logits": y[1]})).prefetch(tf.data.AUTOTUNE)
+
+
+def prepare_data(cfg: BertQAConfig, explicit: frozenset) -> tuple[BertQAConfig, Datasets]:
+    from zoo.data.squad import read_squad
+
+    d = cfg.data
+    if not d.source:
+        raise ConfigError("bert_qa needs training data: --data train.json (SQuAD JSON or JSON Lines)")
+    train_examples, val_examples = _split(read_squad(d.source), d.validation_split, cfg.train.seed)
+    eval_examples = read_squad(d.eval_source) if d.eval_source else val_examples
+    if not val_examples:
+        val_examples = eval_examples
+    corpus = lambda: [e.question for e in train_examples] + sorted({e.context for e in train_examples})  # noqa: E731
+    cfg, pre, state = resolve_backbone(cfg, explicit, corpus)
+    train_f, val_f = featurize(cfg, pre, train_examples), featurize(cfg, pre, val_examples)
+    eval_f = val_f if eval_examples is val_examples else featurize(cfg, pre, eval_examples)
+    batch = cfg.train.batch_size
+    version_2 = any(e.impossible for e in train_examples)
+    state.update({"preprocessor": pre, "val": (val_examples, val_f), "eval": (eval_examples, eval_f),
+                  "null_threshold": d.null_threshold if version_2 else None})
+    n = min(d.eval_sample_size, len(eval_examples))
+    sample_x = np.array([[e.question, e.context] for e in eval_examples[:n]], dtype=str)
+    sample_y = np.array([e.answers[0] if e.answers else "" for e in eval_examples[:n]], dtype=str)
+    info = {"train_questions": len(train_examples), "train_windows": len(train_f),
+            "validation_questions": len(val_examples), "eval_questions": len(eval_examples),
+            "squad_version": "2.0" if version_2 else "1.1"}
+    return cfg, Datasets(
+        train=_dataset(train_f, batch, cfg.train.seed), steps_per_epoch=max(1, math.ceil(len(train_f) / batch)),
+        validation=_dataset(val_f, batch, None), eval_sample=(sample_x, sample_y), info=info,
+        files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
+
+
+def build_model(cfg: BertQAConfig, data: Datasets) -> Any:
+    from zoo.models.bert import BertQuestionAnswerer
+
+    return BertQuestionAnswerer(build_backbone(cfg, data.state), name="bert_question_answerer")
+
+
+def compile_args(cfg: BertQAConfig) -> dict[str, Any]:
+    import keras
+
+    # The mean of the start and the end cross-entropy, as the original BERT.
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return {"loss": {"start_logits": loss, "end_logits": loss}, "loss_weights": {"start_logits": 0.5,
+                                                                                   "end_logits": 0.5}}
+
+
+def answer(cfg: BertQAConfig, model: Any, examples: Sequence[Any], features: Any,
+           null_threshold: float | None) -> list[Any]:
+    """The best answer of every example (all its windows through the model)."""
+    from zoo.data.squad import best_answers
+
+    out = model.predict(features.inputs(), batch_size=max(cfg.train.batch_size, 32), verbose=0)
+    return best_answers(examples, features, np.asarray(out["start_logits"]), np.asarray(out["end_logits"]),
+                        max_answer_length=cfg.data.max_answer_length,
+                        null_threshold=null_threshold)
+
+
+def score(cfg: BertQAConfig, model: Any, split: tuple[Sequence[Any], Any], null_threshold: float | None) -> dict:
+    from zoo.metrics import squad_scores
+
+    examples, features = split
+    predicted = answer(cfg, model, examples, features, null_threshold)
+    return squad_scores([a.text for a in predicted], [list(e.answers) for e in examples])
+
+
+def callbacks(cfg: BertQAConfig, data: Datasets) -> list[Any]:
+    import keras
+
+    class EvalSpans(keras.callbacks.Callback):
+        """SQuAD exact match and F1 on the validation questions after every epoch."""
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            scores = score(cfg, self.model, data.state["val"], data.state["null_threshold"])
+            if logs is not None:
+                logs.update({f"val_{k}": v for k, v in scores.items()})
+
+    return [EvalSpans()]
+
+
+def evaluate(cfg: BertQAConfig, model: Any, data: Datasets) -> dict[str, float]:
+    return {f"eval_{k}": v for k, v in score(cfg, model, data.state["eval"], data.state["null_threshold"]).items()}
+
+
+def run_info(cfg: BertQAConfig, data: Datasets) -> QuestionAnsweringInfo:
+    d = cfg.data
+    return QuestionAnsweringInfo(
+        recipe=RECIPE.name, model="bert_question_answerer", data=data.info,
+        preprocessor=WordPieceSpec(RunDir.VOCAB, d.sequence_length, d.lowercase), doc_stride=d.doc_stride,
+        max_query_length=d.query_limit, max_answer_length=d.max_answer_length,
+        null_threshold=data.state["null_threshold"], backbone=cfg.model.name, init=cfg.init)
+
+
+RECIPE = Recipe(
+    name="bert_qa",
+    description="Fine-tune BERT for extractive question answering (SQuAD v1.1 / v2.0 JSON or JSON Lines).",
+    config_class=BertQAConfig, prepare_data=prepare_data, build_model=build_model,
+    compile_args=compile_args, run_info=run_info, evaluate=evaluate, callbacks=callbacks)
+
+FLAGS = {
+    "--data": ("data.source", "training questions: SQuAD JSON or JSON Lines"),
+    "--eval-data": ("data.eval_source", "evaluation questions of the same kind (e.g. SQuAD dev)"),
+    "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to start from"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for(RECIPE, argv, FLAGS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

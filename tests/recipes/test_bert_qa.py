@@ -1,0 +1,210 @@
+"""Question answering: SQuAD reading and its errors, character spans of tokens, windows and the [CLS]
+rule, the best span across windows, and fine-tuning the installed MiniLM to answer held-out questions."""
+
+from __future__ import annotations
+
+import json
+import random
+import unicodedata
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAST, MINILM
+from zoo.data.squad import QAExample, QAFeatures, best_answers, build_features, read_squad, window_starts
+from zoo.errors import DataError
+
+
+def squad_doc(paragraphs):
+    return {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
+
+
+def test_reads_squad_json_v1_v2_and_json_lines(tmp_path):
+    ctx = "Ada Lovelace was born in London in 1815."
+    doc = squad_doc([{"context": ctx, "qas": [
+        {"id": "q1", "question": "Where was Ada born?", "answers": [{"text": "London", "answer_start": 25}]},
+        {"id": "q2", "question": "Where did Ada die?", "answers": [], "is_impossible": True}]}])
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    q1, q2 = read_squad(str(tmp_path / "a.json"))
+    assert (q1.qid, q1.answers, q1.answer_starts, q1.impossible) == ("q1", ("London",), (25,), False)
+    assert q2.impossible and q2.answers == ()
+    lines = [{"id": "x", "question": "When?", "context": ctx, "answers": {"text": ["1815"], "answer_start": [35]}},
+             {"id": "y", "question": "Who?", "context": ctx, "answers": [{"text": "Ada Lovelace", "answer_start": 0}]}]
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    x, y = read_squad(str(tmp_path / "b.jsonl"))
+    assert x.answers == ("1815",) and y.answer_starts == (0,)
+
+
+@pytest.mark.parametrize("content,message", [
+    (squad_doc([{"context": "abc def", "qas": [{"id": "q9", "question": "?", "answers": [
+        {"text": "def", "answer_start": 2}]}]}]), "question q9: answer 'def' is not at answer_start 2"),
+    (squad_doc([{"context": "  ", "qas": [{"id": "q3", "question": "why?", "answers": []}]}]),
+     "question q3 has an empty context"),
+    (squad_doc([{"context": "abc", "qas": [{"id": "q4", "answers": []}]}]), "missing 'question'"),
+    (squad_doc([{"context": "abc", "qas": [{"id": "d", "question": "a?"}, {"id": "d", "question": "b?"}]}]),
+     "question id 'd' appears more than once"),
+    ('{"data": [', "not valid JSON"),
+    ('{"id": "a", "question": "q", "context": "c"}\n{"id": ', ":2: not valid JSON"),
+])
+def test_bad_files_name_the_file_and_the_question(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        read_squad(str(path))
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from zoo.tokenizers import fast_bert_tokenizer, load_vocabulary
+
+    vocab = load_vocabulary(f"{MINILM}/vocab.txt")
+    return vocab, fast_bert_tokenizer(vocab, lowercase=True)
+
+
+def _folded(text):
+    return "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
+
+
+def test_token_character_spans_round_trip(minilm_tokenizer):
+    from zoo.data.squad import tokenize_with_spans
+
+    vocab, tokenizer = minilm_tokenizer
+    texts = ["Café Müller, naïve résumé!", "東京は日本の首都です。", "Unaffable tokenization (e.g. 3.14)"]
+    for text, (ids, begins, ends) in zip(texts, tokenize_with_spans(tokenizer, texts)):
+        assert len(ids) and np.all(begins < ends) and np.all(np.diff(begins) >= 0)
+        for i, b, e in zip(ids, begins, ends):
+            piece = vocab[i]
+            if piece != "[UNK]":
+                assert _folded(text[b:e]) == piece.removeprefix("##"), (text, piece, text[b:e])
+    ids, _, _ = tokenize_with_spans(tokenizer, ["unaffable"])[0]
+    assert any(vocab[i].startswith("##") for i in ids)  # word pieces keep their own spans
+
+
+def test_windows_cover_the_context_and_outside_answers_point_at_cls(minilm_tokenizer):
+    vocab, tokenizer = minilm_tokenizer
+    words = [f"word{i}" for i in range(60)]
+    context = " ".join(words)
+    start = context.index("word45")
+    example = QAExample("q", "which word?", context, ("word45",), (start,))
+    ids = {t: i for i, t in enumerate(vocab)}
+    f = build_features([example], tokenizer, sequence_length=48, doc_stride=16, max_query_length=8,
+                       cls_id=ids["[CLS]"], sep_id=ids["[SEP]"], pad_id=ids["[PAD]"])
+    assert len(f) > 2 and set(f.example_index) == {0}
+    covered = set()
+    for row in range(len(f)):
+        spans = f.char_spans[row]
+        covered |= {tuple(s) for s in spans if s[0] >= 0}
+        if f.start_positions[row]:
+            s, e = spans[f.start_positions[row], 0], spans[f.end_positions[row], 1]
+            assert context[s:e] == "word45"
+        else:
+            assert f.end_positions[row] == 0
+    assert sorted(covered)[0][0] == 0 and max(e for _, e in covered) == len(context)  # first to last token
+    assert sum(f.start_positions > 0) >= 1 and sum(f.start_positions == 0) >= 1  # the [CLS] rule was used
+    assert window_starts(10, 4, 3) == [0, 3, 6] and window_starts(3, 4, 3) == [0]
+    # A question longer than max_query_length is cut, not refused.
+    long_q = QAExample("l", " ".join(["why"] * 20), "short context", (), ())
+    g = build_features([long_q], tokenizer, sequence_length=48, doc_stride=16, max_query_length=8,
+                       cls_id=ids["[CLS]"], sep_id=ids["[SEP]"], pad_id=ids["[PAD]"])
+    assert g.truncated_questions == 1 and g.segment_ids[0, :10].tolist() == [0] * 10
+
+
+def test_best_answer_is_chosen_across_windows():
+    ex = [QAExample("q", "?", "alpha beta gamma delta", ("gamma",), (11,))]
+    spans = np.full((2, 6, 2), -1, np.int32)
+    spans[0, 2:4] = [[0, 5], [6, 10]]      # window 1: alpha beta
+    spans[1, 2:4] = [[11, 16], [17, 22]]   # window 2: gamma delta
+    f = QAFeatures(*(np.zeros((2, 6), np.int32),) * 3, np.zeros(2, np.int32), np.zeros(2, np.int32),
+                   np.zeros(2, np.int32), spans)
+    start, end = np.zeros((2, 6)), np.zeros((2, 6))
+    start[0, 3], end[0, 3] = 2.0, 2.0      # "beta": score 4
+    start[1, 2], end[1, 2] = 3.0, 3.0      # "gamma": score 6
+    end[1, 1] = 9.0                        # a high end outside the context is never used
+    (best,) = best_answers(ex, f, start, end)
+    assert (best.text, best.start, best.end, best.score) == ("gamma", 11, 16, 6.0)
+    start[0, 0] = end[0, 0] = 5.0          # [CLS] 10 in one window, but 0 in the other: the lowest counts
+    assert best_answers(ex, f, start, end, null_threshold=3.0)[0].text == "gamma"
+    start[:, 0] = end[:, 0] = 5.0          # [CLS] 10 in every window beats 6 by 4
+    assert best_answers(ex, f, start, end, null_threshold=3.0)[0].text == ""
+    assert best_answers(ex, f, start, end, null_threshold=5.0)[0].text == "gamma"
+
+
+SYLLABLES = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "an", "is", "ber", "nu", "qua", "zel", "pho",
+             "tri", "gan", "mo", "ul", "fen"]
+
+
+def made_up_words(n, seed, avoid=()):
+    """Capitalized invented words (names, cities): the model must read the sentence, not remember the word."""
+    rng = random.Random(seed)
+    words = []
+    while len(words) < n:
+        w = "".join(rng.sample(SYLLABLES, rng.randint(2, 3))).capitalize()
+        if w not in words and w not in avoid:
+            words.append(w)
+    return words
+
+
+PEOPLE, CITIES = made_up_words(80, 0), made_up_words(60, 1)
+HELD_PEOPLE = made_up_words(10, 2, avoid=PEOPLE + CITIES)
+HELD_CITIES = made_up_words(10, 3, avoid=PEOPLE + CITIES + HELD_PEOPLE)
+
+
+def write_people(path, n, people, cities, seed):
+    """Templated paragraphs about two people; questions on birth place, year and job."""
+    rng = random.Random(seed)
+    jobs = ["engineer", "teacher", "painter", "doctor", "pilot", "writer"]
+    paragraphs = []
+    for k in range(n):
+        a, b = rng.sample(people, 2)
+        ca, cb = rng.sample(cities, 2)
+        ya, yb = rng.randint(1800, 1999), rng.randint(1800, 1999)
+        ja = rng.choice(jobs)
+        context = (f"{a} was born in {ca} in {ya} and later worked as a {ja}. "
+                   f"Her friend {b} was born in {cb} in {yb}.")
+        qas = []
+        for q, ans in ((f"Where was {a} born?", ca), (f"In which year was {b} born?", str(yb)),
+                       (f"What did {a} work as?", ja), (f"Where was {b} born?", cb)):
+            start = context.index(ans) if ans != cb else context.rindex(ans)
+            qas.append({"id": f"{seed}-{k}-{len(qas)}", "question": q,
+                        "answers": [{"text": ans, "answer_start": start}]})
+        paragraphs.append({"context": context, "qas": qas})
+    path.write_text(json.dumps(squad_doc(paragraphs)))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(tmp_path):
+    import tensorflow as tf
+
+    import zoo
+    from zoo.answerer import Answerer
+    from zoo.recipes.engine.run import train
+    from zoo.rundir import QuestionAnsweringInfo, RunDir
+
+    train_path = write_people(tmp_path / "train.json", 160, PEOPLE, CITIES, 0)
+    dev_path = write_people(tmp_path / "dev.json", 15, HELD_PEOPLE, HELD_CITIES, 1)
+    result = train("bert_qa", str(tmp_path / "run"), {
+        **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
+        "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
+        "train.epochs": 5, "train.optimizer.learning_rate": 1e-4}, verbose=0)
+    m = result.metrics
+    print("bert_qa:", m["final"], [round(e["val_exact_match"], 1) for e in m["epochs"]])
+    assert m["final"]["eval_exact_match"] >= 80.0 and m["final"]["eval_f1"] >= 85.0  # unseen names and cities
+    run = RunDir.open(result.run_dir)
+    info = run.expect(QuestionAnsweringInfo, purpose="a test")
+    assert info.preprocessor.sequence_length == 64 and info.null_threshold is None and info.max_answer_length == 8
+    x, y = run.eval_sample()
+    assert x.shape == (15 * 4, 2) and y[0] in x[0, 1]
+    assert set(zoo.load(run.model_path, compile=False).output) == {"start_logits", "end_logits"}
+
+    qa = Answerer.from_run(result.run_dir)
+    # Long contexts: three paragraphs in one, so each question's context spans several 64-token windows.
+    questions = [str(q) for q in x[:12, 0]]
+    contexts = [" ".join(str(c) for c in x[(k // 4) * 4 % 60:(k // 4) * 4 % 60 + 12:4, 1]) for k in range(12)]
+    python_side = qa(questions, contexts)
+    graph = tf.function(qa.answer_graph)(tf.constant(questions), tf.constant(contexts))
+    assert [a.text for a in python_side] == [t.decode() for t in graph["answer"].numpy()]
+    assert [a.start for a in python_side] == graph["start"].numpy().tolist()
+    assert [a.end for a in python_side] == graph["end"].numpy().tolist()
+    assert np.allclose([a.score for a in python_side], graph["score"].numpy(), atol=1e-4)
+    assert all(c[a.start:a.end] == a.text for a, c in zip(python_side, contexts))
