@@ -31,7 +31,13 @@ from zoo.export import publish, verify
 from zoo.export import saved_model as sm
 from zoo.export import tflite as tfl
 from zoo.export.warmup import sample_batches, write_warmup_requests
-from zoo.rundir import ImageClassificationInfo, RunDir, TextClassificationInfo, TranslationInfo
+from zoo.rundir import (
+    ImageClassificationInfo,
+    QuestionAnsweringInfo,
+    RunDir,
+    TextClassificationInfo,
+    TranslationInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -371,11 +377,86 @@ class TranslationExporter:
         return report
 
 
+class QuestionAnsweringExporter:
+    """A SavedModel answering raw (question, context) strings, published only if it gives exactly the
+    answers (text and character offsets) the Keras-side Answerer gives on the eval sample."""
+
+    INPUTS = ("question", "context")
+
+    def __init__(self, run: RunDir, info: QuestionAnsweringInfo):
+        from zoo.answerer import Answerer
+
+        self.run, self.info = run, info
+        self.answerer = Answerer.from_run(run.path)
+        x, y = run.eval_sample()
+        self.questions, self.contexts = [str(q) for q in x[:, 0]], [str(c) for c in x[:, 1]]
+        self.references = [str(t) for t in y]
+
+    @classmethod
+    def check_formats(cls, run: RunDir, fmts: list[str]) -> None:
+        if fmts != ["saved_model"]:
+            raise ExportError("a question answering model exports as saved_model for now (its TFLite form is not "
+                              "written yet); use --formats saved_model")
+
+    def export(self, base: str, name: str, fmts: list[str], version: int | None, latency_runs: int,
+               extra_report: dict[str, Any] | None = None, extra_tflite: dict[str, bytes] | None = None,
+               ) -> dict[str, Any]:
+        import tensorflow as tf
+
+        from zoo.metrics import squad_scores
+
+        self.check_formats(self.run, fmts)
+        if extra_tflite:
+            raise ExportError("a question answering model has no TFLite files to add")
+        qa, questions, contexts = self.answerer, self.questions, self.contexts
+        truths = [[t] if t else [] for t in self.references]
+        keras_out = qa(questions, contexts)
+        report: dict[str, Any] = {
+            "run_dir": os.path.abspath(self.run.path), "model": self.info.model, "task": "question_answering",
+            "examples": len(questions), "input": "raw strings: question, context",
+            "keras": {**squad_scores([a.text for a in keras_out], truths),
+                      "latency_ms": verify.latency_ms(lambda b: qa([questions[0]], [contexts[0]]), [0],
+                                                      latency_runs)},
+            "formats": {}, "machine": _machine(), **(extra_report or {}),
+        }
+        with publish.publish_version(base, name, version) as (staging, ver):
+            report["version"] = ver
+            specs = [tf.TensorSpec([None], tf.string, name=n) for n in self.INPUTS]
+            sm.save_serving_module(qa.model, qa.answer_graph, specs, staging)
+            strings = {"question": np.asarray([q.encode("utf-8") for q in questions], dtype=object),
+                       "context": np.asarray([c.encode("utf-8") for c in contexts], dtype=object)}
+            write_warmup_requests(staging, name, sample_batches(strings))
+            publish.reached("saved_model_written")
+            fn = tf.saved_model.load(staging).signatures["serving_default"]
+
+            def call(qs: Sequence[str], cs: Sequence[str]) -> list[tuple[str, int, int]]:
+                out = fn(question=tf.constant(list(qs)), context=tf.constant(list(cs)))
+                return [(t.decode("utf-8"), int(s), int(e)) for t, s, e in
+                        zip(out["answer"].numpy(), out["start"].numpy(), out["end"].numpy())]
+
+            exported = [r for i in range(0, len(questions), 16) for r in call(questions[i:i + 16],
+                                                                              contexts[i:i + 16])]
+            expected = [(a.text, a.start, a.end) for a in keras_out]
+            agreement = float(np.mean([a == b for a, b in zip(exported, expected)]))
+            if agreement < 1.0:
+                k = next(i for i, (a, b) in enumerate(zip(exported, expected)) if a != b)
+                raise ExportError(f"the SavedModel answers differently from Keras on {1 - agreement:.1%} of the eval "
+                                  f"sample (first: {questions[k]!r} -> {exported[k]} vs {expected[k]}); nothing was "
+                                  "published")
+            report["formats"]["saved_model"] = {
+                **squad_scores([t for t, _, _ in exported], truths), "agreement": agreement,
+                "size_bytes": publish.directory_size(staging), "file": ".",
+                "latency_ms": verify.latency_ms(lambda b: call([questions[0]], [contexts[0]]), [0], latency_runs)}
+            write_report(report, staging)
+        return report
+
+
 # run.json type -> its exporter
 EXPORTERS: dict[type, type] = {
     ImageClassificationInfo: ImageClassifierExporter,
     TextClassificationInfo: TextClassifierExporter,
     TranslationInfo: TranslationExporter,
+    QuestionAnsweringInfo: QuestionAnsweringExporter,
 }
 
 

@@ -57,6 +57,14 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             rows.append([fmt, f"{r['bleu']:.2f}", f"{r['exact_match']:.4f}", f"{r['agreement']:.4f}",
                          _human(r["size_bytes"]), f"{r['latency_ms']['p50']:.3f}"])
         return rows
+    if report.get("task") == "question_answering":
+        rows = [["format", "exact match", "F1", "same as keras", "size", "p50 ms"],
+                ["keras", f"{report['keras']['exact_match']:.2f}", f"{report['keras']['f1']:.2f}", "-", "-",
+                 f"{report['keras']['latency_ms']['p50']:.3f}"]]
+        for fmt, r in report["formats"].items():
+            rows.append([fmt, f"{r['exact_match']:.2f}", f"{r['f1']:.2f}", f"{r['agreement']:.4f}",
+                         _human(r["size_bytes"]), f"{r['latency_ms']['p50']:.3f}"])
+        return rows
     header = ["format", "accuracy", "delta", "max |diff|", "agree", "size", "x f32", "p50 ms"]
     rows = [header]
     for fmt, r in report["formats"].items():
@@ -78,7 +86,7 @@ def markdown_report(report: dict[str, Any]) -> str:
              f"- run: `{report.get('run_dir')}`",
              f"- verified on {report.get('examples')} held-out examples ({report.get('input')})",
              f"- machine: {machine.get('platform')}, {machine.get('cpus')} CPUs; latency is p50 at batch 1"]
-    if report.get("task") != "translation":
+    if report.get("task") not in ("translation", "question_answering"):
         intro.append(f"- Keras accuracy {report['keras']['accuracy']:.4f}; `agree` = same predicted label as Keras, "
                      "`x f32` = size relative to the float32 TFLite file")
     return "\n".join(intro + [""] + md) + "\n"
@@ -92,7 +100,8 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     formats = list(report["formats"])
-    quality_key, quality_name = ("bleu", "BLEU") if report.get("task") == "translation" else ("accuracy", "accuracy")
+    quality_key, quality_name = {"translation": ("bleu", "BLEU"), "question_answering": ("exact_match", "exact match")
+                                 }.get(report.get("task", ""), ("accuracy", "accuracy"))
     names = ["keras"] + formats
     quality = [report["keras"].get(quality_key, float("nan"))] + [report["formats"][f][quality_key] for f in formats]
     latency = [report["keras"]["latency_ms"]["p50"]] + [report["formats"][f]["latency_ms"]["p50"] for f in formats]

@@ -126,3 +126,19 @@ def translate_run(number_files, tmp_path_factory):
 
 TRANSLATE_FAST = {**FAST, "data.vocab_size": 200, "data.max_source_length": 8, "data.max_target_length": 8,
                   "train.epochs": 20, "train.batch_size": 16, "model.dropout": 0.0}
+
+
+@pytest.fixture(scope="session")
+def qa_run(tmp_path_factory):
+    """MiniLM fine-tuned for question answering on templated paragraphs about invented people and places
+    (shared by the recipe and export tests); its eval set has names and cities never seen in training."""
+    from tests.recipes.test_bert_qa import CITIES, HELD_CITIES, HELD_PEOPLE, PEOPLE, write_people
+    from zoo.recipes.engine.run import train
+
+    root = tmp_path_factory.mktemp("qa")
+    train_path = write_people(root / "train.json", 160, PEOPLE, CITIES, 0)
+    dev_path = write_people(root / "dev.json", 15, HELD_PEOPLE, HELD_CITIES, 1)
+    return train("bert_qa", str(root / "run"), {
+        **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
+        "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
+        "train.epochs": 5, "train.optimizer.learning_rate": 1e-4}, verbose=0)

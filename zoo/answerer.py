@@ -12,6 +12,7 @@ is what an exported SavedModel runs. Both search every (start, end) pair the sam
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ import numpy as np
 
 from zoo.data.squad import Answer, QAExample, best_answers, build_features
 from zoo.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class Answerer:
@@ -58,6 +61,9 @@ class Answerer:
         features = build_features(examples, self.tokenizer, sequence_length=self.sequence_length,
                                   doc_stride=self.doc_stride, max_query_length=self.max_query_length,
                                   cls_id=self.cls_id, sep_id=self.sep_id, pad_id=self.pad_id)
+        if features.truncated_questions:
+            log.warning("%d question(s) longer than %d tokens were truncated", features.truncated_questions,
+                        self.max_query_length)
         out = self.model.predict(features.inputs(), batch_size=batch, verbose=0)
         return best_answers(examples, features, np.asarray(out["start_logits"]), np.asarray(out["end_logits"]),
                             max_answer_length=self.max_answer_length, null_threshold=self.null_threshold)

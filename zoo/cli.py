@@ -9,6 +9,7 @@ the one core module allowed to import the recipes and the exporters.
     zoo translate runs/<translate run> "some source sentence" --beam 4
     zoo compress prune runs/<cnn run> --sparsity 0.8 --to exports
     zoo serve exports            # TF Serving's REST :8501 and gRPC :8500, KServe v2
+    zoo answer runs/<bert_qa run> "Where was Ada born?" --context "Ada Lovelace was born in London."
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"published {version_dir}")
         if report.get("task") == "translation":
             print(f"{report['examples']} held-out sources, decoding: {report['decode']['method']}\n")
+        elif report.get("task") == "question_answering":
+            print(f"{report['examples']} held-out questions; exact match and F1 (SQuAD, 0-100) against their answers\n")
         else:
             print(f"keras accuracy {report['keras']['accuracy']:.4f} on {report['examples']} held-out examples\n")
         print(format_table(report))
@@ -165,6 +168,58 @@ def _default_name(run_dir: str) -> str:
         return RunDir.open(run_dir, finished=False).info.model
     except ZooError:
         return "model"
+
+
+def _qa_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(questions, contexts) from the command line, or from standard input: JSON Lines of
+    {"question", "context"}, or one question per line when --context / --context-file gives the passage."""
+    from zoo.errors import DataError
+
+    if args.context is not None and args.context_file is not None:
+        raise DataError("give the passage once: --context TEXT or --context-file FILE")
+    context = args.context
+    if args.context_file is not None:
+        with open(args.context_file, encoding="utf-8") as fh:
+            context = fh.read()
+    if args.question is not None:
+        if context is None:
+            raise DataError("give the passage to answer from: --context TEXT or --context-file FILE")
+        return [args.question], [context]
+    questions, contexts = [], []
+    for n, line in enumerate(sys.stdin, 1):
+        if not line.strip():
+            continue
+        if context is not None:
+            questions.append(line.rstrip("\n"))
+            contexts.append(context)
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("question"), str) \
+                or not isinstance(record.get("context"), str):
+            raise DataError(f"stdin line {n}: expected a JSON object with string 'question' and 'context' (or pass "
+                            "--context and one question per line)")
+        questions.append(record["question"])
+        contexts.append(record["context"])
+    if not questions:
+        raise DataError("no questions: pass one as an argument, or JSON Lines of {question, context} on stdin")
+    return questions, contexts
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    questions, contexts = _qa_pairs(args)
+    from zoo.answerer import Answerer
+
+    qa = Answerer.from_run(args.run_dir)
+    for a in qa(questions, contexts):
+        if args.json:
+            print(json.dumps({"answer": a.text, "score": round(a.score, 4), "start": a.start, "end": a.end},
+                             ensure_ascii=False))
+        else:
+            print(a.text)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -240,6 +295,14 @@ def _main(argv: list[str]) -> int:
     p_tr.add_argument("--length-penalty", dest="length_penalty", type=float)
     p_tr.add_argument("--max-length", dest="max_length", type=int, help="most tokens to generate")
 
+    p_a = sub.add_parser("answer", parents=[common], help="answer questions from a passage with a finished bert_qa run")
+    p_a.add_argument("run_dir")
+    p_a.add_argument("question", nargs="?", help="the question (default: JSON Lines of {question, context} on stdin)")
+    p_a.add_argument("--context", help="the passage to answer from")
+    p_a.add_argument("--context-file", dest="context_file", help="read the passage from this file")
+    p_a.add_argument("--json", action="store_true", help="one JSON line per answer: answer, score, start, end "
+                                                         "(character offsets in the passage; -1 for no answer)")
+
     p_s = sub.add_parser("serve", parents=[common],
                          help="serve exports over TF Serving's REST and gRPC APIs and KServe v2",
                          description="Serve every NAME/<version> SavedModel under BASE (or the models of a TF "
@@ -296,7 +359,7 @@ def _main(argv: list[str]) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress,
-                    "serve": cmd_serve}
+                    "serve": cmd_serve, "answer": cmd_answer}
         return commands[args.command](args)
     except (ZooError, OSError, KeyboardInterrupt) as exc:
         return report_failure(exc, args.debug)

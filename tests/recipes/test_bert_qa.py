@@ -10,7 +10,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from tests.conftest import FAST, MINILM
+from tests.conftest import MINILM
 from zoo.data.squad import QAExample, QAFeatures, best_answers, build_features, read_squad, window_starts
 from zoo.errors import DataError
 
@@ -173,31 +173,24 @@ def write_people(path, n, people, cities, seed):
 
 
 @pytest.mark.slow
-def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(tmp_path):
+def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(qa_run):
     import tensorflow as tf
 
     import zoo
     from zoo.answerer import Answerer
-    from zoo.recipes.engine.run import train
     from zoo.rundir import QuestionAnsweringInfo, RunDir
 
-    train_path = write_people(tmp_path / "train.json", 160, PEOPLE, CITIES, 0)
-    dev_path = write_people(tmp_path / "dev.json", 15, HELD_PEOPLE, HELD_CITIES, 1)
-    result = train("bert_qa", str(tmp_path / "run"), {
-        **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
-        "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
-        "train.epochs": 5, "train.optimizer.learning_rate": 1e-4}, verbose=0)
-    m = result.metrics
+    m = qa_run.metrics
     print("bert_qa:", m["final"], [round(e["val_exact_match"], 1) for e in m["epochs"]])
     assert m["final"]["eval_exact_match"] >= 80.0 and m["final"]["eval_f1"] >= 85.0  # unseen names and cities
-    run = RunDir.open(result.run_dir)
+    run = RunDir.open(qa_run.run_dir)
     info = run.expect(QuestionAnsweringInfo, purpose="a test")
     assert info.preprocessor.sequence_length == 64 and info.null_threshold is None and info.max_answer_length == 8
     x, y = run.eval_sample()
     assert x.shape == (15 * 4, 2) and y[0] in x[0, 1]
     assert set(zoo.load(run.model_path, compile=False).output) == {"start_logits", "end_logits"}
 
-    qa = Answerer.from_run(result.run_dir)
+    qa = Answerer.from_run(qa_run.run_dir)
     # Long contexts: three paragraphs in one, so each question's context spans several 64-token windows.
     questions = [str(q) for q in x[:12, 0]]
     contexts = [" ".join(str(c) for c in x[(k // 4) * 4 % 60:(k // 4) * 4 % 60 + 12:4, 1]) for k in range(12)]
