@@ -170,6 +170,26 @@ def test_bert_block(work):
 
 
 @pytest.mark.slow
+def test_qa_block(work):
+    from tests.recipes.test_bert_qa import CITIES, HELD_CITIES, HELD_PEOPLE, PEOPLE, write_people
+
+    write_people(work / "train.json", 40, PEOPLE, CITIES, 0)
+    write_people(work / "dev.json", 5, HELD_PEOPLE, HELD_CITIES, 1)
+    out = zoo("zoo train bert_qa --data train.json --eval-data dev.json --init hf:path/to/hf_bert_dir",
+              ["train", "bert_qa", "--data", "train.json", "--eval-data", "dev.json", "--init", f"hf:{MINILM}",
+               "--epochs", "1", "--set", "data.sequence_length=64", "--run-dir", "runs/qa", *TINY], work)
+    assert "eval_exact_match" in out
+    context = "Ada Lovelace was born in London in 1815."
+    out = zoo('zoo answer runs/<run> "Where was Ada born?" --context "Ada Lovelace was born in London in 1815."',
+              ["answer", "runs/qa", "Where was Ada born?", "--context", context], work)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0] in context  # a span of the passage
+    out = zoo("zoo export runs/<run> --to exports --name qa --formats saved_model",
+              ["export", "runs/qa", "--to", "exports", "--name", "qa", "--formats", "saved_model"], work)
+    assert "published exports/qa/1" in out and "same as keras" in out
+
+
+@pytest.mark.slow
 def test_seq2seq_block(work):
     zoo("zoo train translate --data train.tsv --eval-data dev.tsv --set model.preset=transformer_small",
         ["train", "translate", "--data", "pairs-train.tsv", "--eval-data", "pairs-dev.tsv", "--set",
