@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (
 )
 
 from zoo.export.serve import examples, tensors
-from zoo.export.serve.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ServingError
+from zoo.export.serve.errors import DeadlineExceeded, InvalidArgument, ServingError
 from zoo.export.serve.manager import ModelManager, configs_from_proto
 from zoo.export.serve.metrics import Metrics
 
@@ -55,9 +55,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             version, label = _version_request(spec)
             with self.manager.acquire(spec.name, version, label) as held:
-                sig = held.signature(spec.signature_name or "serving_default")
-                if sig.method != "tensorflow/serving/predict":
-                    raise FailedPrecondition(f"signature '{sig.name}' is a {sig.method} signature, not a predict one")
+                sig = held.predict_signature(spec.signature_name or "serving_default")
                 inputs = {k: tensors.proto_to_array(v, k) for k, v in request.inputs.items()}
                 inputs = tensors.check_inputs(sig, inputs, self.limits)
                 wanted = list(request.output_filter) or sorted(sig.outputs)
@@ -88,13 +86,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     raise InvalidArgument(f"Metadata field {field} is not supported")
             version, label = _version_request(spec)
             with self.manager.acquire(spec.name, version, label) as held:
-                defs = get_model_metadata_pb2.SignatureDefMap()
-                for key, d in held.servable.signature_defs.items():
-                    defs.signature_def[key].CopyFrom(d)
                 response = get_model_metadata_pb2.GetModelMetadataResponse()
                 response.model_spec.name = spec.name
                 response.model_spec.version.value = held.number
-                response.metadata["signature_def"].Pack(defs)
+                response.metadata["signature_def"].Pack(held.signature_def_map())
         except ServingError as exc:
             self._fail(context, exc, spec.name, "grpc_metadata", start)
         self._observe(spec.name, "grpc_metadata", "OK", start)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from zoo.export.serve.batching import Batcher, BatchingParameters
-from zoo.export.serve.errors import InvalidArgument, NotFound, Unavailable
+from zoo.export.serve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from zoo.export.serve.tensors import Signature
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,22 @@ class Handle:
 
     def signature(self, name: str | None) -> Signature:
         return self.servable.signature(name)
+
+    def predict_signature(self, name: str | None) -> Signature:
+        """The signature, which must be a predict one (classify / regress signatures have their own verbs)."""
+        sig = self.signature(name)
+        if sig.method != "tensorflow/serving/predict":
+            raise FailedPrecondition(f"signature '{sig.name}' is a {sig.method} signature, not a predict one")
+        return sig
+
+    def signature_def_map(self) -> Any:
+        """The version's SignatureDefs as the ``SignatureDefMap`` TF Serving's metadata APIs return."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        for key, d in self.servable.signature_defs.items():
+            defs.signature_def[key].CopyFrom(d)
+        return defs
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.servable.run(signature, inputs)

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from zoo.export.serve import examples, tensors
-from zoo.export.serve.errors import DeadlineExceeded, FailedPrecondition, NotFound, ServingError
+from zoo.export.serve.errors import DeadlineExceeded, NotFound, ServingError
 from zoo.export.serve.manager import Handle, ModelManager
 from zoo.export.serve.metrics import Metrics
 
@@ -142,15 +142,12 @@ class RestApi:
 
     def metadata(self, name: str, version: int | None, label: str | None) -> Response:
         from google.protobuf import json_format
-        from tensorflow_serving.apis import get_model_metadata_pb2
 
         with self.manager.acquire(name, version, label) as held:
-            defs = get_model_metadata_pb2.SignatureDefMap()
-            for key, d in held.servable.signature_defs.items():
-                defs.signature_def[key].CopyFrom(d)
+            defs = json_format.MessageToDict(held.signature_def_map(), preserving_proto_field_name=True)
             return json_response({
                 "model_spec": {"name": name, "signature_name": "", "version": str(held.number)},
-                "metadata": {"signature_def": json_format.MessageToDict(defs, preserving_proto_field_name=True)}})
+                "metadata": {"signature_def": defs}})
 
     async def predict(self, request: Request, name: str, version: int | None, label: str | None,
                       verb: str) -> Response:
@@ -170,8 +167,7 @@ class RestApi:
                 else:
                     results = examples.regressions(outputs, len(serialized))
                 return json_response({"results": results})
-            if sig.method != "tensorflow/serving/predict":
-                raise FailedPrecondition(f"signature '{sig.name}' is a {sig.method} signature, not a predict one")
+            sig = held.predict_signature(sig.name)
             inputs, row_format = tensors.rest_request(body, sig, self.options.limits)
             outputs = await self.infer(held, sig.name, inputs)
             return json_response(tensors.rest_response(outputs, sig, row_format))
