@@ -85,8 +85,23 @@ class BertBackbone(DataclassConfigMixin, keras.Model):
         self.config = dataclasses.replace(cfg, name=self.name)
 
 
+class BertTaskModel(keras.Model):
+    """A task model on a ``BertBackbone`` (``self.backbone``): saved as the backbone's config plus the
+    task's own constructor arguments, rebuilt by calling the constructor with them."""
+
+    def get_config(self) -> dict[str, Any]:
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name,
+                "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="zoo")
-class BertClassifier(keras.Model):
+class BertClassifier(BertTaskModel):
     """Pooled [CLS] output -> dropout -> dense logits (float32)."""
 
     def __init__(self, backbone: BertBackbone, num_classes: int = 2, dropout: float = 0.1, **kwargs: Any):
@@ -101,18 +116,11 @@ class BertClassifier(keras.Model):
         self.classifier_dropout = dropout
 
     def get_config(self) -> dict[str, Any]:
-        return {"backbone": keras.saving.serialize_keras_object(self.backbone), "num_classes": self.num_classes,
-                "dropout": self.classifier_dropout, "name": self.name, "trainable": self.trainable}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> BertClassifier:
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return {**super().get_config(), "num_classes": self.num_classes, "dropout": self.classifier_dropout}
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class BertQuestionAnswerer(keras.Model):
+class BertQuestionAnswerer(BertTaskModel):
     """Span extraction: a dense layer on every token gives a start and an end logit (float32 under mixed
     precision); outputs ``{"start_logits", "end_logits"}``, each ``[batch, sequence_length]``."""
 
@@ -127,19 +135,10 @@ class BertQuestionAnswerer(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.backbone = backbone
 
-    def get_config(self) -> dict[str, Any]:
-        return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name,
-                "trainable": self.trainable}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> BertQuestionAnswerer:
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class BertMaskedLM(keras.Model):
+class BertMaskedLM(BertTaskModel):
     """Predicts the tokens at ``mask_positions``; the output projection is the token embedding (tied)."""
 
     def __init__(self, backbone: BertBackbone, **kwargs: Any):
@@ -158,15 +157,6 @@ class BertMaskedLM(keras.Model):
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
 
-    def get_config(self) -> dict[str, Any]:
-        return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name,
-                "trainable": self.trainable}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> BertMaskedLM:
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
 
 
 def build_bert(cfg: BertConfig, keras_module: Any = None) -> BertBackbone:
