@@ -378,10 +378,23 @@ class TranslationExporter:
 
 
 class QuestionAnsweringExporter:
-    """A SavedModel answering raw (question, context) strings, published only if it gives exactly the
-    answers (text and character offsets) the Keras-side Answerer gives on the eval sample."""
+    """Raw (question, context) strings in, the answer text, its score and character offsets out, in the
+    SavedModel and in every TFLite file: all run one graph (:meth:`zoo.answerer.Answerer.answer_graph`).
+
+    The Keras-side Answerer's answers on the eval sample are the reference. The SavedModel and the
+    float32 TFLite file must give exactly those answers (text and offsets), or nothing is published;
+    the 8-bit and float16 files are recorded with their agreement and exact-match delta.
+    """
 
     INPUTS = ("question", "context")
+    EXACT = ("saved_model", "tflite")   # formats that must answer exactly as Keras does
+    TFLITE = ("tflite", "tflite_float16", "tflite_dynamic", "tflite_int8_weights")
+    refused = {
+        "tflite_int8": "tflite_int8 quantizes inputs to int8, but a question answering model takes strings; use "
+                       "tflite_dynamic or tflite_int8_weights (int8 weights)",
+        "tflite_int16x8": "tflite_int16x8 calibrates every activation, and the in-graph tokenizer and span search "
+                          "have none to calibrate; use tflite_int8_weights (int8 weights, float activations)",
+    }
 
     def __init__(self, run: RunDir, info: QuestionAnsweringInfo):
         from zoo.answerer import Answerer
@@ -391,64 +404,103 @@ class QuestionAnsweringExporter:
         x, y = run.eval_sample()
         self.questions, self.contexts = [str(q) for q in x[:, 0]], [str(c) for c in x[:, 1]]
         self.references = [str(t) for t in y]
+        self.report: dict[str, Any] = {}
 
     @classmethod
     def check_formats(cls, run: RunDir, fmts: list[str]) -> None:
-        if fmts != ["saved_model"]:
-            raise ExportError("a question answering model exports as saved_model for now (its TFLite form is not "
-                              "written yet); use --formats saved_model")
+        for fmt in fmts:
+            if fmt in cls.refused:
+                raise ExportError(cls.refused[fmt])
 
     def export(self, base: str, name: str, fmts: list[str], version: int | None, latency_runs: int,
                extra_report: dict[str, Any] | None = None, extra_tflite: dict[str, bytes] | None = None,
                ) -> dict[str, Any]:
-        import tensorflow as tf
-
         from zoo.metrics import squad_scores
 
         self.check_formats(self.run, fmts)
         if extra_tflite:
             raise ExportError("a question answering model has no TFLite files to add")
         qa, questions, contexts = self.answerer, self.questions, self.contexts
-        truths = [[t] if t else [] for t in self.references]
-        keras_out = qa(questions, contexts)
-        report: dict[str, Any] = {
+        self.truths = [[t] if t else [] for t in self.references]
+        self.expected = [(a.text, a.start, a.end) for a in qa(questions, contexts)]
+        self.latency_runs = latency_runs
+        self.report = report = {
             "run_dir": os.path.abspath(self.run.path), "model": self.info.model, "task": "question_answering",
             "examples": len(questions), "input": "raw strings: question, context",
-            "keras": {**squad_scores([a.text for a in keras_out], truths),
+            "keras": {**squad_scores([t for t, _, _ in self.expected], self.truths),
                       "latency_ms": verify.latency_ms(lambda b: qa([questions[0]], [contexts[0]]), [0],
                                                       latency_runs)},
             "formats": {}, "machine": _machine(), **(extra_report or {}),
         }
+        converted = [f for f in fmts if f in self.TFLITE]
         with publish.publish_version(base, name, version) as (staging, ver):
             report["version"] = ver
-            specs = [tf.TensorSpec([None], tf.string, name=n) for n in self.INPUTS]
-            sm.save_serving_module(qa.model, qa.answer_graph, specs, staging)
-            strings = {"question": np.asarray([q.encode("utf-8") for q in questions], dtype=object),
-                       "context": np.asarray([c.encode("utf-8") for c in contexts], dtype=object)}
-            write_warmup_requests(staging, name, sample_batches(strings))
-            publish.reached("saved_model_written")
-            fn = tf.saved_model.load(staging).signatures["serving_default"]
-
-            def call(qs: Sequence[str], cs: Sequence[str]) -> list[tuple[str, int, int]]:
-                out = fn(question=tf.constant(list(qs)), context=tf.constant(list(cs)))
-                return [(t.decode("utf-8"), int(s), int(e)) for t, s, e in
-                        zip(out["answer"].numpy(), out["start"].numpy(), out["end"].numpy())]
-
-            exported = [r for i in range(0, len(questions), 16) for r in call(questions[i:i + 16],
-                                                                              contexts[i:i + 16])]
-            expected = [(a.text, a.start, a.end) for a in keras_out]
-            agreement = float(np.mean([a == b for a, b in zip(exported, expected)]))
-            if agreement < 1.0:
-                k = next(i for i, (a, b) in enumerate(zip(exported, expected)) if a != b)
-                raise ExportError(f"the SavedModel answers differently from Keras on {1 - agreement:.1%} of the eval "
-                                  f"sample (first: {questions[k]!r} -> {exported[k]} vs {expected[k]}); nothing was "
-                                  "published")
-            report["formats"]["saved_model"] = {
-                **squad_scores([t for t, _, _ in exported], truths), "agreement": agreement,
-                "size_bytes": publish.directory_size(staging), "file": ".",
-                "latency_ms": verify.latency_ms(lambda b: call([questions[0]], [contexts[0]]), [0], latency_runs)}
+            if "saved_model" in fmts:
+                self._write_saved_model(staging)
+                write_warmup_requests(staging, name, sample_batches(self._strings(questions, contexts)))
+                publish.reached("saved_model_written")
+                self._record("saved_model", self._saved_model_fn(staging), publish.directory_size(staging), ".")
+            if converted:
+                with tempfile.TemporaryDirectory(dir=staging, prefix=".src-") as src:
+                    self._write_saved_model(src)
+                    log.info("converting to %s", ", ".join(converted))
+                    for fmt, content in tfl.convert_formats(src, converted, custom_ops=True):
+                        fname = tfl.TFLITE_FORMATS[fmt][0]
+                        with open(os.path.join(staging, fname), "wb") as fh:
+                            fh.write(content)
+                        publish.reached("tflite_written")
+                        runner = tfl.TextTFLiteRunner(content)
+                        self._record(fmt, lambda qs, cs, r=runner: self._answers(r.outputs(question=qs, context=cs)),
+                                     len(content), fname, ops=tfl.describe_ops(content))
+            f32 = report["formats"].get("tflite", {}).get("size_bytes")
+            for fmt, r in report["formats"].items():
+                r["size_ratio"] = (r["size_bytes"] / f32) if (f32 and fmt.startswith("tflite")) else None
             write_report(report, staging)
         return report
+
+    def _write_saved_model(self, path: str) -> None:
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec([None], tf.string, name=n) for n in self.INPUTS]
+        sm.save_serving_module(self.answerer.model, self.answerer.answer_graph, specs, path)
+
+    @staticmethod
+    def _strings(qs: Sequence[str], cs: Sequence[str]) -> dict[str, np.ndarray]:
+        return {"question": np.asarray([q.encode("utf-8") for q in qs], dtype=object),
+                "context": np.asarray([c.encode("utf-8") for c in cs], dtype=object)}
+
+    @staticmethod
+    def _answers(out: dict[str, Any]) -> list[tuple[str, int, int]]:
+        return [(t.decode("utf-8"), int(s), int(e)) for t, s, e in
+                zip(np.asarray(out["answer"]), np.asarray(out["start"]), np.asarray(out["end"]))]
+
+    def _saved_model_fn(self, path: str) -> Callable[[Sequence[str], Sequence[str]], list[tuple[str, int, int]]]:
+        import tensorflow as tf
+
+        fn = tf.saved_model.load(path).signatures["serving_default"]
+        return lambda qs, cs: self._answers({k: v.numpy() for k, v in
+                                             fn(question=tf.constant(list(qs)), context=tf.constant(list(cs))).items()})
+
+    def _record(self, fmt: str, call: Callable[[Sequence[str], Sequence[str]], list[tuple[str, int, int]]],
+                size: int, path: str, **extra: Any) -> None:
+        """Answer the eval sample with one format, compare with Keras (exact formats must agree on every
+        answer), time it and add its row to the report."""
+        from zoo.metrics import squad_scores
+
+        qs, cs, expected = self.questions, self.contexts, self.expected
+        got = [r for i in range(0, len(qs), 16) for r in call(qs[i:i + 16], cs[i:i + 16])]
+        agreement = float(np.mean([a == b for a, b in zip(got, expected)]))
+        if fmt in self.EXACT and agreement < 1.0:
+            k = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+            raise ExportError(f"{fmt} answers differently from Keras on {1 - agreement:.1%} of the eval sample "
+                              f"(first: {qs[k]!r} -> {got[k]} vs {expected[k]}); nothing was published")
+        scores = squad_scores([t for t, _, _ in got], self.truths)
+        self.report["formats"][fmt] = {
+            **scores, "agreement": agreement,
+            "exact_match_delta": scores["exact_match"] - self.report["keras"]["exact_match"],
+            "outputs": "answer (text sliced from the context), score, start, end (character offsets)",
+            "size_bytes": int(size), "file": path,
+            "latency_ms": verify.latency_ms(lambda b: call([qs[0]], [cs[0]]), [0], self.latency_runs), **extra}
 
 
 # run.json type -> its exporter

@@ -51,7 +51,8 @@ def representative_dataset(calibration: np.ndarray, input_shape: Iterable[Any]) 
 
 # TF Text ops that TFLite runs through tensorflow-text's registrar (no Flex delegate needed).
 TF_TEXT_TFLITE_OPS = ("FastBertNormalize", "FastWordpieceTokenizeWithOffsets", "FastWordpieceDetokenize",
-                      "FastSentencepieceTokenize", "WhitespaceTokenizeWithOffsetsV2", "TFText>Ngrams")
+                      "FastSentencepieceTokenize", "WhitespaceTokenizeWithOffsetsV2", "TFText>Ngrams",
+                      "TFText>ByteSplitWithOffsets", "TFText>ByteSplitByOffsets")
 
 
 def describe_ops(content: bytes) -> str:
@@ -196,7 +197,8 @@ class TFLiteRunner:
 
 
 class TextTFLiteRunner:
-    """Runs a string-input TFLite model (TF Text custom ops) through its signature, returning logits."""
+    """Runs a string-input TFLite model (TF Text custom ops) through its signature: ``outputs`` gives every
+    output, calling it the logits of a classifier."""
 
     def __init__(self, model_content: bytes, num_threads: int = 1):
         import tensorflow_text as tf_text
@@ -207,7 +209,11 @@ class TextTFLiteRunner:
             custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS)
         self.runner = self.interpreter.get_signature_runner("serving_default")
 
-    def __call__(self, **texts: np.ndarray) -> np.ndarray:
+    def outputs(self, **texts: Any) -> dict[str, np.ndarray]:
+        """Every output of the signature for the named string inputs (str or bytes)."""
         inputs = {k: np.array([t.encode("utf-8") if isinstance(t, str) else t for t in v], dtype=object)
                   for k, v in texts.items()}
-        return np.asarray(self.runner(**inputs)["logits"], dtype=np.float32)
+        return self.runner(**inputs)
+
+    def __call__(self, **texts: np.ndarray) -> np.ndarray:
+        return np.asarray(self.outputs(**texts)["logits"], dtype=np.float32)

@@ -28,7 +28,7 @@ class Answerer:
     def __init__(self, model: Any, vocabulary: Sequence[str], lowercase: bool, sequence_length: int,
                  doc_stride: int, max_query_length: int, max_answer_length: int,
                  null_threshold: float | None = None):
-        from zoo.tokenizers import SPECIAL_TOKENS, fast_bert_tokenizer
+        from zoo.tokenizers import SPECIAL_TOKENS, fast_bert_parts, fast_bert_tokenizer
 
         self.model = model
         self.vocabulary, self.lowercase = list(vocabulary), bool(lowercase)
@@ -38,6 +38,7 @@ class Answerer:
         ids = {t: i for i, t in enumerate(self.vocabulary)}
         self.pad_id, _, self.cls_id, self.sep_id, _ = (ids[t] for t in SPECIAL_TOKENS)
         self.tokenizer = fast_bert_tokenizer(self.vocabulary, self.lowercase)
+        self.normalizer, self.wordpiece = fast_bert_parts(self.vocabulary, self.lowercase)
 
     @classmethod
     def from_run(cls, run_dir: str) -> Answerer:
@@ -73,73 +74,99 @@ class Answerer:
     def answer_graph(self, question: Any, context: Any) -> dict[str, Any]:
         """TensorFlow ops only: ``question``, ``context`` tf.string ``[B]`` -> ``answer`` (tf.string),
         ``score`` (float32), ``start`` and ``end`` (int32 character offsets in the context; -1 when there is
-        no answer), each ``[B]``."""
+        no answer), each ``[B]``.
+
+        Written with dense ops and TF Text ops that TFLite has kernels for (no ragged helpers, no
+        ``tf.strings``), so the same graph is the SavedModel's and the TFLite files'. Windows lie on a
+        ``[B, W]`` grid (``W``: the most windows any context needs); grid cells past a context's own
+        windows are scored ``-inf``.
+        """
         import tensorflow as tf
+        import tensorflow_text as tf_text
 
         L = self.sequence_length
-        q_ids, _, _ = self.tokenizer.tokenize_with_offsets(question)
-        c_ids, c_begin, c_end = self.tokenizer.tokenize_with_offsets(context)
-        q_ids = q_ids[:, :self.max_query_length]
-        q_len = tf.cast(q_ids.row_lengths(), tf.int32)
-        c_len = tf.cast(c_ids.row_lengths(), tf.int32)
+        q_ids = self.tokenizer.tokenize(question)
+        # The context in two steps, so that only the chosen tokens' offsets are mapped back through the
+        # normalizer (dense gathers; see fast_bert_parts).
+        normalized, to_input = self.normalizer.normalize_with_offsets(context)
+        c_ids, c_begin, c_end = self.wordpiece.tokenize_with_offsets(normalized)
+        q_splits, c_splits = tf.cast(q_ids.row_splits, tf.int32), tf.cast(c_ids.row_splits, tf.int32)
+        q_start, c_start = q_splits[:-1], c_splits[:-1]
+        q_len = tf.minimum(q_splits[1:] - q_start, self.max_query_length)
+        c_len = c_splits[1:] - c_start
         budget = tf.maximum(L - q_len - 3, 1)
         step = tf.minimum(self.doc_stride, budget)
         n_windows = 1 + tf.maximum(0, (c_len - budget + step - 1) // step)       # window_starts' count
-        example = tf.repeat(tf.range(tf.size(c_len)), n_windows)                  # [W]
-        first = tf.repeat(tf.cumsum(n_windows, exclusive=True), n_windows)
-        w_start = (tf.range(tf.size(example)) - first) * tf.gather(step, example)
-        wq, wb = tf.gather(q_len, example), tf.gather(budget, example)
-        w_len = tf.minimum(wb, tf.gather(c_len, example) - w_start)               # context tokens in the window
+        batch = tf.shape(c_len)[0]
+        W = tf.reduce_max(n_windows)
+        grid = tf.range(W)[tf.newaxis, :] + tf.zeros_like(c_len)[:, tf.newaxis]   # [B, W]: window index
+        valid = tf.reshape(grid < n_windows[:, tf.newaxis], [-1])                  # [N = B * W]
+        example = tf.reshape(tf.range(batch)[:, tf.newaxis] + tf.zeros_like(grid), [-1])
+        w_start = tf.reshape(grid * step[:, tf.newaxis], [-1])
+        w_len = tf.maximum(tf.minimum(tf.gather(budget, example), tf.gather(c_len, example) - w_start), 0)
+        wq = tf.gather(q_len, example)
         pos = tf.range(L)[tf.newaxis, :]
-        offset = (wq + 2)[:, tf.newaxis]
-        q_flat = tf.concat([tf.cast(q_ids.values, tf.int32), [self.pad_id]], 0)
-        c_flat = tf.concat([tf.cast(c_ids.values, tf.int32), [self.pad_id]], 0)
-        q_at = tf.gather(tf.cast(q_ids.row_starts(), tf.int32), example)[:, tf.newaxis] + pos - 1
-        c_at = (tf.gather(tf.cast(c_ids.row_starts(), tf.int32), example) + w_start)[:, tf.newaxis] + pos - offset
+        offset = (wq + 2)[:, tf.newaxis]                                            # first context position
+        end = offset + w_len[:, tf.newaxis]                                         # its [SEP]
+        q_flat = tf.concat([tf.cast(q_ids.flat_values, tf.int32), [self.pad_id]], 0)
+        c_flat = tf.concat([tf.cast(c_ids.flat_values, tf.int32), [self.pad_id]], 0)
+        q_at = tf.gather(q_start, example)[:, tf.newaxis] + pos - 1
+        c_at = (tf.gather(c_start, example) + w_start)[:, tf.newaxis] + pos - offset
         in_q = (pos >= 1) & (pos < offset - 1)
-        in_c = (pos >= offset) & (pos < offset + w_len[:, tf.newaxis])
-        sep = (pos == offset - 1) | (pos == offset + w_len[:, tf.newaxis])
-        last_q, last_c = tf.size(q_flat) - 1, tf.size(c_flat) - 1
-        ids = tf.fill(tf.shape(in_q), self.pad_id)
-        ids = tf.where(in_q, tf.gather(q_flat, tf.clip_by_value(q_at, 0, last_q)), ids)
-        ids = tf.where(in_c, tf.gather(c_flat, tf.clip_by_value(c_at, 0, last_c)), ids)
-        ids = tf.where(sep, self.sep_id, ids)
+        in_c = (pos >= offset) & (pos < end)
+        ids = tf.fill(tf.shape(c_at), self.pad_id)
+        ids = tf.where(in_q, tf.gather(q_flat, tf.clip_by_value(q_at, 0, tf.size(q_flat) - 1)), ids)
+        ids = tf.where(in_c, tf.gather(c_flat, tf.clip_by_value(c_at, 0, tf.size(c_flat) - 1)), ids)
+        ids = tf.where((pos == offset - 1) | (pos == end), self.sep_id, ids)
         ids = tf.where(pos == 0, self.cls_id, ids)
-        segments = tf.cast((pos >= offset) & (pos <= offset + w_len[:, tf.newaxis]), tf.int32)
-        mask = tf.cast(pos <= offset + w_len[:, tf.newaxis], tf.int32)
+        # tf.where, not a cast of the booleans: TFLite's converter has no bool zeros_like.
+        segments = tf.where((pos >= offset) & (pos <= end), 1, 0)
+        mask = tf.where(pos <= end, 1, 0)
         out = self.model({"token_ids": ids, "segment_ids": segments, "padding_mask": mask}, training=False)
         s_log, e_log = tf.cast(out["start_logits"], tf.float32), tf.cast(out["end_logits"], tf.float32)
         # Exhaustive span search per window, as best_answers.
         i = tf.range(L)[:, tf.newaxis]
         j = tf.range(L)[tf.newaxis, :]
         allowed = (j >= i) & (j - i < self.max_answer_length)
+        in_c = in_c & valid[:, tf.newaxis]
         ok = allowed[tf.newaxis] & in_c[:, :, tf.newaxis] & in_c[:, tf.newaxis, :]
         scores = tf.where(ok, s_log[:, :, tf.newaxis] + e_log[:, tf.newaxis, :], -np.inf)
         flat = tf.reshape(scores, [-1, L * L])
-        w_best = tf.argmax(flat, axis=1, output_type=tf.int32)
-        w_score = tf.reduce_max(flat, axis=1)
-        batch = tf.size(c_len)
-        ex_score = tf.math.unsorted_segment_max(w_score, example, batch)
+        w_best = tf.reshape(tf.argmax(flat, axis=1, output_type=tf.int32), [batch, W])
+        w_score = tf.reshape(tf.reduce_max(flat, axis=1), [batch, W])
+        ex_score = tf.reduce_max(w_score, axis=1)
         # The first window reaching the example's best score (ties: the earliest, as best_answers).
-        is_best = tf.equal(w_score, tf.gather(ex_score, example))
-        index = tf.range(tf.size(example))
-        chosen = tf.math.unsorted_segment_min(tf.where(is_best, index, tf.size(example)), example, batch)
-        a = tf.gather(w_best, chosen) // L
-        b = tf.gather(w_best, chosen) % L
-        token_a = tf.gather(w_start, chosen) + a - tf.gather(offset[:, 0], chosen)  # context token indices
-        token_b = tf.gather(w_start, chosen) + b - tf.gather(offset[:, 0], chosen)
-        begin_byte = tf.gather(c_begin.values, tf.cast(c_ids.row_starts(), tf.int64) + tf.cast(token_a, tf.int64))
-        end_byte = tf.gather(c_end.values, tf.cast(c_ids.row_starts(), tf.int64) + tf.cast(token_b, tf.int64))
-        found = tf.math.is_finite(ex_score)
-        null = tf.math.unsorted_segment_min(s_log[:, 0] + e_log[:, 0], example, batch)
+        chosen = tf.argmax(w_score, axis=1, output_type=tf.int32)
+        first = tf.range(batch) * W + chosen                                       # its row in the N windows
+        best = tf.gather(tf.reshape(w_best, [-1]), first)
+        token_a = tf.gather(w_start, first) + best // L - tf.gather(offset[:, 0], first)   # context token index
+        token_b = tf.gather(w_start, first) + best % L - tf.gather(offset[:, 0], first)
+        last = tf.maximum(tf.size(c_flat) - 2, 0)
+        begin_norm = tf.gather(tf.concat([tf.cast(c_begin.flat_values, tf.int32), [0]], 0),
+                               tf.clip_by_value(c_start + token_a, 0, last))
+        end_norm = tf.gather(tf.concat([tf.cast(c_end.flat_values, tf.int32), [0]], 0),
+                             tf.clip_by_value(c_start + token_b, 0, last))
+        # Normalized-text offsets -> offsets in the input (to_input holds one entry per normalized byte + 1).
+        map_values = tf.cast(to_input.flat_values, tf.int32)
+        map_start = tf.cast(to_input.row_splits[:-1], tf.int32)
+        begin_byte = tf.gather(map_values, map_start + begin_norm)
+        end_byte = tf.gather(map_values, map_start + end_norm)
+        found = ex_score > -np.inf
+        null = tf.reduce_min(tf.where(tf.reshape(valid, [batch, W]),
+                                      tf.reshape(s_log[:, 0] + e_log[:, 0], [batch, W]), np.inf), axis=1)
         if self.null_threshold is not None:
             found = found & ~(null - ex_score > self.null_threshold)
         begin_byte = tf.where(found, begin_byte, 0)
         end_byte = tf.where(found, end_byte, 0)
-        text = tf.strings.substr(context, tf.cast(begin_byte, tf.int32), tf.cast(end_byte - begin_byte, tf.int32))
-        start_char = tf.strings.length(tf.strings.substr(context, tf.zeros_like(begin_byte, tf.int32),
-                                                         tf.cast(begin_byte, tf.int32)),
-                                       unit="UTF8_CHAR")
-        end_char = start_char + tf.strings.length(text, unit="UTF8_CHAR")
-        return {"answer": tf.where(found, text, ""), "score": tf.where(found, ex_score, null),
+        splitter = tf_text.ByteSplitter()
+        text = splitter.split_by_offsets(context, begin_byte[:, tf.newaxis], end_byte[:, tf.newaxis]).flat_values
+        # Byte offsets -> character offsets: count the bytes before each that start a UTF-8 character.
+        raw = splitter.split(context)
+        byte = tf.cast(raw.flat_values, tf.int32)
+        lead = tf.where((byte >= 0x80) & (byte < 0xC0), 0, 1)   # 10xxxxxx continues a character
+        leads = tf.concat([[0], tf.cumsum(lead)], 0)
+        row = tf.cast(raw.row_splits[:-1], tf.int32)
+        start_char = tf.gather(leads, row + begin_byte) - tf.gather(leads, row)
+        end_char = tf.gather(leads, row + end_byte) - tf.gather(leads, row)
+        return {"answer": text, "score": tf.where(found, ex_score, null),
                 "start": tf.where(found, start_char, -1), "end": tf.where(found, end_char, -1)}

@@ -85,6 +85,26 @@ def fast_bert_tokenizer(vocabulary: Sequence[str], lowercase: bool, detokenize: 
                                          support_detokenization=detokenize)
 
 
+def fast_bert_parts(vocabulary: Sequence[str], lowercase: bool) -> tuple[Any, Any]:
+    """The two halves of :func:`fast_bert_tokenizer`: ``FastBertNormalizer`` and ``FastWordpieceTokenizer``
+    with the same settings, so their ids equal the whole tokenizer's.
+
+    For graphs that need each token's byte span in the original text and must convert to TFLite:
+    ``FastBertTokenizer.tokenize_with_offsets`` maps every offset back through the normalizer with a
+    ragged batched gather (``RaggedRange``, which TFLite has no kernel for); with the two halves a graph
+    maps back only the offsets it needs, with dense gathers.
+    """
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+
+    with tf.init_scope():
+        normalizer = tf_text.FastBertNormalizer(lower_case_nfd_strip_accents=lowercase)
+        wordpiece = tf_text.FastWordpieceTokenizer(vocab=list(vocabulary), suffix_indicator="##",
+                                                   max_bytes_per_word=100, token_out_type=tf.int32,
+                                                   unknown_token="[UNK]", no_pretokenization=False)
+    return normalizer, wordpiece
+
+
 class TextTokenizer:
     """WordPiece ids for text-to-text models, and back to text (``##`` pieces joined), in-graph.
 

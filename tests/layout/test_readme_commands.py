@@ -184,9 +184,18 @@ def test_qa_block(work):
               ["answer", "runs/qa", "Where was Ada born?", "--context", context], work)
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0] in context  # a span of the passage
-    out = zoo("zoo export runs/<run> --to exports --name qa --formats saved_model",
-              ["export", "runs/qa", "--to", "exports", "--name", "qa", "--formats", "saved_model"], work)
+    # A question longer than the whole sequence is cut (with a warning), not refused.
+    long_question = "Where was Ada born, " + "and what else happened there in all those years, " * 12 + "?"
+    out = zoo("zoo answer (a question longer than the sequence)", ["answer", "runs/qa", long_question, "--context",
+                                                                   context, "--json"], work)
+    COVERED.discard("zoo answer (a question longer than the sequence)")
+    assert "truncated" in out and json.loads(out.stdout.strip().splitlines()[-1])["answer"] in context
+    out = zoo("zoo export runs/<run> --to exports --name qa --formats saved_model,tflite,tflite_int8_weights",
+              ["export", "runs/qa", "--to", "exports", "--name", "qa", "--formats",
+               "saved_model,tflite,tflite_int8_weights"], work)
     assert "published exports/qa/1" in out and "same as keras" in out
+    assert sorted(f for f in os.listdir(work / "exports" / "qa" / "1") if f.endswith(".tflite")) == [
+        "model_float32.tflite", "model_int8_weights.tflite"]
 
 
 @pytest.mark.slow

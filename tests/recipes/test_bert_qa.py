@@ -80,6 +80,27 @@ def test_token_character_spans_round_trip(minilm_tokenizer):
     assert any(vocab[i].startswith("##") for i in ids)  # word pieces keep their own spans
 
 
+def test_two_step_tokenizer_of_the_tflite_graph_equals_the_whole_one(minilm_tokenizer):
+    """The exported graph tokenizes contexts as normalizer + WordPiece (fast_bert_parts) and maps only the
+    chosen offsets back through the normalizer: same ids, and the same input byte offsets, as the whole
+    FastBertTokenizer."""
+    import tensorflow as tf
+
+    from zoo.tokenizers import fast_bert_parts
+
+    vocab, tokenizer = minilm_tokenizer
+    normalizer, wordpiece = fast_bert_parts(vocab, lowercase=True)
+    texts = tf.constant(["Café Müller, naïve résumé!", "東京は日本の首都です。", "Unaffable (e.g. 3.14) ÅNGSTRÖM"])
+    ids, begins, ends = tokenizer.tokenize_with_offsets(texts)
+    normalized, to_input = normalizer.normalize_with_offsets(texts)
+    ids2, nb, ne = wordpiece.tokenize_with_offsets(normalized)
+    assert ids.to_list() == ids2.to_list()
+    for k in range(3):
+        mapping = to_input[k].numpy()
+        assert mapping[nb[k].numpy()].tolist() == begins[k].numpy().tolist()
+        assert mapping[ne[k].numpy()].tolist() == ends[k].numpy().tolist()
+
+
 def test_windows_cover_the_context_and_outside_answers_point_at_cls(minilm_tokenizer):
     vocab, tokenizer = minilm_tokenizer
     words = [f"word{i}" for i in range(60)]
@@ -200,4 +221,13 @@ def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(qa_run):
     assert [a.start for a in python_side] == graph["start"].numpy().tolist()
     assert [a.end for a in python_side] == graph["end"].numpy().tolist()
     assert np.allclose([a.score for a in python_side], graph["score"].numpy(), atol=1e-4)
+    assert all(c[a.start:a.end] == a.text for a, c in zip(python_side, contexts))
+    # Accents, CJK and casing: character (not byte) offsets, the answer in the context's own spelling.
+    questions = ["Where was Zoë Brontë born?", "In which year was Zoë Brontë born?", "Where was Åsa born?"]
+    contexts = ["Zoë Brontë was born in Münster in 1901 and later worked as a pilot. Her friend Åsa was born in "
+                "Köln in 1903."] * 2 + ["東京 Åsa was born in Málaga in 1899. Her friend Zoë was born in Jaén."]
+    python_side = qa(questions, contexts)
+    graph = tf.function(qa.answer_graph)(tf.constant(questions), tf.constant(contexts))
+    assert [(a.text, a.start, a.end) for a in python_side] == [
+        (t.decode(), int(s), int(e)) for t, s, e in zip(*(graph[k].numpy() for k in ("answer", "start", "end")))]
     assert all(c[a.start:a.end] == a.text for a, c in zip(python_side, contexts))
