@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bert.py
 	$(PY) benchmarks/seq2seq.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/qa.py
 
 clean:
 	rm -rf $(VENV) demo-out runs *.egg-info

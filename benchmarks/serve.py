@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -25,6 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import cpu_name  # noqa: E402
+
 from tests.export.serve_process import ServerProcess  # noqa: E402
 
 BATCHING = """max_batch_size { value: 32 }
@@ -33,18 +36,6 @@ max_enqueued_batches { value: 1000 }
 num_batch_threads { value: 1 }
 """
 WORDS = ["great", "awful", "film", "the", "acting", "plot", "was", "boring", "wonderful", "music", "and", "a"]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            text = fh.read()
-    except OSError:
-        return platform.processor()
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({os.cpu_count()} cores; {' '.join(shown)})"
 
 
 def make_exports(base: str, work: str) -> dict[str, list]:

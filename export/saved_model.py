@@ -27,7 +27,7 @@ def save_serving_module(model: Any, serve: Any, specs: Sequence[Any], path: str)
     try:
         tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function()})
     except (ValueError, TypeError) as exc:
-        raise ExportError(f"could not write a SavedModel of {model.name}: {exc}") from None
+        raise ExportError(f"could not write a SavedModel of {model.name}: {exc}") from exc
 
 
 def classification_outputs(logits: Any, class_names: Any = None) -> dict[str, Any]:

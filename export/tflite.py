@@ -127,7 +127,7 @@ def convert_saved_model(saved_model_dir: str, fmt: str, calibration: np.ndarray 
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain Exceptions
-        raise ExportError(f"TFLite conversion to {fmt} failed: {str(exc).splitlines()[0][:500]}") from None
+        raise ExportError(f"TFLite conversion to {fmt} failed: {str(exc).splitlines()[0][:500]}") from exc
 
 
 def convert_int16x8(saved_model_dir: str, representative: Callable[[], Iterable[Any]]) -> bytes:
@@ -144,7 +144,7 @@ def convert_int16x8(saved_model_dir: str, representative: Callable[[], Iterable[
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain Exceptions
-        raise ExportError(f"TFLite conversion to tflite_int16x8 failed: {str(exc).splitlines()[0][:500]}") from None
+        raise ExportError(f"TFLite conversion to tflite_int16x8 failed: {str(exc).splitlines()[0][:500]}") from exc
 
 
 def interpreter_class() -> Any:

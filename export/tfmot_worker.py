@@ -75,6 +75,8 @@ def run(job_dir: str) -> dict[str, Any]:
         qat.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
         qat.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, shuffle=True)
         result["qat_keras_accuracy"] = float(qat.evaluate(x_eval, y_eval, verbose=0)[1])
+        # The reference for the converted file: the fake-quantized model it is converted from.
+        np.save(os.path.join(job_dir, "qat_logits.npy"), qat.predict(x_eval, batch_size=256, verbose=0))
         converter = tf.lite.TFLiteConverter.from_keras_model(qat)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         with open(os.path.join(job_dir, "model_qat_int8.tflite"), "wb") as fh:

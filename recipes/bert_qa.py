@@ -139,7 +139,12 @@ def prepare_data(cfg: BertQAConfig, explicit: frozenset) -> tuple[BertQAConfig, 
 def build_model(cfg: BertQAConfig, data: Datasets) -> Any:
     from zoo.models.bert import BertQuestionAnswerer
 
-    return BertQuestionAnswerer(build_backbone(cfg, data.state), name="bert_question_answerer")
+    backbone = build_backbone(cfg, data.state)
+    # The [CLS] pooler feeds no span logit: frozen, it is not trained, decayed, or warned about by the
+    # optimizer ("Gradients do not exist for variables ['pooled_dense/kernel', ...]") on every run.
+    if any(layer.name == "pooled_dense" for layer in backbone.layers):
+        backbone.get_layer("pooled_dense").trainable = False
+    return BertQuestionAnswerer(backbone, name="bert_question_answerer")
 
 
 def compile_args(cfg: BertQAConfig) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def _read_json(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path!r}: {exc}") from None
+        raise CheckpointError(f"cannot read {path!r}: {exc}") from exc
 
 
 def hf_bert_config(directory: str) -> Any:
@@ -66,7 +66,9 @@ def hf_bert_config(directory: str) -> Any:
             activation=HF_ACTIVATIONS[act], layer_norm_epsilon=float(hf.get("layer_norm_eps", 1e-12)),
             initializer_range=float(hf.get("initializer_range", 0.02)))
     except KeyError as exc:
-        raise CheckpointError(f"{cfg_path} lacks the field {exc.args[0]!r}") from None
+        raise CheckpointError(f"{cfg_path} lacks the field {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:  # a non-numeric field, or values no BERT can have
+        raise CheckpointError(f"{cfg_path} does not describe a valid BERT: {exc}") from exc
 
 
 def _load_tensors(directory: str) -> dict[str, np.ndarray]:
@@ -81,7 +83,7 @@ def _load_tensors(directory: str) -> dict[str, np.ndarray]:
     try:
         tensors = load_file(path)
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"cannot read {path!r}: {exc}") from None
+        raise CheckpointError(f"cannot read {path!r}: {exc}") from exc
     out = {}
     for name, value in tensors.items():
         for prefix in _PREFIXES:
@@ -220,7 +222,7 @@ def import_keras_hub_bert(preset_dir: str, sequence_length: int = 128) -> tuple[
     try:
         source = keras_hub.models.BertBackbone.from_preset(preset_dir)
     except Exception as exc:  # keras-hub raises ValueError/KeyError/OSError for unusable presets
-        raise CheckpointError(f"cannot load keras-hub preset {preset_dir!r}: {exc}") from None
+        raise CheckpointError(f"cannot load keras-hub preset {preset_dir!r}: {exc}") from exc
     vocab_path = os.path.join(preset_dir, "assets", "tokenizer", "vocabulary.txt")
     vocab = load_vocabulary(vocab_path)
     if len(vocab) != source.vocabulary_size:

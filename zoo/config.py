@@ -222,7 +222,7 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, prefix: str = "")
     except (TypeError, ValueError) as exc:
         # Validation messages start with the bare field name; give it its full dotted path.
         msg = str(exc)
-        raise ConfigError(msg if msg.startswith(prefix) else prefix + msg) from None
+        raise ConfigError(msg if msg.startswith(prefix) else prefix + msg) from exc
 
 
 def from_dict(cls: type, data: Mapping[str, Any], *, prefix: str = "") -> Any:
@@ -254,7 +254,7 @@ def load_config_file(path: str) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path!r} is not valid YAML/JSON: {exc}") from None
+        raise ConfigError(f"config file {path!r} is not valid YAML/JSON: {exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, Mapping):

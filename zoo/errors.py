@@ -67,7 +67,7 @@ def report_failure(exc: BaseException, debug: bool = False, interrupted: str = "
     import sys
 
     if isinstance(exc, KeyboardInterrupt):
-        print(interrupted, file=sys.stderr)
+        print(f"error: {interrupted}", file=sys.stderr)
         return 130
     print(format_error(exc, debug), file=sys.stderr)
     return 2 if isinstance(exc, ZooError) else 1

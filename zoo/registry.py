@@ -44,8 +44,8 @@ def get_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``, or UnknownNameError with a suggestion."""
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise unknown_name("model", name, _REGISTRY) from None
+    except KeyError as exc:
+        raise unknown_name("model", name, _REGISTRY) from exc
 
 
 def default_config(name: str) -> Any:

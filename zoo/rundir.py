@@ -168,7 +168,7 @@ def info_from_json(data: dict[str, Any], where: str = "run.json") -> RunInfo:
     except RunDirError:
         raise
     except (TypeError, ValueError) as exc:
-        raise RunDirError(f"{where} does not fit the {task} schema: {exc}") from None
+        raise RunDirError(f"{where} does not fit the {task} schema: {exc}") from exc
 
 
 def _plain(value: Any) -> Any:
@@ -327,10 +327,10 @@ class RunDir:
             try:
                 with open(self.info_path, encoding="utf-8") as fh:
                     data = json.load(fh)
-            except FileNotFoundError:
-                raise RunDirError(f"{self.path!r} has no {self.INFO}") from None
+            except FileNotFoundError as exc:
+                raise RunDirError(f"{self.path!r} has no {self.INFO}") from exc
             except (ValueError, UnicodeDecodeError) as exc:
-                raise RunDirError(f"{self.info_path} is not valid JSON ({exc}); the run dir is damaged") from None
+                raise RunDirError(f"{self.info_path} is not valid JSON ({exc}); the run dir is damaged") from exc
             if not isinstance(data, dict):
                 raise RunDirError(f"{self.info_path} must hold a JSON object")
             self._info = info_from_json(data, self.info_path)
@@ -385,10 +385,10 @@ class RunDir:
         try:
             with np.load(self.file(name)) as z:
                 return tuple(z[k] for k in keys)
-        except FileNotFoundError:
-            raise RunDirError(f"run dir {self.path!r} lacks {name}; train the run again with `zoo train`") from None
+        except FileNotFoundError as exc:
+            raise RunDirError(f"run dir {self.path!r} lacks {name}; train the run again with `zoo train`") from exc
         except (OSError, ValueError, KeyError) as exc:
-            raise RunDirError(f"{self.file(name)} is damaged ({exc}); train the run again") from None
+            raise RunDirError(f"{self.file(name)} is damaged ({exc}); train the run again") from exc
 
     def eval_sample(self) -> tuple[Any, Any]:
         """(inputs, labels or reference targets) held out for verifying exports."""

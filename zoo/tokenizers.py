@@ -36,7 +36,7 @@ def load_vocabulary(path: str) -> list[str]:
         with open(path, encoding="utf-8") as fh:
             vocab = [line.rstrip("\n").rstrip("\r") for line in fh]
     except UnicodeDecodeError as exc:
-        raise DataError(f"vocabulary file {path!r} is not UTF-8 ({exc})") from None
+        raise DataError(f"vocabulary file {path!r} is not UTF-8 ({exc})") from exc
     while vocab and vocab[-1] == "":
         vocab.pop()
     check_vocabulary(vocab, path)

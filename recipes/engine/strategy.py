@@ -74,8 +74,8 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
     if raw:  # every strategy but the default reads it; a malformed one fails deep inside TensorFlow
         try:
             json.loads(raw)
-        except ValueError:
-            raise DeviceError(f"TF_CONFIG is not a valid cluster spec (not JSON): {raw}") from None
+        except ValueError as exc:
+            raise DeviceError(f"TF_CONFIG is not a valid cluster spec (not JSON): {raw}") from exc
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -113,14 +113,14 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
             tf_config["cluster"]["worker"]
             tf_config["task"]["index"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise DeviceError(f"TF_CONFIG is not a valid cluster spec ({exc!r}): {raw}") from None
+            raise DeviceError(f"TF_CONFIG is not a valid cluster spec ({exc!r}): {raw}") from exc
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as exc:
             raise DeviceError(
                 f"cannot start multi_worker here ({exc}): the strategy must be created before TensorFlow runs "
                 "any op, so create it first in your script (zoo's recipes do)"
-            ) from None
+            ) from exc
     # tpu
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
@@ -130,7 +130,7 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
         raise DeviceError(
             f"no TPU found ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "run on a TPU VM or name the TPU with --set train.tpu=NAME, or use --strategy default/mirrored here"
-        ) from None
+        ) from exc
     return tf.distribute.TPUStrategy(resolver)
 
 

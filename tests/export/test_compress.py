@@ -30,6 +30,9 @@ def test_qat_int8_matches_keras_accuracy(digits_run, tmp_path):
     # and of the QAT Keras model it was converted from.
     assert summary["accuracy_delta"] >= -0.005, summary
     assert abs(summary["tflite_accuracy"] - summary["qat_keras_accuracy"]) <= 0.005, summary
+    # Against the QAT model it was converted from, the file differs by int8 rounding only.
+    assert summary["tflite_label_agreement"] >= 0.98 and summary["tflite_max_abs_diff"] < 2.0, summary
+    assert summary["reference"].startswith("the QAT Keras model")
     report = summary["report"]
     qat = report["formats"]["tflite_qat_int8"]
     assert qat["size_ratio"] <= 0.30 and qat["label_agreement"] >= 0.98

@@ -89,18 +89,36 @@ def test_serializable_classes_are_registered_in_one_place():
     assert registering == set(saving.SERIALIZABLE_MODULES)
 
 
+def _code_strings(path: str) -> list[str]:
+    """Every string constant of a module's code, f-string pieces included, docstrings excluded."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
 def test_run_dir_names_are_spelled_only_in_the_run_dir_module():
-    names = ('"run.json"', '"model.keras"', '"eval_sample.npz"', '"calibration.npz"', '"metrics.json"',
-             '"config.yaml"', '"backup"', '"checkpoints"', '"curves.png"', '"vocab.txt"', '"target_vocab.txt"',
-             '"compression.json"', '".workers"', '"compressed"')
+    """No file or folder name of the run dir (RunDir's constants) is spelled in code outside zoo.rundir:
+    as a whole string, or as a piece of a joined path (f"{run}/model.keras", "backup/latest")."""
+    from zoo.rundir import RunDir
+
+    # "logs" is also Keras' name for a callback's metrics dict.
+    values = {v for k, v in vars(RunDir).items() if k.isupper() and isinstance(v, str)} - {"logs"}
+    assert {"run.json", "model.keras", "metrics.json", "backup"} <= values
     # A Hugging Face checkpoint directory also has a vocab.txt; it is not a run dir.
-    allowed = {("zoo.checkpoints", '"vocab.txt"')}
+    allowed = {("zoo.checkpoints", "vocab.txt")}
     found = []
     for name, path in _modules():
         if name == "zoo.rundir":
             continue
-        text = open(path, encoding="utf-8").read()
-        found += [f"{name}: {n}" for n in names if n in text and (name, n) not in allowed]
+        for text in _code_strings(path):
+            found += [f"{name}: {text!r}" for v in values if (name, v) not in allowed and (
+                text == v or text.endswith("/" + v) or text.startswith(v + "/"))]
     assert not found, found
 
 

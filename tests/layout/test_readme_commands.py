@@ -333,11 +333,63 @@ def test_os_errors_and_ctrl_c_end_in_one_line(work):
                              "--set", "train.tensorboard=false"], cwd=str(work), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not os.path.isfile(RunDir(str(run_dir)).metrics_path) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)  # metrics.json appears after the first epoch
+    # Wait for the first epoch's resume state (metrics.json is written just before it, so it is not the sign).
+    while not RunDir(str(run_dir)).backup_states() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines() == [
-        "interrupted; run the same command again to resume from the last completed epoch"], err[-2000:]
+        "error: interrupted; run the same command again to resume from the last completed epoch"], err[-2000:]
     assert RunDir(str(run_dir)).backup_states()  # there is a state to resume from
+
+
+def _one_error_line(args: list[str], cwd, code: int) -> str:
+    """Run a zoo command that must fail: exit ``code``, no traceback, and one ``error:`` line, the last (log lines
+    of the work done before the failure may come first)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([*ZOO, *args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stderr[-2000:]
+    errors = [ln for ln in lines if ln.startswith("error")]
+    assert "Traceback" not in proc.stderr and errors == lines[-1:] and errors[0].startswith("error: "), \
+        proc.stderr[-2000:]
+    return lines[-1]
+
+
+@pytest.mark.slow
+def test_careless_user_mistakes_end_in_one_error_line(work):
+    # A run dir where nothing may be created (a PermissionError, or read-only file system where /sys is).
+    line = _one_error_line(["train", "image_classify", "--run-dir", "/sys/zoo-run", "--epochs", "1", "--quiet"],
+                           work, 1)
+    assert "/sys/zoo" in line
+    # A Hugging Face directory whose config.json does not match its tensors.
+    bad = work / "bad_hf"
+    bad.mkdir()
+    for name in ("model.safetensors", "vocab.txt"):
+        os.symlink(os.path.join(MINILM, name), bad / name)
+    cfg = json.load(open(os.path.join(MINILM, "config.json")))
+    for change, message in (({"hidden_size": 768, "intermediate_size": 3072}, "shape mismatches"),
+                            ({"hidden_size": 256}, "hidden_dim=256 is not divisible by num_heads=12")):
+        (bad / "config.json").write_text(json.dumps({**cfg, **change}))
+        line = _one_error_line(["train", "bert_classify", "--data", "train.tsv", "--init", "hf:bad_hf", "--epochs",
+                                "1", "--run-dir", "runs/bad_hf", "--quiet"], work, 2)
+        assert message in line and "bad_hf" in line, line
+        assert not os.path.exists(work / "runs" / "bad_hf")  # refused before the run dir was written
+    # models.config cannot be written after a version was published: the line says the version exists.
+    (work / "exports_cfg" / "models.config").mkdir(parents=True)
+    line = _one_error_line(["export", "runs/digits", "--to", "exports_cfg", "--name", "digits", "--formats", "tflite"],
+                           work, 2)
+    assert "published exports_cfg/digits/1 (complete and verified), but could not write" in line
+    assert os.path.isfile(work / "exports_cfg" / "digits" / "1" / "model_float32.tflite")
+
+
+@pytest.mark.slow
+def test_json_alone_prints_only_json_on_stdout(work):
+    """--json without --quiet: progress bars and log lines go to stderr, stdout parses as one JSON document."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([*ZOO, "train", "image_classify", "--epochs", "2", "--run-dir", "runs/json", "--json"],
+                          cwd=str(work), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads(proc.stdout)
+    assert metrics["epochs_completed"] == 2 and 0 < metrics["final"]["test_accuracy"] <= 1

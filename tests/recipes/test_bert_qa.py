@@ -231,3 +231,52 @@ def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(qa_run):
     assert [(a.text, a.start, a.end) for a in python_side] == [
         (t.decode(), int(s), int(e)) for t, s, e in zip(*(graph[k].numpy() for k in ("answer", "start", "end")))]
     assert all(c[a.start:a.end] == a.text for a, c in zip(python_side, contexts))
+
+
+def write_people_v2(path, n, people, cities, seed):
+    """write_people plus one unanswerable question per paragraph (SQuAD 2.0): a third person's birthplace."""
+    path = write_people(path, n, people, cities, seed)
+    doc = json.loads(open(path).read())
+    doc["version"] = "v2.0"
+    rng = random.Random(seed + 100)
+    for k, paragraph in enumerate(doc["data"][0]["paragraphs"]):
+        absent = rng.choice([p for p in people if p not in paragraph["context"]])
+        paragraph["qas"].append({"id": f"{seed}-{k}-none", "question": f"Where was {absent} born?",
+                                 "answers": [], "is_impossible": True})
+    open(path, "w").write(json.dumps(doc))
+    return path
+
+
+@pytest.mark.slow
+def test_squad_v2_learns_to_abstain_and_the_graph_abstains_alike(tmp_path):
+    """With unanswerable questions in the data the no-answer rule is on end to end: the model learns to
+    put them on [CLS], held-out ones come back empty, answerable ones still get their span, and the
+    exported graph gives the same answers (empty, offsets -1) as the Python side."""
+    import tensorflow as tf
+
+    from tests.conftest import FAST
+    from zoo.answerer import Answerer
+    from zoo.recipes.engine.run import train
+    from zoo.rundir import QuestionAnsweringInfo, RunDir
+
+    train_path = write_people_v2(tmp_path / "train.json", 120, PEOPLE, CITIES, 0)
+    dev_path = write_people_v2(tmp_path / "dev.json", 12, HELD_PEOPLE, HELD_CITIES, 1)
+    result = train("bert_qa", str(tmp_path / "run"), {
+        **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
+        "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
+        "train.epochs": 4, "train.optimizer.learning_rate": 1e-4}, verbose=0)
+    print("bert_qa v2:", result.metrics["final"])
+    run = RunDir.open(result.run_dir)
+    assert run.expect(QuestionAnsweringInfo, purpose="a test").null_threshold == 0.0
+    assert result.metrics["final"]["eval_exact_match"] >= 75.0
+    examples = read_squad(dev_path)
+    qa = Answerer.from_run(result.run_dir)
+    questions, contexts = [e.question for e in examples], [e.context for e in examples]
+    answers = qa(questions, contexts)
+    none = [a.text == "" for a, e in zip(answers, examples) if e.impossible]
+    right = [a.text in e.answers for a, e in zip(answers, examples) if not e.impossible]
+    assert len(none) == 12 and np.mean(none) >= 0.75 and np.mean(right) >= 0.75, (np.mean(none), np.mean(right))
+    assert all((a.start, a.end) == (-1, -1) for a in answers if a.text == "")
+    graph = tf.function(qa.answer_graph)(tf.constant(questions), tf.constant(contexts))
+    assert [(a.text, a.start, a.end) for a in answers] == [
+        (t.decode(), int(s), int(e)) for t, s, e in zip(*(graph[k].numpy() for k in ("answer", "start", "end")))]

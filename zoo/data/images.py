@@ -192,7 +192,7 @@ def scan_tfrecord_labels(files: list[str], label_key: str) -> ImageSource:
         raise DataError(
             f"could not read labels '{label_key}' from TFRecords {files[:3]}: {exc.message.splitlines()[0]}; "
             "set data.label_key to the feature that holds the integer class"
-        ) from None
+        ) from exc
     if not labels:
         raise DataError(f"TFRecord files {files[:3]} hold no records")
     arr = np.asarray(labels, dtype=np.int32)
@@ -209,7 +209,7 @@ def tfrecord_image_size(files: list[str], image_key: str) -> tuple[int, int]:
         img = tf.io.decode_image(tf.io.parse_single_example(rec, spec)[image_key], expand_animations=False)
     except (tf.errors.OpError, StopIteration) as exc:
         raise DataError(f"could not decode the image feature '{image_key}' of {files[0]!r} ({exc}); "
-                        "set data.image_key to the feature holding encoded images") from None
+                        "set data.image_key to the feature holding encoded images") from exc
     return int(img.shape[0]), int(img.shape[1])
 
 

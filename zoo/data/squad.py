@@ -54,7 +54,7 @@ def read_squad(path: str) -> list[QAExample]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+        raise DataError(f"{path}: not UTF-8 (byte {exc.start}); save it as UTF-8") from exc
     stripped = text.lstrip()
     examples: list[QAExample] = []
     if stripped.startswith("{") and '"data"' in stripped[:2000] and _is_single_json(stripped):
@@ -75,7 +75,7 @@ def read_squad(path: str) -> list[QAExample]:
                 record = json.loads(line)
             except ValueError as exc:
                 raise DataError(f"{path}:{n}: not valid JSON ({exc.msg}); expected SQuAD JSON or one JSON object "
-                                "per line") from None
+                                "per line") from exc
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{n}: expected a JSON object with question, context and answers")
             examples.append(_example(record, _get(record, "context", str, f"{path}:{n}"), f"{path}:{n}", path))
@@ -94,7 +94,7 @@ def _is_single_json(text: str) -> bool:
     except ValueError as exc:
         if text.count("\n") and exc.msg == "Extra data":  # JSON Lines whose first record mentions "data"
             return False
-        raise DataError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+        raise DataError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from exc
     return True
 
 

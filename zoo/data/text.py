@@ -44,7 +44,7 @@ def _decoded_lines(path: str) -> list[tuple[int, str]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                "re-encode the file as UTF-8") from None
+                                "re-encode the file as UTF-8") from exc
             if number == 1 and line.startswith("\ufeff"):
                 line = line[1:]  # byte-order mark
             out.append((number, line.rstrip("\n").rstrip("\r")))
@@ -78,7 +78,7 @@ def read_labelled_text(path: str, text_column: str = "text", label_column: str =
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc})") from None
+                raise DataError(f"{path}:{number}: not valid JSON ({exc})") from exc
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line")
             rows.append((number, record))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zoo.config import check_choice, check_range
+from zoo.errors import ConfigError
 
 # Blocks per stage of ResNet v1 (He et al. 2015, table 1).
 RESNET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -30,7 +31,7 @@ def _keras(module: Any) -> Any:
 
 def _check_common(cfg: Any) -> None:
     if cfg.num_classes < 2:
-        raise ValueError(f"num_classes={cfg.num_classes}; a classifier needs at least 2 classes")
+        raise ConfigError(f"num_classes={cfg.num_classes}; a classifier needs at least 2 classes")
     check_range("dropout", cfg.dropout, 0.0, 1.0, high_inclusive=False)
     check_range("l1", cfg.l1, 0.0)
     check_range("l2", cfg.l2, 0.0)
@@ -38,7 +39,7 @@ def _check_common(cfg: Any) -> None:
 
 def _check_image_shape(shape: tuple[int, ...]) -> None:
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"input_shape={shape}; expected (height, width, channels), e.g. (28, 28, 1)")
+        raise ConfigError(f"input_shape={shape}; expected (height, width, channels), e.g. (28, 28, 1)")
 
 
 def _regularizer(keras: Any, cfg: Any) -> Any:
@@ -66,7 +67,7 @@ class SmallCNNConfig:
         _check_image_shape(self.input_shape)
         _check_common(self)
         if not self.filters or min(self.filters) < 1:
-            raise ValueError(f"filters={self.filters}; expected one or more positive channel counts")
+            raise ConfigError(f"filters={self.filters}; expected one or more positive channel counts")
         check_range("kernel_size", self.kernel_size, 1)
         check_range("dense_units", self.dense_units, 1)
 
@@ -208,9 +209,9 @@ class TextCNNConfig:
         check_range("embedding_dim", self.embedding_dim, 1)
         check_range("num_filters", self.num_filters, 1)
         if not self.filter_sizes or min(self.filter_sizes) < 1:
-            raise ValueError(f"filter_sizes={self.filter_sizes}; expected positive widths such as (3, 4, 5)")
+            raise ConfigError(f"filter_sizes={self.filter_sizes}; expected positive widths such as (3, 4, 5)")
         if max(self.filter_sizes) > self.sequence_length:
-            raise ValueError(
+            raise ConfigError(
                 f"filter_sizes={self.filter_sizes} has a width larger than sequence_length={self.sequence_length}"
             )
 

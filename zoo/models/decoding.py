@@ -58,7 +58,7 @@ def decode_config(**options: Any) -> DecodeConfig:
     try:
         return DecodeConfig(**options)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad decoding option: {exc}") from None
+        raise ConfigError(f"bad decoding option: {exc}") from exc
 
 
 class _Stepper:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zoo.config import Preset, check_choice, check_range
+from zoo.errors import ConfigError
 
 POSITIONS = ("sinusoidal", "learned")
 FFN_ACTIVATIONS = ("relu", "gelu")
@@ -45,7 +46,7 @@ class Seq2SeqConfig:
             check_range(field, getattr(self, field), 1)
         check_range("target_vocab_size", self.target_vocab_size, 0)
         if self.hidden_dim % self.num_heads:
-            raise ValueError(f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}")
+            raise ConfigError(f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}")
         check_range("dropout", self.dropout, 0.0, 1.0, high_inclusive=False)
         check_choice("activation", self.activation, FFN_ACTIVATIONS)
         check_choice("position", self.position, POSITIONS)
