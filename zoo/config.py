@@ -211,6 +211,9 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, prefix: str = "")
             changes[name] = coerce(prefix + name, value, hints[name])
     for name, sub in grouped.items():
         current = changes.get(name, getattr(cfg, name))
+        if hints[name] is dict or typing.get_origin(hints[name]) is dict:  # a free mapping: merge the keys
+            changes[name] = {**(current or {}), **sub}
+            continue
         resolve = fields[name].metadata.get("polymorphic")
         if resolve is not None and "name" in sub:
             current = resolve(sub.pop("name"))

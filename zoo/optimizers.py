@@ -29,8 +29,12 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from ~0 to ``peak`` over ``warmup_steps``, then the chosen decay to step ``total_steps``."""
 
     def __init__(self, peak: float, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1,
-                 alpha: float = 0.0, boundaries: tuple[int, ...] | list[int] = (), gamma: float = 0.1):
+                 alpha: float = 0.0, boundaries: tuple[int, ...] | list[int] = (), gamma: float = 0.1,
+                 accumulation_steps: int = 1):
         check_choice("schedule kind", kind, KINDS)
+        # Keras calls a schedule with the batch count even under gradient accumulation; the schedule's
+        # steps are optimizer updates, one per accumulation_steps batches.
+        self.accumulation_steps = max(1, int(accumulation_steps))
         self.peak = float(peak)
         self.kind = kind
         self.warmup_steps = int(warmup_steps)
@@ -41,6 +45,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step: Any) -> Any:
         ops = keras.ops
+        if self.accumulation_steps > 1:
+            step = ops.floor_divide(step, self.accumulation_steps)
         step = ops.cast(step, "float32")
         peak = ops.cast(self.peak, "float32")
         decay_span = float(self.total_steps - self.warmup_steps)
@@ -65,7 +71,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self) -> dict[str, Any]:
         return {"peak": self.peak, "kind": self.kind, "warmup_steps": self.warmup_steps,
                 "total_steps": self.total_steps, "alpha": self.alpha, "boundaries": list(self.boundaries),
-                "gamma": self.gamma}
+                "gamma": self.gamma, "accumulation_steps": self.accumulation_steps}
 
 
 class _FusedAdamStep:

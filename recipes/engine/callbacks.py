@@ -5,7 +5,8 @@ Every weight file is written under a temporary name in its folder and renamed in
 kill at any instant leaves the previous states whole. On restart :func:`choose_resume_state`
 picks the newest state that reads back (a damaged one is passed over with a one-line warning,
 down to the epoch checkpoints) and the engine resumes there: the weights and optimizer state
-are loaded by :class:`RestoreState`, the data pipeline skips the epochs already done.
+are loaded by :class:`RestoreState`, the data pipeline skips the epochs already done, and
+:class:`EpochSeeds` gives each epoch's dropout the generator state it has in an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -139,6 +140,28 @@ class EpochCheckpoints(keras.callbacks.Callback):
             _prune(self.out.checkpoints(), self.keep)
 
 
+class EpochSeeds(keras.callbacks.Callback):
+    """Reseed every random generator of the model (dropout's) at the start of each epoch from
+    ``(seed, epoch, generator)``, so an epoch's randomness does not depend on the epochs run before it in
+    this process: a run resumed at an epoch boundary draws the dropout masks an uninterrupted one draws.
+
+    Keras saves no generator state with the weights; without this a resumed run restarts every generator
+    at its initial seed and its weights drift from the uninterrupted run's.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        import numpy as np
+
+        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
+        for k, state in enumerate(states):
+            key = (self.seed * 1_000_003 + epoch * 7919 + k) % (2**31 - 1)
+            state.assign(np.asarray([key, 0], dtype=state.dtype))
+
+
 class RestoreState(keras.callbacks.Callback):
     """Load a resume state (weights and optimizer variables) once the model is built, before the first step."""
 
@@ -191,9 +214,10 @@ def choose_resume_state(out: RunDir) -> tuple[int, str] | None:
 
 def build_callbacks(out: RunDir, early: EarlyStoppingConfig, *, tensorboard: bool = True,
                     checkpoint_every_epoch: bool = True, keep_checkpoints: int = 2,
-                    resume_from: str | None = None) -> list[Any]:
+                    resume_from: str | None = None, seed: int = 0) -> list[Any]:
     """The standard callback list; order matters: the state is restored before anything else runs."""
     callbacks: list[Any] = [RestoreState(resume_from)] if resume_from else []
+    callbacks.append(EpochSeeds(seed))
     # metrics.json is written before the resume state of the same epoch: a kill between the two then
     # leaves the metrics ahead of the state (the resumed run redoes and rewrites that epoch), never behind
     # (the resumed run would start after an epoch the metrics never recorded).

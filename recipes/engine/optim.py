@@ -12,22 +12,29 @@ import keras
 
 from zoo.errors import ConfigError
 from zoo.optimizers import FusedAdam, FusedAdamW, WarmupDecay
-from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig
+from zoo.recipes.engine.config import HYPERPARAMETERS, OptimizerConfig, ScheduleConfig
 
 
-def build_schedule(opt: OptimizerConfig, sched: ScheduleConfig, steps_per_epoch: int, epochs: int) -> Any:
-    """The learning rate (a float or a ``WarmupDecay``) for a run of ``epochs`` x ``steps_per_epoch``."""
+def build_schedule(opt: OptimizerConfig, sched: ScheduleConfig, steps_per_epoch: int, epochs: int,
+                   accumulation_steps: int = 1) -> Any:
+    """The learning rate (a float or a ``WarmupDecay``) for a run of ``epochs`` x ``steps_per_epoch`` batches.
+
+    With gradient accumulation the schedule's steps are optimizer updates (one per
+    ``accumulation_steps`` batches), so warm-up and decay span the same part of the run.
+    """
     if sched.name == "constant" and sched.warmup_epochs == 0:
         return opt.learning_rate
-    total = max(1, int(round(steps_per_epoch * epochs)))
-    warmup = int(round(sched.warmup_epochs * steps_per_epoch))
+    updates_per_epoch = steps_per_epoch / accumulation_steps
+    total = max(1, int(round(updates_per_epoch * epochs)))
+    warmup = int(round(sched.warmup_epochs * updates_per_epoch))
     if warmup >= total:
         raise ConfigError(
             f"train.schedule.warmup_epochs={sched.warmup_epochs} covers the whole run of {epochs} epochs; "
             "lower it or train longer"
         )
-    boundaries = [int(round(e * steps_per_epoch)) for e in sched.step_epochs]
-    return WarmupDecay(opt.learning_rate, sched.name, warmup, total, sched.alpha, boundaries, sched.gamma)
+    boundaries = [int(round(e * updates_per_epoch)) for e in sched.step_epochs]
+    return WarmupDecay(opt.learning_rate, sched.name, warmup, total, sched.alpha, boundaries, sched.gamma,
+                       accumulation_steps=accumulation_steps)
 
 
 def check_optimizer_support(opt: OptimizerConfig) -> None:
@@ -37,29 +44,49 @@ def check_optimizer_support(opt: OptimizerConfig) -> None:
         import zoo.keras_compat  # noqa: F401
 
 
-def build_optimizer(opt: OptimizerConfig, learning_rate: Any = None) -> Any:
-    """A Keras optimizer for ``opt``; ``learning_rate`` (float or schedule) overrides its rate."""
+# Keras class of each optimizer name (sgd, momentum, nesterov, adam and adamw are built below).
+KERAS_CLASSES = {
+    "rmsprop": "RMSprop", "adamax": "Adamax", "adagrad": "Adagrad", "adadelta": "Adadelta", "nadam": "Nadam",
+    "lamb": "Lamb", "lion": "Lion", "ftrl": "Ftrl", "adafactor": "Adafactor", "muon": "Muon",
+    "schedule_free_adamw": "ScheduleFreeAdamW",
+}
+DECAY_BY_DEFAULT = ("adamw", "lamb")  # weight_decay None means 0.01 for these (BERT's AdamW and LAMB recipes)
+
+
+def build_optimizer(opt: OptimizerConfig, learning_rate: Any = None, accumulation_steps: int = 1) -> Any:
+    """A Keras optimizer for ``opt``; ``learning_rate`` (float or schedule) overrides its rate;
+    ``accumulation_steps`` > 1 updates every that many batches on their mean gradient."""
     check_optimizer_support(opt)
     lr = opt.learning_rate if learning_rate is None else learning_rate
-    decay = opt.weight_decay if opt.weight_decay is not None else (0.01 if opt.name == "adamw" else None)
+    decay = opt.weight_decay if opt.weight_decay is not None else (0.01 if opt.name in DECAY_BY_DEFAULT else None)
     common: dict[str, Any] = {"learning_rate": lr, "global_clipnorm": opt.global_clipnorm}
     if decay:
         common["weight_decay"] = decay
+    if accumulation_steps > 1:
+        common["gradient_accumulation_steps"] = accumulation_steps
     name = opt.name
+    # The optimizer's own hyper-parameters: the named fields that are set, and the options.
+    own = {k: getattr(opt, k) for k in ("beta_1", "beta_2", "epsilon", "rho")
+           if getattr(opt, k) is not None and k in HYPERPARAMETERS[name]}
+    own.update(opt.options)
     if name in ("sgd", "momentum", "nesterov"):
         momentum = opt.momentum if (name == "sgd" or opt.momentum) else 0.9
-        optimizer = keras.optimizers.SGD(momentum=momentum, nesterov=name == "nesterov", **common)
-    elif name == "adam":
-        cls = FusedAdam if opt.fused else keras.optimizers.Adam
-        optimizer = cls(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **common)
-    elif name == "adamw":
-        common.setdefault("weight_decay", 0.0)
-        cls = FusedAdamW if opt.fused else keras.optimizers.AdamW
-        optimizer = cls(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **common)
-    elif name == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon, **common)
-    else:  # adamax
-        optimizer = keras.optimizers.Adamax(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **common)
+        own.setdefault("nesterov", name == "nesterov")
+        optimizer = keras.optimizers.SGD(momentum=momentum, **own, **common)
+    elif name in ("adam", "adamw"):
+        if name == "adamw":
+            common.setdefault("weight_decay", 0.0)
+        fused = opt.fused and not own.get("amsgrad", False)
+        cls = {"adam": (keras.optimizers.Adam, FusedAdam), "adamw": (keras.optimizers.AdamW, FusedAdamW)}[name]
+        optimizer = cls[1 if fused else 0](**own, **common)
+    else:
+        if opt.momentum:
+            own["momentum"] = opt.momentum
+        cls = getattr(keras.optimizers, KERAS_CLASSES[name])
+        try:
+            optimizer = cls(**own, **common)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"train.optimizer ({name}): {exc}") from exc
     if decay and opt.decay_exclude:
         optimizer.exclude_from_weight_decay(var_names=list(opt.decay_exclude))
     return optimizer

@@ -140,8 +140,9 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     # built before the run dir is written, so a refused run leaves nothing behind.
     with precision_scope(train.precision), strategy.scope():
         model = recipe.build_model(cfg, data)
-        lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs)
-        optimizer = build_optimizer(train.optimizer, lr)
+        k = train.gradient_accumulation_steps
+        lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs, k)
+        optimizer = build_optimizer(train.optimizer, lr, k)
         model.compile(optimizer=optimizer, jit_compile=train.jit_compile,
                       steps_per_execution=train.steps_per_execution, **recipe.compile_args(cfg))
     os.makedirs(out.path, exist_ok=True)
@@ -157,7 +158,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     callbacks = build_callbacks(out, train.early_stopping, tensorboard=train.tensorboard,
                                 checkpoint_every_epoch=train.checkpoint_every_epoch,
                                 keep_checkpoints=train.keep_checkpoints,
-                                resume_from=resume[1] if resume else None)
+                                resume_from=resume[1] if resume else None, seed=train.seed)
     if recipe.callbacks is not None:
         # After the state is restored and saved, before the metrics log (so what they log lands in it).
         at = next(i for i, c in enumerate(callbacks) if isinstance(c, MetricsLog))

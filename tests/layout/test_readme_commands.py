@@ -311,6 +311,31 @@ def test_errors_are_one_line_and_debug_shows_the_cause(work):
 
 
 @pytest.mark.slow
+def test_optimizer_block(work):
+    zoo("zoo train image_classify --set train.optimizer.name=lion --set train.optimizer.learning_rate=1e-4",
+        ["train", "image_classify", "--set", "train.optimizer.name=lion", "--set", "train.optimizer.learning_rate=1e-4",
+         "--epochs", "1", "--run-dir", "runs/lion", *TINY], work)
+    assert _metrics(work / "runs" / "lion")["epochs_completed"] == 1
+    zoo("zoo train image_classify --set train.optimizer.name=adagrad "
+        "--set train.optimizer.options.initial_accumulator_value=0.5",
+        ["train", "image_classify", "--set", "train.optimizer.name=adagrad", "--set",
+         "train.optimizer.options.initial_accumulator_value=0.5", "--epochs", "1", "--run-dir", "runs/adagrad", *TINY],
+        work)
+    assert "initial_accumulator_value: 0.5" in open(RunDir(str(work / "runs" / "adagrad")).config_path).read()
+    zoo("zoo train bert_pretrain --data 'corpus/*.txt' --set train.optimizer.name=lamb "
+        "--set train.gradient_accumulation_steps=4",
+        ["train", "bert_pretrain", "--data", "corpus/*.txt", "--set", "train.optimizer.name=lamb", "--set",
+         "train.gradient_accumulation_steps=4", "--set", "model.preset=bert_tiny", "--set", "data.sequence_length=16",
+         "--epochs", "2", "--run-dir", "runs/lamb", *TINY], work)
+    assert _metrics(work / "runs" / "lamb")["epochs_completed"] == 2
+    out = zoo("zoo train image_classify (a hyper-parameter the optimizer does not have)",
+              ["train", "image_classify", "--set", "train.optimizer.name=lion", "--set", "train.optimizer.epsilon=1"],
+              work, ok=False)
+    COVERED.discard("zoo train image_classify (a hyper-parameter the optimizer does not have)")
+    assert "epsilon=1.0 does not apply to the lion optimizer" in out
+
+
+@pytest.mark.slow
 def test_every_readme_command_is_run_here():
     """Runs last in this module: each README command line is one of the commands the tests above ran."""
     commands = readme_commands()
