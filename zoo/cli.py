@@ -231,6 +231,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(ServeOptions(**{k: v for k, v in vars(args).items() if k in fields}))
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from zoo.recipes.engine.launch import launch
+
+    command = args.worker_command[1:] if args.worker_command[:1] == ["--"] else args.worker_command
+    return launch(args.workers, command, host=args.host, port_base=args.port_base)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``zoo`` command. TensorFlow's console noise is filtered out unless ``--verbose`` (anywhere)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -332,6 +339,15 @@ def _main(argv: list[str]) -> int:
     p_s.add_argument("--cors", action="store_true", help="answer browsers from any origin (Access-Control-Allow-"
                                                          "Origin: *)")
 
+    p_l = sub.add_parser("launch", parents=[common],
+                         help="run a command as a multi-worker job of local processes (TF_CONFIG for each): "
+                              "zoo launch --workers N -- zoo train ...")
+    p_l.add_argument("--workers", type=int, required=True, help="worker processes (worker 0 is the chief)")
+    p_l.add_argument("--port-base", dest="port_base", type=int, help="ports P..P+N-1 (default: free ones)")
+    p_l.add_argument("--host", default="127.0.0.1", help="address the workers reach each other at")
+    p_l.add_argument("worker_command", metavar="COMMAND", nargs=argparse.REMAINDER,
+                     help="after --: the command each worker runs")
+
     if argv[:1] == ["train"]:
         # Everything after the recipe name belongs to the recipe's own parser.
         if len(argv) < 2 or argv[1].startswith("-"):
@@ -359,7 +375,7 @@ def _main(argv: list[str]) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         commands = {"list": cmd_list, "export": cmd_export, "translate": cmd_translate, "compress": cmd_compress,
-                    "serve": cmd_serve, "answer": cmd_answer}
+                    "serve": cmd_serve, "answer": cmd_answer, "launch": cmd_launch}
         return commands[args.command](args)
     except (ZooError, OSError, KeyboardInterrupt) as exc:
         return report_failure(exc, args.debug)

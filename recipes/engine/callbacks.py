@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -197,17 +198,41 @@ def _datasets(group: Any) -> list[Any]:
     return found
 
 
-def choose_resume_state(out: RunDir) -> tuple[int, str] | None:
-    """(epochs completed, weights file) to resume from: the newest readable backup state, else the newest
-    readable epoch checkpoint; None for a fresh start. Each damaged file is named in a one-line warning."""
+def _readable_states(out: RunDir, warn: bool = True) -> list[tuple[int, str]]:
+    """Every readable resume state of a run (backup states, then epoch checkpoints), newest epoch first."""
     candidates = out.backup_states() + out.checkpoints()
     candidates.sort(key=lambda c: c[0], reverse=True)  # stable: a backup state before a checkpoint of its epoch
+    readable = []
     for epoch, path in candidates:
         reason = unreadable_reason(path)
         if reason is None:
-            return epoch, path
-        log.warning("%s is unreadable (%s; a kill while it was written?); trying an older state", path, reason)
-    if candidates:
+            readable.append((epoch, path))
+        elif warn:
+            log.warning("%s is unreadable (%s; a kill while it was written?); trying an older state", path, reason)
+    return readable
+
+
+def choose_resume_state(out: RunDir, peers: Sequence[RunDir] = ()) -> tuple[int, str] | None:
+    """(epochs completed, weights file) to resume from: the newest readable backup state, else the newest
+    readable epoch checkpoint; None for a fresh start. Each damaged file is named in a one-line warning.
+
+    ``peers``: the state folders of the other workers of a multi-worker job (on the shared run dir).
+    A synchronous job must resume every worker at the same epoch, so this is the newest epoch every one
+    of them has a readable state of (a kill lands on all workers at once, not always between the same two
+    saves): each worker computes the same answer from the same files before any of them trains.
+    """
+    own = _readable_states(out)
+    if peers:
+        shared = {e for e, _ in own}
+        for peer in peers:
+            shared &= {e for e, _ in _readable_states(peer, warn=False)}
+        agreed = [(e, p) for e, p in own if e in shared]
+        if own and agreed[:1] != own[:1]:
+            log.warning("resuming after epoch %d, the newest epoch every worker saved", agreed[0][0] if agreed else 0)
+        own = agreed
+    if own:
+        return own[0]
+    if out.backup_states() or out.checkpoints():
         log.warning("no readable state in %s; starting again from epoch 1", out.path)
     return None
 

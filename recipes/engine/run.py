@@ -120,7 +120,14 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     from zoo.recipes.engine.optim import build_optimizer, build_schedule, check_optimizer_support
     from zoo.recipes.engine.plots import plot_curves
     from zoo.recipes.engine.precision import has_loss_scaling, precision_scope
-    from zoo.recipes.engine.strategy import build_strategy, check_xla, is_chief, split_cpu, task_name
+    from zoo.recipes.engine.strategy import (
+        build_strategy,
+        check_xla,
+        cluster_tasks,
+        is_chief,
+        split_cpu,
+        task_name,
+    )
 
     train = cfg.train
     if train.cpu_devices:
@@ -146,7 +153,13 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
         model.compile(optimizer=optimizer, jit_compile=train.jit_compile,
                       steps_per_execution=train.steps_per_execution, **recipe.compile_args(cfg))
     os.makedirs(out.path, exist_ok=True)
-    resume = choose_resume_state(out)
+    peers: list[RunDir] = []
+    if train.strategy == "multi_worker":  # every worker resumes at the same epoch
+        chief_task, others = cluster_tasks()
+        me = task_name()
+        peers = [RunDir(run_dir) if t == chief_task else RunDir(run_dir).worker_dir(t)
+                 for t in [chief_task, *others] if t != me]
+    resume = choose_resume_state(out, peers)
     _write_run_files(out, cfg, recipe.run_info(cfg, data), data)
     initial_epoch, train_data = 0, data.train
     if resume is not None:

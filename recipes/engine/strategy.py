@@ -143,6 +143,19 @@ def task_name() -> str:
     return f"{task.get('type', 'chief')}-{task.get('index', 0)}"
 
 
+def cluster_tasks() -> tuple[str, list[str]]:
+    """(the chief's task name, every other task's) of the TF_CONFIG cluster: ``worker-0`` is the chief
+    when the cluster has no ``chief`` task. Parameter servers and evaluators hold no training state."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except ValueError:
+        cluster = {}
+    tasks = [f"{kind}-{i}" for kind in ("chief", "worker") for i in range(len(cluster.get(kind, [])))]
+    if not tasks:
+        return "chief-0", []
+    return tasks[0], tasks[1:]
+
+
 def is_chief() -> bool:
     """True unless this process is a non-chief worker of a multi-worker job (those write no outputs)."""
     raw = os.environ.get("TF_CONFIG")

@@ -335,6 +335,72 @@ def test_optimizer_block(work):
     assert "epsilon=1.0 does not apply to the lion optimizer" in out
 
 
+def _worker_pid(launcher_pid: int, index: int) -> int | None:
+    """The pid of worker ``index`` among a zoo launch process's children (read from /proc)."""
+    try:
+        children = open(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read().split()
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if f'"index": {index}}}' in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_launch_block(work):
+    """zoo launch --workers 2 trains as one device does (same global batches: weights to 1e-5); a worker
+    SIGKILLed mid-run stops the job with one error line, and the same command resumes and finishes it."""
+    import zoo as zoo_pkg
+
+    settings = ["--epochs", "2", "--set", "model.dropout=0", "--set", "train.optimizer.name=sgd", "--set",
+                "train.optimizer.learning_rate=0.05", *TINY]
+    out = zoo("zoo launch --workers 2 -- zoo train image_classify --run-dir runs/mw",
+              ["launch", "--workers", "2", "--", "zoo", "train", "image_classify", "--run-dir", "runs/mw", *settings],
+              work)
+    assert "[worker 0]" in out and "worker 0 is the chief" in out
+    assert _metrics(work / "runs" / "mw")["replicas"] == 2
+    zoo("zoo train image_classify", ["train", "image_classify", "--run-dir", "runs/one", *settings], work)
+    one = zoo_pkg.load(RunDir(str(work / "runs" / "one")).model_path, compile=False).get_weights()
+    two = zoo_pkg.load(RunDir(str(work / "runs" / "mw")).model_path, compile=False).get_weights()
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(one, two))
+    assert not os.path.exists(RunDir(str(work / "runs" / "mw")).workers_root)  # the non-chief cleaned up
+
+    # Kill and resume, against an uninterrupted two-worker run of the same length (same reduction order).
+    longer = [*settings, "--epochs", "5"]
+    subprocess.run([*ZOO, "launch", "--workers", "2", "--", "zoo", "train", "image_classify", "--run-dir",
+                    "runs/mw-ref", *longer], cwd=str(work), capture_output=True, text=True, timeout=600, check=True)
+    reference = zoo_pkg.load(RunDir(str(work / "runs" / "mw-ref")).model_path, compile=False).get_weights()
+    cmd = [*ZOO, "launch", "--workers", "2", "--", "zoo", "train", "image_classify", "--run-dir", "runs/mw-kill",
+           *longer]
+    launcher = subprocess.Popen(cmd, cwd=str(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = RunDir(str(work / "runs" / "mw-kill"))
+    deadline = time.time() + 300
+    # Both workers have saved epoch 1 (each keeps its own state; the job resumes at an epoch both saved).
+    while (not run.backup_states() or not run.worker_dir("worker-1").backup_states()) and time.time() < deadline \
+            and launcher.poll() is None:
+        time.sleep(0.1)
+    victim = _worker_pid(launcher.pid, 1)
+    assert victim is not None and launcher.poll() is None
+    os.kill(victim, signal.SIGKILL)
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 2, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: worker 1 was killed by signal 9; the other workers were "
+                                                   "stopped. Run the same command again"), err[-2000:]
+    assert "Traceback" not in err
+    again = subprocess.run(cmd, cwd=str(work), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    metrics = _metrics(work / "runs" / "mw-kill")
+    assert len(metrics["resumes"]) == 1 and metrics["resumes"][0]["epoch"] >= 2  # saved epochs were kept
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5] and metrics["epochs_completed"] == 5
+    resumed = zoo_pkg.load(run.model_path, compile=False).get_weights()
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(reference, resumed))  # as if never killed
+
+
 @pytest.mark.slow
 def test_every_readme_command_is_run_here():
     """Runs last in this module: each README command line is one of the commands the tests above ran."""

@@ -1,0 +1,146 @@
+"""``zoo launch``: a multi-worker job on this machine, one process per worker, as a cluster would run it.
+
+    zoo launch --workers 2 -- zoo train image_classify --run-dir runs/mw
+
+starts N copies of the command, each with the ``TF_CONFIG`` a cluster manager (Kubeflow's TFJob,
+an indexed Kubernetes Job) would give it: the same ``cluster.worker`` list of ``host:port``
+addresses, and its own ``task.index``. ``--strategy multi_worker`` is added to a ``zoo train``
+command that names no strategy. Worker 0 is the chief: it alone writes the run dir; the others keep
+their resume state under ``<run dir>/.workers/``. Their output is shown line by line, prefixed with the
+worker's index.
+
+If a worker dies, the others are stopped (a synchronous job cannot go on without it) and the command
+fails with one line; running the same command again resumes every worker from the newest epoch all of
+them saved. Ctrl-C stops every worker the same way.
+
+No TensorFlow is imported here: the launcher only starts and watches processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from zoo.errors import ConfigError, ZooError
+
+
+class WorkerFailed(ZooError):
+    """A worker of the job exited with an error or was killed."""
+
+
+def free_ports(count: int, host: str) -> list[int]:
+    """``count`` distinct ports that are free on ``host`` now (bound, read, released)."""
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            sockets.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def worker_command(command: Sequence[str]) -> list[str]:
+    """The command a worker runs: ``zoo ...`` through this Python (the same environment), and
+    ``--strategy multi_worker`` added to a ``zoo train`` that names none."""
+    cmd = list(command)
+    if not cmd:
+        raise ConfigError("zoo launch needs the command to run after --, e.g. "
+                          "zoo launch --workers 2 -- zoo train image_classify")
+    if cmd[0] == "zoo":
+        cmd = [sys.executable, "-m", "zoo.cli", *cmd[1:]]
+        args = cmd[3:]
+        if args[:1] == ["train"]:
+            strategy = next((a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+                             for i, a in enumerate(args) if a.split("=", 1)[0] == "--strategy"), None)
+            if strategy is None:
+                cmd += ["--strategy", "multi_worker"]
+            elif strategy != "multi_worker":
+                raise ConfigError(f"zoo launch runs a multi-worker job, but the command asks for --strategy "
+                                  f"{strategy}; drop it (zoo launch adds --strategy multi_worker)")
+    return cmd
+
+
+def tf_configs(addresses: Sequence[str]) -> list[str]:
+    """The ``TF_CONFIG`` of each worker of a cluster of ``addresses``."""
+    return [json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": i}})
+            for i in range(len(addresses))]
+
+
+def _stream(proc: subprocess.Popen, prefix: str, sink: object) -> None:
+    for line in proc.stdout:  # type: ignore[union-attr]
+        sink.write(f"{prefix}{line}")  # type: ignore[attr-defined]
+        sink.flush()  # type: ignore[attr-defined]
+
+
+def launch(workers: int, command: Sequence[str], host: str = "127.0.0.1", port_base: int | None = None,
+           grace_seconds: float = 10.0) -> int:
+    """Run ``command`` as a ``workers``-process multi-worker job; the exit code is 0 when all succeed."""
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: a job needs at least 1 worker")
+    cmd = worker_command(command)
+    ports = list(range(port_base, port_base + workers)) if port_base else free_ports(workers, host)
+    addresses = [f"{host}:{p}" for p in ports]
+    procs: list[subprocess.Popen] = []
+    threads = []
+    for index, tf_config in enumerate(tf_configs(addresses)):
+        env = {**os.environ, "TF_CONFIG": tf_config}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, start_new_session=True)  # Ctrl-C reaches them through us, once
+        procs.append(proc)
+        # The chief's output is the job's output (stdout, e.g. --json); the others' goes to stderr.
+        t = threading.Thread(target=_stream, args=(proc, f"[worker {index}] ", sys.stdout if index == 0 else
+                                                   sys.stderr), daemon=True)
+        t.start()
+        threads.append(t)
+    print(f"zoo launch: {workers} worker(s) at {', '.join(addresses)}; worker 0 is the chief", file=sys.stderr)
+    failed: tuple[int, int] | None = None
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            bad = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if bad is not None:
+                failed = bad
+                break
+            if all(c == 0 for c in codes):
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        _stop(procs, signal.SIGINT, grace_seconds)
+        for t in threads:
+            t.join(timeout=5)
+        raise
+    if failed is not None:
+        _stop(procs, signal.SIGTERM, grace_seconds)
+    for t in threads:
+        t.join(timeout=5)
+    if failed is not None:
+        index, code = failed
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise WorkerFailed(f"worker {index} {how}; the other workers were stopped. Run the same command again to "
+                           "resume every worker from the newest epoch they all saved")
+    return 0
+
+
+def _stop(procs: Sequence[subprocess.Popen], sig: int, grace_seconds: float) -> None:
+    """Send ``sig`` to every worker still running, then SIGKILL those still running after the grace period."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    deadline = time.time() + grace_seconds
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
