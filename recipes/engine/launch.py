@@ -77,6 +77,24 @@ def tf_configs(addresses: Sequence[str]) -> list[str]:
             for i in range(len(addresses))]
 
 
+def indexed_job_tf_config(env: dict[str, str]) -> str:
+    """The TF_CONFIG of one pod of a Kubernetes indexed Job (recipes/deploy/multiworker_job.yaml).
+
+    Kubernetes gives each pod ``JOB_COMPLETION_INDEX`` and, with ``subdomain`` set to a headless
+    Service, the DNS name ``<job>-<index>.<service>``; the manifest sets ``ZOO_JOB``, ``ZOO_SERVICE``,
+    ``ZOO_WORKERS`` and ``ZOO_PORT``.
+    """
+    missing = [k for k in ("JOB_COMPLETION_INDEX", "ZOO_JOB", "ZOO_SERVICE", "ZOO_WORKERS") if not env.get(k)]
+    if missing:
+        raise ConfigError(f"cannot build TF_CONFIG: {', '.join(missing)} not set (run this inside a pod of "
+                          "recipes/deploy/multiworker_job.yaml)")
+    workers, index, port = int(env["ZOO_WORKERS"]), int(env["JOB_COMPLETION_INDEX"]), int(env.get("ZOO_PORT", 2222))
+    if not 0 <= index < workers:
+        raise ConfigError(f"JOB_COMPLETION_INDEX={index} is outside the job's {workers} workers")
+    hosts = [f"{env['ZOO_JOB']}-{i}.{env['ZOO_SERVICE']}:{port}" for i in range(workers)]
+    return json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+
+
 def _stream(proc: subprocess.Popen, prefix: str, sink: object) -> None:
     for line in proc.stdout:  # type: ignore[union-attr]
         sink.write(f"{prefix}{line}")  # type: ignore[attr-defined]
@@ -144,3 +162,15 @@ def _stop(procs: Sequence[subprocess.Popen], sig: int, grace_seconds: float) -> 
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+if __name__ == "__main__":
+    # python -m zoo.recipes.engine.launch tf-config: print this pod's TF_CONFIG (indexed Job manifests).
+    if sys.argv[1:] != ["tf-config"]:
+        print("usage: python -m zoo.recipes.engine.launch tf-config", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        print(indexed_job_tf_config(dict(os.environ)))
+    except ZooError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -402,6 +402,18 @@ def test_launch_block(work):
 
 
 @pytest.mark.slow
+def test_tpu_command_says_there_is_no_tpu_here(work):
+    """The README's TPU VM command, on a machine without a TPU: one error line that says what to do."""
+    out = zoo("zoo train bert_pretrain --data 'gs://bucket/corpus/*.txt' --strategy tpu --precision mixed_bfloat16 "
+              "--set train.optimizer.name=lamb",
+              ["train", "bert_pretrain", "--data", "gs://bucket/corpus/*.txt", "--strategy", "tpu", "--precision",
+               "mixed_bfloat16", "--set", "train.optimizer.name=lamb", "--run-dir", "runs/tpu"], work, ok=False)
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "TPU" in lines[-1] and "run on a TPU VM" in lines[-1], out
+    assert not os.path.exists(work / "runs" / "tpu")
+
+
+@pytest.mark.slow
 def test_every_readme_command_is_run_here():
     """Runs last in this module: each README command line is one of the commands the tests above ran."""
     commands = readme_commands()
