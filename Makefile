@@ -33,12 +33,9 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check zoo recipes export tests benchmarks
 
+# Every benchmark, one after the other, into bench-out/BENCHMARKS.md, bench.json and bench.png.
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
-	$(PY) benchmarks/bert.py
-	$(PY) benchmarks/seq2seq.py
-	$(PY) benchmarks/serve.py
-	$(PY) benchmarks/qa.py
+	$(PY) benchmarks/all.py
 
 clean:
 	rm -rf $(VENV) demo-out runs *.egg-info

@@ -5,7 +5,11 @@ float32 and mixed_bfloat16. Ratios are the zoo's time over keras-hub's (below 1 
 trains with its own stack's AdamW: the zoo's recipe optimizer (fused update) and ``keras.optimizers.AdamW``
 for keras-hub; the ``model only`` row gives both Keras' AdamW to separate model from optimizer.
 
-    python benchmarks/bert.py [--preset bert_base] [--batch 8] [--length 128] [--steps 10]
+The same run times a large float32 (and bfloat16) matmul, the machine's practical ceiling, and
+counts a training step's FLOPs from the config (forward matmuls of every layer, times 3 for the
+backward pass), so each row also says what fraction of that ceiling the step reaches.
+
+    python benchmarks/bert.py [--preset bert_base] [--batch 8] [--length 128] [--steps 10] [--quick]
 """
 
 from __future__ import annotations
@@ -68,6 +72,34 @@ def time_case(kind: str, cfg, batch: int, length: int, steps: int, precision: st
     return median_step_seconds(model, ds, steps)
 
 
+def matmul_gflops(n: int, dtype: str, runs: int = 5) -> float:
+    """GFLOP/s of an ``n x n`` by ``n x n`` matmul (median of ``runs``, after one untimed call)."""
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    fn = tf.function(lambda x: tf.matmul(x, x))
+    fn(a).numpy()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(a).numpy()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def train_step_gflop(cfg, batch: int, length: int) -> float:
+    """FLOPs of one training step: per token and layer the Q/K/V/output projections (4 H^2) and the
+    feed-forward (2 H I) multiply-adds, the attention scores and their weighted sum (2 L H), twice for
+    FLOPs; the backward pass is about twice the forward."""
+    h, i = cfg.hidden_dim, cfg.intermediate_dim
+    forward = 2 * batch * length * cfg.num_layers * (4 * h * h + 2 * h * i + 2 * length * h)
+    return 3 * forward / 1e9
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="bert_small")
@@ -75,10 +107,16 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--quick", action="store_true", help="bert_tiny, batch 4, length 32, 2 steps")
     args = parser.parse_args()
+    if args.quick:
+        args.preset, args.batch, args.length, args.steps = "bert_tiny", 4, 32, 2
     import zoo
 
     cfg = zoo.make_config(args.preset)
+    ceiling = {"float32": matmul_gflops(512 if args.quick else 2048, "float32"),
+               "bfloat16": matmul_gflops(512 if args.quick else 2048, "bfloat16")}
+    step_gflop = train_step_gflop(cfg, args.batch, args.length)
     rows = []
     cases = (("float32", False, True), ("float32", True, True), ("mixed_bfloat16", False, True),
              ("float32", False, False))
@@ -91,17 +129,23 @@ def main() -> int:
     base = rows[0]["zoo_s"]
     for r in rows:
         r["zoo_vs_zoo_float32"] = r["zoo_s"] / base
+        r["zoo_gflops"] = step_gflop / r["zoo_s"]
+        r["zoo_vs_float32_matmul"] = r["zoo_gflops"] / ceiling["float32"]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bert.json"), "w") as fh:
         json.dump({"preset": args.preset, "batch": args.batch, "length": args.length, "rows": rows,
+                   "step_gflop": step_gflop, "matmul_gflops": ceiling,
                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}, fh, indent=2)
+    print(f"matmul ceiling: {ceiling['float32']:.0f} GFLOP/s float32, {ceiling['bfloat16']:.0f} bfloat16; "
+          f"{step_gflop:.1f} GFLOP per training step")
     print(f"{args.preset}, batch {args.batch}, length {args.length}, AdamW, median of {args.steps} steps")
     print(f"{'precision':<15} {'xla':<5} {'optimizer':<11} {'zoo s/step':>11} {'keras-hub':>10} {'zoo/kh':>7} "
           f"{'zoo vs f32':>11}")
     for r in rows:
         print(f"{r['precision']:<15} {str(r['xla']):<5} {r['optimizer']:<11} {r['zoo_s']:>11.3f} "
               f"{r['keras_hub_s']:>10.3f} "
-              f"{r['zoo_vs_keras_hub']:>7.2f} {r['zoo_vs_zoo_float32']:>11.2f}")
+              f"{r['zoo_vs_keras_hub']:>7.2f} {r['zoo_vs_zoo_float32']:>11.2f}  "
+              f"{r['zoo_vs_float32_matmul']:.2f} of matmul")
     return 0
 
 

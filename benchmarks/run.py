@@ -1,7 +1,8 @@
 """Benchmarks (`make bench`): training step time by precision / XLA, and export latency and size.
 
 Everything is measured side by side in one run and reported as ratios to the float32 baseline,
-so the numbers compare on any machine. Results go to bench-out/bench.json and the terminal.
+so the numbers compare on any machine; also the recipe's input pipeline against cached batches.
+Results go to bench-out/training.json and the terminal (benchmarks/all.py gathers every benchmark).
 
     python benchmarks/run.py [--steps 30] [--quick]
 """
@@ -60,11 +61,39 @@ def bench_training(steps: int, quick: bool) -> list[dict]:
     return rows
 
 
-def bench_export(tmp: str) -> dict:
+def bench_pipeline(steps: int, augment: bool) -> dict:
+    """The image_classify recipe's own tf.data training stream against the same batches cached in memory,
+    on the recipe's model: the step-time ratio says what the input pipeline costs the training step."""
+    import keras
+    import tensorflow as tf
+
+    from zoo.recipes import get_recipe_module
+    from zoo.recipes.engine.run import resolve_config
+
+    recipe = get_recipe_module("image_classify").RECIPE
+    overrides = {"train.tensorboard": False}
+    if augment:
+        overrides.update({"augment.flip": "horizontal", "augment.rotation": 0.05, "augment.zoom": 0.1})
+    cfg, explicit = resolve_config(recipe.config_class, overrides)
+    keras.utils.set_random_seed(0)
+    cfg, data = recipe.prepare_data(cfg, explicit)
+    model = recipe.build_model(cfg, data)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), **recipe.compile_args(cfg))
+    batches = list(data.train.take(data.steps_per_epoch))
+    xs = tf.concat([b[0] for b in batches], 0)
+    ys = tf.concat([b[1] for b in batches], 0)
+    cached = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(cfg.train.batch_size).cache().repeat().prefetch(2)
+    cached_s = median_step_seconds(model, cached, steps)
+    pipeline_s = median_step_seconds(model, data.train, steps)
+    return {"augment": augment, "batch": cfg.train.batch_size, "pipeline_ms": pipeline_s * 1e3,
+            "cached_ms": cached_s * 1e3, "pipeline_vs_cached": pipeline_s / cached_s}
+
+
+def bench_export(tmp: str, epochs: int) -> dict:
     from zoo.export.exporter import export_run
     from zoo.recipes.engine.run import train
 
-    result = train("image_classify", os.path.join(tmp, "run"), {"train.epochs": 20, "train.tensorboard": False},
+    result = train("image_classify", os.path.join(tmp, "run"), {"train.epochs": epochs, "train.tensorboard": False},
                    verbose=0)
     _, report = export_run(result.run_dir, os.path.join(tmp, "exports"), "digits",
                            "saved_model,tflite,tflite_float16,tflite_dynamic,tflite_int8", latency_runs=200)
@@ -79,23 +108,29 @@ def bench_export(tmp: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--quick", action="store_true", help="small_cnn only")
+    parser.add_argument("--quick", action="store_true", help="small_cnn only, 5 steps, a 3-epoch export")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args()
     import tempfile
 
     os.makedirs(args.out, exist_ok=True)
-    training = bench_training(args.steps, args.quick)
+    steps = 5 if args.quick else args.steps
+    training = bench_training(steps, args.quick)
+    pipeline = [bench_pipeline(steps if args.quick else 50, augment) for augment in (False, True)]
     with tempfile.TemporaryDirectory() as tmp:
-        export = bench_export(tmp)
+        export = bench_export(tmp, 3 if args.quick else 20)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "training": training,
-              "export": export}
-    with open(os.path.join(args.out, "bench.json"), "w") as fh:
+              "pipeline": pipeline, "export": export}
+    with open(os.path.join(args.out, "training.json"), "w") as fh:
         json.dump(result, fh, indent=2)
     print(f"{'model':<10} {'precision':<15} {'xla':<5} {'ms/step':>9} {'ex/s':>9} {'time vs f32':>12}")
     for r in training:
         print(f"{r['model']:<10} {r['precision']:<15} {str(r['xla']):<5} {r['seconds_per_step'] * 1e3:>9.2f} "
               f"{r['examples_per_second']:>9.0f} {r['time_vs_float32']:>12.2f}")
+    print("\ninput pipeline (image_classify's training stream vs the same batches cached)")
+    for r in pipeline:
+        print(f"augment={str(r['augment']):<5} pipeline {r['pipeline_ms']:.2f} ms/step  cached {r['cached_ms']:.2f}  "
+              f"ratio {r['pipeline_vs_cached']:.2f}")
     print(f"\nexport (digits small_cnn, keras p50 {export['keras_p50_ms']:.3f} ms at batch 1)")
     print(f"{'format':<16} {'accuracy':>8} {'size vs f32':>12} {'p50 ms':>8} {'speed vs keras':>15}")
     for f, r in export["formats"].items():

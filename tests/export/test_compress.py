@@ -43,7 +43,8 @@ def test_qat_int8_matches_keras_accuracy(digits_run, tmp_path):
 
 @pytest.mark.slow
 def test_pruning_to_80_percent(digits_run, tmp_path):
-    summary = compress("prune", digits_run.run_dir, epochs=2, sparsity=0.8, to=str(tmp_path), latency_runs=3)
+    # 3 epochs: the sparsity ramp takes 80% of the steps, and 2 left too few to recover on some digits models.
+    summary = compress("prune", digits_run.run_dir, epochs=3, sparsity=0.8, to=str(tmp_path), latency_runs=3)
     kernels = summary["sparsity"]
     assert kernels and all(0.75 <= s <= 0.85 for s in kernels.values()), kernels
     assert summary["gzip_ratio"] <= 0.40, summary["sizes"]
