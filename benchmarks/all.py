@@ -180,7 +180,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(rows))))
+    fig, ax = plt.subplots(figsize=(13, max(3, 0.28 * len(rows))))
     ax.barh(range(len(rows)), [max(r["ratio"], 1e-3) for r in rows], color="#3b75af")
     ax.set_yticks(range(len(rows)), [f"{r['benchmark']}: {r['row']}" for r in rows], fontsize=7)
     ax.axvline(1.0, color="#aa3333", linewidth=1)
