@@ -15,6 +15,7 @@ strings). Classifier exporters share the verify-and-publish flow of :class:`Clas
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 import os
@@ -441,8 +442,12 @@ class QuestionAnsweringExporter:
                 publish.reached("saved_model_written")
                 self._record("saved_model", self._saved_model_fn(staging), publish.directory_size(staging), ".")
             if converted:
-                with tempfile.TemporaryDirectory(dir=staging, prefix=".src-") as src:
-                    self._write_saved_model(src)
+                # The TFLite files convert the very graph the SavedModel holds: reuse it when it was written.
+                with contextlib.ExitStack() as stack:
+                    src = staging
+                    if "saved_model" not in fmts:
+                        src = stack.enter_context(tempfile.TemporaryDirectory(dir=staging, prefix=".src-"))
+                        self._write_saved_model(src)
                     log.info("converting to %s", ", ".join(converted))
                     for fmt, content in tfl.convert_formats(src, converted, custom_ops=True):
                         fname = tfl.TFLITE_FORMATS[fmt][0]
