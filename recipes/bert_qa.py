@@ -142,8 +142,7 @@ def build_model(cfg: BertQAConfig, data: Datasets) -> Any:
     backbone = build_backbone(cfg, data.state)
     # The [CLS] pooler feeds no span logit: frozen, it is not trained, decayed, or warned about by the
     # optimizer ("Gradients do not exist for variables ['pooled_dense/kernel', ...]") on every run.
-    if any(layer.name == "pooled_dense" for layer in backbone.layers):
-        backbone.get_layer("pooled_dense").trainable = False
+    backbone.pooled_dense.trainable = False
     return BertQuestionAnswerer(backbone, name="bert_question_answerer")
 
 

@@ -227,8 +227,11 @@ def choose_resume_state(out: RunDir, peers: Sequence[RunDir] = ()) -> tuple[int,
         for peer in peers:
             shared &= {e for e, _ in _readable_states(peer, warn=False)}
         agreed = [(e, p) for e, p in own if e in shared]
-        if own and agreed[:1] != own[:1]:
-            log.warning("resuming after epoch %d, the newest epoch every worker saved", agreed[0][0] if agreed else 0)
+        if own and not agreed:
+            log.warning("no epoch has a readable state on every worker; starting again from epoch 1")
+            return None
+        if own and agreed[0] != own[0]:
+            log.warning("resuming after epoch %d, the newest epoch every worker saved", agreed[0][0])
         own = agreed
     if own:
         return own[0]

@@ -91,8 +91,7 @@ def indexed_job_tf_config(env: dict[str, str]) -> str:
     workers, index, port = int(env["ZOO_WORKERS"]), int(env["JOB_COMPLETION_INDEX"]), int(env.get("ZOO_PORT", 2222))
     if not 0 <= index < workers:
         raise ConfigError(f"JOB_COMPLETION_INDEX={index} is outside the job's {workers} workers")
-    hosts = [f"{env['ZOO_JOB']}-{i}.{env['ZOO_SERVICE']}:{port}" for i in range(workers)]
-    return json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+    return tf_configs([f"{env['ZOO_JOB']}-{i}.{env['ZOO_SERVICE']}:{port}" for i in range(workers)])[index]
 
 
 def _stream(proc: subprocess.Popen, prefix: str, sink: object) -> None:
@@ -116,7 +115,7 @@ def launch(workers: int, command: Sequence[str], host: str = "127.0.0.1", port_b
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1, start_new_session=True)  # Ctrl-C reaches them through us, once
         procs.append(proc)
-        # The chief's output is the job's output (stdout, e.g. --json); the others' goes to stderr.
+        # Each worker's stdout and stderr, merged and prefixed: worker 0's lines on stdout, the others' on stderr.
         t = threading.Thread(target=_stream, args=(proc, f"[worker {index}] ", sys.stdout if index == 0 else
                                                    sys.stderr), daemon=True)
         t.start()
