@@ -125,6 +125,14 @@ def seq2seq_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(row("decoding", f"{d['preset']} XLA vs no XLA, {first['tokens']} tokens", first["xla_ms_per_token"]
                    / first["ms_per_token"], "time per token ratio", f"{first['xla_ms_per_token']:.2f} vs "
                    f"{first['ms_per_token']:.2f} ms/token"))
+    for r in d["xla"]:
+        out.append(row("decoding", f"{d['preset']} {r['method']} batch {r['batch']}: XLA vs plain graph",
+                       r["xla_vs_graph"], "time per token ratio (below 1: XLA faster)",
+                       f"{r['xla_ms_per_token']:.2f} vs {r['ms_per_token']:.2f} ms/token"))
+    for r in d["keras_hub"]:
+        out.append(row("decoding", f"{d['preset']} greedy batch {r['batch']}: zoo (XLA) vs keras-hub "
+                       "BartSeq2SeqLM.generate", r["zoo_vs_keras_hub"], "tokens/s ratio",
+                       f"{r['zoo_tokens_per_s']:.0f} vs {r['keras_hub_tokens_per_s']:.0f} tok/s", ">= 1.5"))
     bf16 = next(r for r in d["train"] if r["precision"] == "mixed_bfloat16")
     out.append(row("seq2seq training", f"{d['preset']} mixed_bfloat16 vs float32", bf16["vs_float32"],
                    "step time ratio", f"{bf16['seconds']:.3f} s/step"))

@@ -8,10 +8,8 @@ import time
 from typing import Any
 
 
-def median_step_seconds(model: Any, dataset: Any, steps: int, warmup: int = 3) -> float:
-    """Median wall time of one training step of a compiled model (after ``warmup`` steps to trace)."""
+def _step_times(model: Any, dataset: Any, steps: int) -> list[float]:
     import keras
-    import numpy as np
 
     class StepTimer(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -25,10 +23,45 @@ def median_step_seconds(model: Any, dataset: Any, steps: int, warmup: int = 3) -
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.times.append(time.perf_counter() - self._start)
 
-    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
     timer = StepTimer()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
-    return float(np.median(timer.times))
+    return timer.times
+
+
+def median_step_seconds(model: Any, dataset: Any, steps: int, warmup: int = 3) -> float:
+    """Median wall time of one training step of a compiled model (after ``warmup`` steps to trace)."""
+    import numpy as np
+
+    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
+    return float(np.median(_step_times(model, dataset, steps)))
+
+
+def paired_step_seconds(cases: dict[str, tuple[Any, Any]], steps: int, rounds: int = 4,
+                        warmup: int = 3) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Step times of several compiled models measured in alternating rounds, so that a shared VM's
+    slow spells hit every side alike. ``cases`` maps a name to ``(model, dataset)``; each round times
+    ``steps`` steps of each. Returns each
+    case's median step time over all rounds, and per round its median (for paired ratios: take the
+    median over rounds of the per-round ratio)."""
+    import numpy as np
+
+    for model, dataset in cases.values():
+        model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
+    per_round: dict[str, list[float]] = {name: [] for name in cases}
+    every: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (model, dataset) in cases.items():
+            times = _step_times(model, dataset, steps + 1)[1:]  # the first step re-enters fit
+            per_round[name].append(float(np.median(times)))
+            every[name].extend(times)
+    return {name: float(np.median(t)) for name, t in every.items()}, per_round
+
+
+def paired_ratio(per_round: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of ``numerator``'s step time over ``denominator``'s in the same round."""
+    import numpy as np
+
+    return float(np.median([a / b for a, b in zip(per_round[numerator], per_round[denominator])]))
 
 
 def cpu_name() -> str:

@@ -4,7 +4,13 @@
    for every token), batch 1 and batch 32.
 2. Time per generated token with the cache at 16, 64 and 256 generated tokens (the end token is
    disabled so every row generates exactly that many): flat means each token costs one step.
-3. Training step time float32 vs mixed_bfloat16.
+3. XLA-compiled vs plain graph decoding for greedy, beam (width 4) and top-k sampling, batch 1 and 32:
+   the figures behind the Translator's default (XLA on).
+4. The zoo's greedy decoding (its default, XLA) vs keras-hub's own seq2seq generation: a
+   ``keras_hub.models.BartSeq2SeqLM`` built from scratch at the same size (layers, width, heads,
+   feed-forward, vocabulary), its ``generate`` with the greedy sampler (keras-hub compiles it with
+   XLA by default), tokens/s at batch 1 and 32.
+5. Training step time float32 vs mixed_bfloat16.
 
     python benchmarks/seq2seq.py [--preset transformer_small] [--vocab 8000] [--source-length 32]
 """
@@ -28,14 +34,15 @@ START, END, PAD = 2, 3, 0
 
 
 def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache: bool, runs: int,
-                   xla: bool = False) -> float:
-    """Median wall time of generating ``tokens`` tokens for ``batch`` sources (graph-compiled, warmed up)."""
+                   xla: bool = False, method: str = "greedy") -> float:
+    """Wall time of generating ``tokens`` tokens for ``batch`` sources (graph-compiled, warmed up): the
+    fastest of ``runs``, since a shared VM's noise only ever adds time."""
     import numpy as np
     import tensorflow as tf
 
     from zoo.models import decoding
 
-    cfg = decoding.DecodeConfig(method="greedy", max_length=tokens, use_cache=use_cache)
+    cfg = decoding.DecodeConfig(method=method, max_length=tokens, use_cache=use_cache)
     rng = np.random.default_rng(0)
     ids = tf.constant(rng.integers(5, model.config.vocab_size, (batch, source_length)), tf.int32)
     mask = tf.ones_like(ids)
@@ -47,7 +54,42 @@ def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache
         t = time.perf_counter()
         fn(ids, mask).numpy()
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.min(times))
+
+
+def keras_hub_bart(model):
+    """keras-hub's BART seq2seq LM, from scratch, at the zoo model's size, greedy sampler."""
+    import keras_hub
+
+    cfg = model.config
+    backbone = keras_hub.models.BartBackbone(
+        vocabulary_size=cfg.vocab_size, num_layers=cfg.num_encoder_layers, num_heads=cfg.num_heads,
+        hidden_dim=cfg.hidden_dim, intermediate_dim=cfg.intermediate_dim, dropout=0.0,
+        max_sequence_length=cfg.max_target_length)
+    lm = keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    return lm
+
+
+def keras_hub_decode_seconds(lm, batch: int, source_length: int, tokens: int, runs: int) -> float:
+    """Wall time (fastest of ``runs``) of keras-hub ``generate`` producing ``tokens`` tokens (no stop
+    token) for ``batch`` sources."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    decoder = np.full((batch, tokens + 1), PAD, "int32")
+    decoder[:, 0] = START
+    inputs = {"encoder_token_ids": rng.integers(5, lm.backbone.vocabulary_size, (batch, source_length)).astype("int32"),
+              "encoder_padding_mask": np.ones((batch, source_length), "int32"),
+              "decoder_token_ids": decoder, "decoder_padding_mask": (decoder != PAD).astype("int32")}
+    lm.generate(inputs, stop_token_ids=None)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = lm.generate(inputs, stop_token_ids=None)
+        times.append(time.perf_counter() - t)
+    assert out["decoder_token_ids"].shape == (batch, tokens + 1)
+    return float(np.min(times))
 
 
 def train_step_seconds(preset: str, vocab: int, batch: int, length: int, precision: str, steps: int) -> float:
@@ -81,7 +123,7 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--source-length", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=64, help="generated tokens for the cache vs no-cache rows")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--train-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
@@ -98,7 +140,7 @@ def main() -> int:
     out = {"preset": args.preset, "vocab": args.vocab, "source_length": args.source_length, "decode": [],
            "per_token": [], "train": []}
     print(f"{args.preset}, vocab {args.vocab}, source length {args.source_length}, greedy, "
-          f"{args.tokens} generated tokens, median of {args.runs}")
+          f"{args.tokens} generated tokens, fastest of {args.runs}")
     print(f"{'batch':>5}  {'cached tok/s':>12}  {'uncached tok/s':>14}  {'speed-up':>8}")
     for batch in (1, 32):
         cached = decode_seconds(model, batch, args.source_length, args.tokens, True, args.runs)
@@ -117,6 +159,31 @@ def main() -> int:
         out["per_token"].append({"tokens": tokens, "ms_per_token": per, "vs_16": per / base,
                                  "xla_ms_per_token": per_xla, "xla_vs_16": per_xla / base_xla})
         print(f"{tokens:>6}  {per:>15.3f}  {per / base:>6.2f}  {per_xla:>12.3f}  {per_xla / base_xla:>6.2f}")
+    methods = ("greedy", "beam", "top_k")
+    xla_tokens = 16 if args.quick else 32
+    print(f"\nXLA vs plain graph, {xla_tokens} tokens: ms per token")
+    print(f"{'method':<7} {'batch':>5}  {'graph':>8}  {'XLA':>8}  {'XLA/graph':>9}")
+    out["xla"] = []
+    for method in methods:
+        for batch in (1, 32):
+            plain = decode_seconds(model, batch, args.source_length, xla_tokens, True, args.runs, method=method)
+            xla = decode_seconds(model, batch, args.source_length, xla_tokens, True, args.runs, xla=True,
+                                 method=method)
+            out["xla"].append({"method": method, "batch": batch, "ms_per_token": plain / xla_tokens * 1e3,
+                               "xla_ms_per_token": xla / xla_tokens * 1e3, "xla_vs_graph": xla / plain})
+            print(f"{method:<7} {batch:>5}  {plain / xla_tokens * 1e3:>8.2f}  {xla / xla_tokens * 1e3:>8.2f}  "
+                  f"{xla / plain:>9.2f}")
+    lm = keras_hub_bart(model)
+    print(f"\nzoo greedy (XLA) vs keras-hub BartSeq2SeqLM.generate (greedy), {args.tokens} tokens: tokens/s")
+    out["keras_hub"] = []
+    for batch in (1, 32):
+        zoo_s = decode_seconds(model, batch, args.source_length, args.tokens, True, args.runs, xla=True)
+        kh_s = keras_hub_decode_seconds(lm, batch, args.source_length, args.tokens, args.runs)
+        row = {"batch": batch, "zoo_tokens_per_s": batch * args.tokens / zoo_s,
+               "keras_hub_tokens_per_s": batch * args.tokens / kh_s, "zoo_vs_keras_hub": kh_s / zoo_s}
+        out["keras_hub"].append(row)
+        print(f"batch {batch:>2}: zoo {row['zoo_tokens_per_s']:.0f}, keras-hub {row['keras_hub_tokens_per_s']:.0f}, "
+              f"{row['zoo_vs_keras_hub']:.2f}x")
     print(f"\ntraining step, batch {args.train_batch}, length {args.train_length} (source and target)")
     f32 = None
     for precision in ("float32", "mixed_bfloat16"):

@@ -323,7 +323,8 @@ class TranslationExporter:
         from zoo.translator import Translator
 
         self.run, self.info = run, info
-        self.translator = Translator.from_run(run.path, **(decode or {}))
+        # The graph TF Serving runs: no XLA (its CPU build has XLA JIT off), checked against itself.
+        self.translator = Translator.from_run(run.path, jit_compile=False, **(decode or {}))
         x, y = run.eval_sample()
         self.sources, self.references = [str(s) for s in x], [str(s) for s in y]
 

@@ -146,7 +146,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     for key in ("top_k", "top_p", "temperature", "seed", "max_length", "length_penalty"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    translator = Translator.from_run(args.run_dir, **options)
+    translator = Translator.from_run(args.run_dir, jit_compile=args.xla, **options)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     if not any(t.strip() for t in texts):
         raise ZooError("nothing to translate: give texts as arguments or on standard input")
@@ -301,6 +301,9 @@ def _main(argv: list[str]) -> int:
     p_tr.add_argument("--seed", type=int)
     p_tr.add_argument("--length-penalty", dest="length_penalty", type=float)
     p_tr.add_argument("--max-length", dest="max_length", type=int, help="most tokens to generate")
+    p_tr.add_argument("--no-xla", dest="xla", action="store_const", const=False, default=None,
+                      help="decode without XLA (default: XLA for greedy and beam): exactly the graph an exported "
+                           "SavedModel (and TF Serving) runs")
 
     p_a = sub.add_parser("answer", parents=[common], help="answer questions from a passage with a finished bert_qa run")
     p_a.add_argument("run_dir")

@@ -5,7 +5,18 @@
     t(["some source sentence"])            # -> ["its translation"]
 
 The same graph (``Translator.translate``, a ``tf.function`` on a ``tf.string [batch]``) is what the
-exported SavedModel's ``serving_default`` runs.
+exported SavedModel's ``serving_default`` runs, with one difference: in process the greedy and beam
+decoding loops are XLA-compiled by default (``jit_compile=None`` picks; on the benchmark CPU XLA
+takes 0.3-0.65x the time per token of the plain graph, ``benchmarks/seq2seq.py``), while top-k and
+top-p sampling stay on the plain graph, where XLA measured 1.6-4.8x slower (its CPU top-k and
+categorical sampling over the vocabulary). The exporter builds its Translator with
+``jit_compile=False``, because TF Serving's CPU build leaves XLA JIT off by default and a SavedModel
+whose function must be XLA-compiled fails there. XLA orders float arithmetic differently, so on a
+near-tie of two tokens the two graphs can pick different words; ``jit_compile=False`` (``zoo
+translate --no-xla``) runs exactly the exported graph. Under XLA the sources are padded to a
+power-of-two width (at least 8, at most ``max_source_length``), so a stream of batches compiles a
+handful of shapes, not one per batch; padding is masked and does not change a translation. If XLA
+cannot compile the loop, the Translator logs why and decodes without it.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from zoo.errors import DataError
 from zoo.models.decoding import DecodeConfig, decode_config, generate
 
 log = logging.getLogger(__name__)
+
+XLA_METHODS = ("greedy", "beam")  # decoding methods XLA makes faster here (benchmarks/seq2seq.py)
 
 
 def pad_ids(ragged: Any, max_length: int, pad_id: int, end_id: int | None = None) -> tuple[Any, Any]:
@@ -43,16 +56,20 @@ class Translator:
     """A trained seq2seq model with its tokenizers and decoding settings."""
 
     def __init__(self, model: Any, source_tokenizer: Any, target_tokenizer: Any, max_source_length: int,
-                 decode: DecodeConfig | None = None):
+                 decode: DecodeConfig | None = None, jit_compile: bool | None = None):
         self.model = model
         self.source_tokenizer, self.target_tokenizer = source_tokenizer, target_tokenizer
         self.max_source_length = int(max_source_length)
         self.decode = decode or DecodeConfig()
+        if jit_compile is None:  # XLA where it measured faster
+            jit_compile = self.decode.method in XLA_METHODS
+        self.jit_compile = bool(jit_compile)
         self._fn = None
+        self._xla_generate = None
         self._warned = False
 
     @classmethod
-    def from_run(cls, run_dir: str, **decode_options: Any) -> Translator:
+    def from_run(cls, run_dir: str, jit_compile: bool | None = None, **decode_options: Any) -> Translator:
         """Load a finished ``translate`` run; ``decode_options`` are DecodeConfig fields (method, beam_width...)."""
         from zoo.rundir import RunDir, TranslationInfo
 
@@ -60,7 +77,11 @@ class Translator:
         info = run.expect(TranslationInfo, purpose="translation (text-to-text decoding)")
         source, target = run.tokenizers()
         return cls(run.load_model(), source, target, info.preprocessor.max_source_length,
-                   decode_config(**decode_options))
+                   decode_config(**decode_options), jit_compile=jit_compile)
+
+    def _decode_ids(self, ids: Any, mask: Any) -> Any:
+        t = self.target_tokenizer
+        return generate(self.model, ids, mask, t.start_id, t.end_id, t.pad_id, self.decode)
 
     def _generate(self, texts: Any) -> tuple[Any, Any]:
         """(generated target ids ``[batch, max_length]``, how many sources were truncated), tokenizing once."""
@@ -68,10 +89,17 @@ class Translator:
 
         tokens = self.source_tokenizer.tokenize(texts)
         ids, mask = pad_ids(tokens, self.max_source_length, self.source_tokenizer.pad_id)
-        t = self.target_tokenizer
-        generated = generate(self.model, ids, mask, t.start_id, t.end_id, t.pad_id, self.decode)
         truncated = tf.reduce_sum(tf.cast(tokens.row_lengths() > self.max_source_length, tf.int32))
-        return generated, truncated
+        if not self.jit_compile:
+            return self._decode_ids(ids, mask), truncated
+        if self._xla_generate is None:
+            self._xla_generate = tf.function(self._decode_ids, jit_compile=True, reduce_retracing=True)
+        width = tf.shape(ids)[1]
+        bucket = tf.cast(2.0 ** tf.math.ceil(tf.math.log(tf.cast(width, tf.float32)) / tf.math.log(2.0)), tf.int32)
+        bucket = tf.maximum(width, tf.minimum(tf.maximum(bucket, 8), self.max_source_length))
+        ids = tf.pad(ids, [[0, 0], [0, bucket - width]], constant_values=self.source_tokenizer.pad_id)
+        mask = tf.pad(mask, [[0, 0], [0, bucket - width]])
+        return self._xla_generate(ids, mask), truncated
 
     def generate_ids(self, texts: Any) -> Any:
         """Generated target ids ``[batch, max_length]`` (padded after the end token)."""
@@ -87,7 +115,16 @@ class Translator:
                 return self.target_tokenizer.detokenize(generated), truncated
 
             self._fn = tf.function(run, input_signature=[tf.TensorSpec([None], tf.string)])
-        return self._fn(texts)
+        if not self.jit_compile:
+            return self._fn(texts)
+        try:
+            return self._fn(texts)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as exc:
+            # XLA refuses an op or a shape: decode with the plain graph from now on (same results).
+            log.info("XLA could not compile the decoding loop (%s); decoding without XLA",
+                     str(exc).strip().splitlines()[0][:200])
+            self.jit_compile, self._fn, self._xla_generate = False, None, None
+            return self._translate_counting(texts)
 
     def translate(self, texts: Any) -> Any:
         """``tf.string [batch]`` -> ``tf.string [batch]`` (graph-compiled on first use)."""

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import platform
 from collections.abc import Iterator
 from typing import Any
 
 from zoo.errors import unknown_name
 from zoo.recipes.engine.config import PRECISIONS
+
+log = logging.getLogger(__name__)
+
+# /proc/cpuinfo flags of CPU units that compute in bfloat16: AVX-512 BF16 and AMX (x86), BF16 (Arm).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 @contextlib.contextmanager
@@ -35,3 +42,36 @@ def has_loss_scaling(model: Any) -> bool:
     import keras
 
     return isinstance(getattr(model, "optimizer", None), keras.optimizers.LossScaleOptimizer)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags (x86 ``flags``, Arm ``Features``) from ``/proc/cpuinfo`` or the text given."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def warn_if_slow_bfloat16(policy: str, device_types: set[str], cpuinfo: str | None = None) -> bool:
+    """Warn (and return True) when ``mixed_bfloat16`` will train on a CPU without bfloat16 units.
+
+    There each bfloat16 matmul is emulated in float32 plus casts, so the policy costs speed instead
+    of buying it. GPUs and TPUs are not judged here (``device_types`` holds the strategy's device
+    types, e.g. ``{"CPU"}``)."""
+    if policy != "mixed_bfloat16" or device_types - {"CPU"}:
+        return False
+    flags = cpu_flags(cpuinfo)
+    if not flags or flags & set(BF16_FLAGS):
+        return False  # unknown CPU (no /proc/cpuinfo): say nothing rather than guess
+    log.warning("train.precision=mixed_bfloat16 on a CPU without bfloat16 units (%s has none of %s): "
+                "bfloat16 is emulated here and usually trains slower than float32; use "
+                "--set train.precision=float32 unless you are checking bfloat16 numerics",
+                platform.processor() or "this CPU", ", ".join(BF16_FLAGS))
+    return True

@@ -115,11 +115,12 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
         extra_callbacks: Sequence[Any] = (), verbose: int | str = "auto") -> RunResult:
     """Train ``recipe`` with ``cfg`` into ``run_dir`` (resuming if it holds an unfinished run)."""
     import keras
+    import tensorflow as tf
 
     from zoo.recipes.engine.callbacks import MetricsLog, build_callbacks, choose_resume_state
     from zoo.recipes.engine.optim import build_optimizer, build_schedule, check_optimizer_support
     from zoo.recipes.engine.plots import plot_curves
-    from zoo.recipes.engine.precision import has_loss_scaling, precision_scope
+    from zoo.recipes.engine.precision import has_loss_scaling, precision_scope, warn_if_slow_bfloat16
     from zoo.recipes.engine.strategy import (
         build_strategy,
         check_xla,
@@ -136,6 +137,7 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
     check_xla(strategy, train.jit_compile)
     check_optimizer_support(train.optimizer)
+    warn_if_slow_bfloat16(train.precision, {d.device_type for d in tf.config.list_logical_devices()})
     keras.utils.set_random_seed(train.seed)
     cfg, data = recipe.prepare_data(cfg, explicit)
     # In a multi-worker job only the chief writes the run dir; the other workers keep their own

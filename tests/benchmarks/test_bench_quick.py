@@ -32,8 +32,11 @@ def test_quick_bench_produces_every_row(tmp_path):
     assert any("zoo vs keras-hub" in r and "XLA" in r for r in bert) and any("zoo vs keras-hub" in r and "XLA" not in r
                                                                             for r in bert)
     assert any("FLOP/s vs float32 matmul" in r for r in bert) and any("mixed_bfloat16 vs float32" in r for r in bert)
-    assert any("cached vs uncached" in r for r in kinds["decoding"]) and any("XLA vs no XLA" in r
-                                                                             for r in kinds["decoding"])
+    decoding = kinds["decoding"]
+    assert any("cached vs uncached" in r for r in decoding) and any("XLA vs no XLA" in r for r in decoding)
+    assert {m for m in ("greedy", "beam", "top_k") if any(f"{m} batch 32: XLA vs plain graph" in r
+                                                          for r in decoding)} == {"greedy", "beam", "top_k"}
+    assert sum("vs keras-hub BartSeq2SeqLM.generate" in r for r in decoding) == 2
     assert len(kinds["input pipeline"]) == 2 and any("tflite_int8" in r for r in kinds["export"])
     assert {"saved_model", "tflite"} <= {r.split(": ")[1].split(" ")[0] for r in kinds["question answering"]}
     machine = bench["machine"]

@@ -233,10 +233,39 @@ def test_precision_scope_restores_the_global_policy():
             pass
 
 
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+NEOVERSE = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_bfloat16_on_a_cpu_without_bf16_units_warns(caplog):
+    from zoo.recipes.engine.precision import cpu_flags, warn_if_slow_bfloat16
+
+    assert cpu_flags(NEOVERSE) == {"fp", "asimd", "sve", "bf16", "i8mm"}
+    with caplog.at_level("WARNING"):
+        assert warn_if_slow_bfloat16("mixed_bfloat16", {"CPU"}, AVX2_ONLY)
+    assert "without bfloat16 units" in caplog.text and "train.precision=float32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert not warn_if_slow_bfloat16("mixed_bfloat16", {"CPU"}, AVX512_BF16)
+        assert not warn_if_slow_bfloat16("mixed_bfloat16", {"CPU"}, NEOVERSE)
+        assert not warn_if_slow_bfloat16("mixed_bfloat16", {"CPU", "GPU"}, AVX2_ONLY)
+        assert not warn_if_slow_bfloat16("float32", {"CPU"}, AVX2_ONLY)
+        assert not warn_if_slow_bfloat16("mixed_bfloat16", {"CPU"}, "")  # unknown CPU: no guess
+    assert caplog.text == ""
+
+
 @pytest.mark.parametrize("precision,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
-def test_mixed_precision_trains_with_float32_logits(precision, compute, tmp_path):
-    result = train("image_classify", str(tmp_path / "run"),
-                   {**FAST, "train.precision": precision, "train.epochs": 3}, verbose=0)
+def test_mixed_precision_trains_with_float32_logits(precision, compute, tmp_path, caplog, monkeypatch):
+    from zoo.recipes.engine import precision as precision_module
+
+    flags = precision_module.cpu_flags(AVX2_ONLY)
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda cpuinfo=None: flags)
+    with caplog.at_level("WARNING"):
+        result = train("image_classify", str(tmp_path / "run"),
+                       {**FAST, "train.precision": precision, "train.epochs": 3}, verbose=0)
+    # The recipe itself warns, on a CPU that (here, by the stub) has no bfloat16 units.
+    assert ("without bfloat16 units" in caplog.text) is (precision == "mixed_bfloat16")
     model = result.model
     assert model.get_layer("conv1").compute_dtype == compute
     assert model.get_layer("conv1").variable_dtype == "float32"

@@ -53,6 +53,41 @@ def test_translator_greedy_and_beam(translate_run, number_files):
 
 
 @pytest.mark.slow
+def test_xla_decoding_is_the_default_where_faster_and_agrees_with_the_plain_graph(translate_run, number_files,
+                                                                                  caplog, monkeypatch):
+    import tensorflow as tf
+
+    import zoo.translator as translator_module
+    from zoo.translator import Translator
+
+    _, dev = number_files
+    sources = [line.split("\t")[0] for line in open(dev, encoding="utf-8")][:40]
+    for method, xla in (("greedy", True), ("beam", True), ("top_k", False), ("top_p", False)):
+        assert Translator.from_run(translate_run.run_dir, method=method).jit_compile is xla, method
+    for method in ("greedy", "beam"):
+        xla = Translator.from_run(translate_run.run_dir, method=method)
+        plain = Translator.from_run(translate_run.run_dir, method=method, jit_compile=False)
+        # Sources of different widths share the power-of-two padded shape; padding changes nothing.
+        assert xla(sources) == plain(sources), method
+        assert xla(sources[:3]) == plain(sources[:3]) == xla(sources)[:3]
+    # An op XLA cannot compile in the loop: one log line, then the plain graph, same translations.
+    real_generate = translator_module.generate
+
+    def with_host_op(model, ids, *args):
+        ids = tf.numpy_function(lambda a: a, [ids], tf.int32, stateful=False)
+        ids.set_shape([None, None])
+        return real_generate(model, ids, *args)
+
+    expected = Translator.from_run(translate_run.run_dir, jit_compile=False)(sources[:5])
+    monkeypatch.setattr(translator_module, "generate", with_host_op)
+    falling = Translator.from_run(translate_run.run_dir)
+    with caplog.at_level(logging.INFO, logger="zoo.translator"):
+        assert falling(sources[:5]) == expected
+    assert not falling.jit_compile
+    assert any("XLA could not compile the decoding loop" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
 def test_long_source_is_truncated_with_one_warning(translate_run, caplog):
     from zoo.translator import Translator
 

@@ -167,10 +167,15 @@ def test_decoding_option_errors():
         decoding.decode_config(method="top_p", top_p=1.5)
 
 
-def test_decoding_compiles_with_xla(peaked_model):
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_k"])
+def test_decoding_compiles_with_xla_for_concrete_shapes(peaked_model, method):
+    """Traced for concrete input shapes (static batch) as well as dynamic ones; beam search once lost
+    its static batch size inside the loop and refused to trace that way."""
     import tensorflow as tf
 
     ids, mask = _sources(np.random.default_rng(8))
-    cfg = decoding.decode_config(method="greedy")
-    fn = tf.function(lambda i, m: decoding.generate(peaked_model, i, m, START, END, PAD, cfg), jit_compile=True)
-    np.testing.assert_array_equal(np.asarray(fn(ids, mask)), _decode(peaked_model, ids, mask))
+    cfg = decoding.decode_config(method=method, beam_width=3)
+    expected = _decode(peaked_model, ids, mask, method=method, beam_width=3)
+    for xla in (False, True):
+        fn = tf.function(lambda i, m: decoding.generate(peaked_model, i, m, START, END, PAD, cfg), jit_compile=xla)
+        np.testing.assert_array_equal(np.asarray(fn(tf.constant(ids), tf.constant(mask))), expected)

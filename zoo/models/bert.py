@@ -18,6 +18,7 @@ from typing import Any
 import keras
 
 from zoo.models.bert_config import BertConfig
+from zoo.models.encoder import FastTransformerEncoder
 from zoo.models.serialization import DataclassConfigMixin
 
 
@@ -59,7 +60,7 @@ class BertBackbone(DataclassConfigMixin, keras.Model):
             epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_layer_norm")
         self.embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embeddings_dropout")
         self.transformer_layers = [
-            keras_hub.layers.TransformerEncoder(
+            FastTransformerEncoder(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation=_activation(activation),
                 dropout=dropout, layer_norm_epsilon=layer_norm_epsilon, kernel_initializer=_init(cfg),
                 normalize_first=False, dtype=dtype, name=f"transformer_layer_{i}")
@@ -75,9 +76,14 @@ class BertBackbone(DataclassConfigMixin, keras.Model):
         x = keras.layers.Add(dtype=dtype, name="embeddings_add")(
             [tokens, self.position_embedding(tokens), self.segment_embedding(segment_ids)])
         x = self.embeddings_dropout(self.embeddings_layer_norm(x))
-        for layer in self.transformer_layers:
+        for layer in self.transformer_layers[:-1]:
             x = layer(x, padding_mask=padding_mask)
-        pooled = self.pooled_dense(x[:, 0, :])
+        last = self.transformer_layers[-1]
+        # The pooler reads [CLS] only, so its path runs the last layer for that one query; a model
+        # that uses only pooled_output (a classifier) never computes the rest of the last layer:
+        # TensorFlow prunes the unused sequence_output branch from the traced step.
+        pooled = self.pooled_dense(last(x, padding_mask=padding_mask, query_length=1)[:, 0, :])
+        x = last(x, padding_mask=padding_mask)
         super().__init__(
             inputs={"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
             outputs={"sequence_output": x, "pooled_output": pooled},

@@ -184,6 +184,7 @@ def _beam(model: Any, encoded: Any, encoder_mask: Any, batch: Any, start_id: int
         return tf.logical_and(index < max_length, tf.logical_not(tf.reduce_all(finished)))
 
     def body(index, tokens, state, scores, finished, lengths):
+        entered = (tokens, state, scores, finished, lengths)
         logits, state = stepper.step(tokens, index, state)
         step_lp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
         step_lp = tf.where(finished[:, tf.newaxis], frozen_row[tf.newaxis, :], step_lp)
@@ -196,7 +197,11 @@ def _beam(model: Any, encoded: Any, encoder_mask: Any, batch: Any, start_id: int
         was_finished = tf.gather(finished, parent)
         lengths = tf.gather(lengths, parent) + tf.cast(tf.logical_not(was_finished), tf.int32)
         finished = tf.logical_or(was_finished, tf.equal(token, end_id))
-        return index + 1, tokens, state, tf.reshape(best, [-1]), finished, lengths
+        out = (tokens, state, tf.reshape(best, [-1]), finished, lengths)
+        # The gathers lose a static batch size (a tf.function traced for concrete shapes has one);
+        # the loop needs the shapes it entered with.
+        tf.nest.map_structure(lambda new, old: new.set_shape(old.shape), out, entered)
+        return index + 1, *out
 
     _, tokens, _, scores, _, lengths = tf.while_loop(
         cond, body, (tf.constant(1), tokens, state, scores, finished, lengths), maximum_iterations=max_length - 1)
