@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import median_step_seconds  # noqa: E402
+from common import median_step_seconds, paired_ratio, paired_step_seconds  # noqa: E402
 
 
 def time_training(model_name: str, overrides: dict, shape: tuple, classes: int, batch: int, steps: int,
@@ -83,10 +83,11 @@ def bench_pipeline(steps: int, augment: bool) -> dict:
     xs = tf.concat([b[0] for b in batches], 0)
     ys = tf.concat([b[1] for b in batches], 0)
     cached = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(cfg.train.batch_size).cache().repeat().prefetch(2)
-    cached_s = median_step_seconds(model, cached, steps)
-    pipeline_s = median_step_seconds(model, data.train, steps)
-    return {"augment": augment, "batch": cfg.train.batch_size, "pipeline_ms": pipeline_s * 1e3,
-            "cached_ms": cached_s * 1e3, "pipeline_vs_cached": pipeline_s / cached_s}
+    # Alternating rounds (a shared VM drifts): the ratio is the median of per-round ratios.
+    times, per_round = paired_step_seconds({"cached": (model, cached), "pipeline": (model, data.train)},
+                                           max(2, steps // 5), rounds=5)
+    return {"augment": augment, "batch": cfg.train.batch_size, "pipeline_ms": times["pipeline"] * 1e3,
+            "cached_ms": times["cached"] * 1e3, "pipeline_vs_cached": paired_ratio(per_round, "pipeline", "cached")}
 
 
 def bench_export(tmp: str, epochs: int) -> dict:

@@ -165,7 +165,7 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         return mask_tokens(pre(texts), seed=seed, **options)
 
     batch = cfg.train.batch_size
-    train_ds = slices(np.asarray(train_lines), cfg.train.seed).batch(batch)
+    train_ds = slices(np.asarray(train_lines), cfg.train.seed, batch_size=batch)
     train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     def fixed_masks(texts: list[str]) -> Any:
         # Evaluation masks are fixed (stateless, seeded) so losses compare across epochs and runs.

@@ -101,7 +101,7 @@ def _dataset(features: Any, batch: int, seed: int | None) -> Any:
     from zoo.data.order import slices
 
     ds = slices(((features.token_ids, features.segment_ids, features.padding_mask),
-                 (features.start_positions, features.end_positions)), seed).batch(batch)
+                 (features.start_positions, features.end_positions)), seed, batch_size=batch)
     return ds.map(lambda x, y: ({"token_ids": x[0], "segment_ids": x[1], "padding_mask": x[2]},
                                 {"start_logits": y[0], "end_logits": y[1]})).prefetch(tf.data.AUTOTUNE)
 

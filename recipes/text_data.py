@@ -102,7 +102,7 @@ def text_dataset(texts: np.ndarray, labels: np.ndarray | None, preprocessor: Any
     from zoo.data.order import slices
 
     targets = labels if labels is not None else np.zeros(len(texts), np.int32)
-    ds = slices((texts, targets), shuffle_seed).batch(batch)
+    ds = slices((texts, targets), shuffle_seed, batch_size=batch)
 
     def prepare(x, y):
         inputs = (x[:, 0], x[:, 1]) if texts.ndim == 2 else x

@@ -200,8 +200,10 @@ def compile_args(cfg: TranslateConfig) -> dict[str, Any]:
 def translator_for(cfg: TranslateConfig, model: Any, data: Datasets) -> Any:
     from zoo.translator import Translator
 
+    # The plain graph (no XLA): the run's BLEU and exact match are then those of the graph the
+    # export publishes and checks, not of an XLA build that may break a near-tie differently.
     return Translator(model, data.state["source_tokenizer"], data.state["target_tokenizer"],
-                      cfg.data.max_source_length, cfg.decode)
+                      cfg.data.max_source_length, cfg.decode, jit_compile=False)
 
 
 def score(translator: Any, sources: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -16,6 +16,7 @@ from zoo.errors import ZooError
 
 SERIALIZABLE_MODULES = (
     "zoo.models.bert",      # BertBackbone, BertClassifier, BertMaskedLM
+    "zoo.models.encoder",   # FastTransformerEncoder
     "zoo.models.seq2seq",   # Seq2SeqTransformer
     "zoo.tokenizers",       # BertPreprocessor
     "zoo.optimizers",       # WarmupDecay, FusedAdam, FusedAdamW

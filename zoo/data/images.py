@@ -229,27 +229,31 @@ def write_image_tfrecord(path: str, encoded_images: Sequence[bytes], labels: Seq
 
 def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
                   image_key: str = "image/encoded", label_key: str = "image/class/label",
-                  shuffle_seed: int | None = None, shuffle_buffer: int = 4096) -> Any:
-    """A tf.data.Dataset of (float32 image with pixel values, int32 label).
+                  shuffle_seed: int | None = None, shuffle_buffer: int = 4096, batch_size: int | None = None) -> Any:
+    """A tf.data.Dataset of (float32 image with pixel values, int32 label), batched with ``batch_size``.
 
     With ``shuffle_seed`` the dataset is endless and reshuffled every epoch (deterministically
     for arrays and files; with a ``shuffle_buffer`` for TFRecords, which cannot be indexed).
+    In-memory arrays are gathered, cast and resized a whole batch at a time.
     """
     import tensorflow as tf
 
     size = tf.constant(image_size, dtype=tf.int32)
 
-    def fit_size(img):
+    def fit_size(img):  # [H, W, C] or [B, H, W, C]
         img = tf.cast(img, tf.float32)
-        if img.shape[0] != image_size[0] or img.shape[1] != image_size[1]:
+        if img.shape[-3] != image_size[0] or img.shape[-2] != image_size[1]:
             img = tf.image.resize(img, size)
-        return tf.ensure_shape(img, (*image_size, channels))
+        return tf.ensure_shape(img, (*img.shape[:-3], *image_size, channels))
+
+    def batched(ds):
+        return ds if batch_size is None else ds.batch(batch_size)
 
     if src.arrays is not None:
         arrays = src.arrays
         if arrays.shape[-1] != channels:
             arrays = np.repeat(arrays, channels, axis=-1) if arrays.shape[-1] == 1 else arrays[..., :channels]
-        ds = slices((arrays, src.labels), shuffle_seed)
+        ds = slices((arrays, src.labels), shuffle_seed, batch_size=batch_size)
         return ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
 
     def decode(data):
@@ -259,8 +263,8 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
 
     if src.files is not None:
         ds = slices((np.asarray(src.files), src.labels), shuffle_seed)
-        return ds.map(lambda f, y: (tf.ensure_shape(decode(tf.io.read_file(f)), (*image_size, channels)), y),
-                      num_parallel_calls=tf.data.AUTOTUNE)
+        return batched(ds.map(lambda f, y: (tf.ensure_shape(decode(tf.io.read_file(f)), (*image_size, channels)), y),
+                              num_parallel_calls=tf.data.AUTOTUNE))
     files, keep = src.records
     keep_table = np.zeros(int(keep.max()) + 1 if len(keep) else 1, dtype=bool)
     keep_table[keep] = True
@@ -276,7 +280,7 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
 
     if shuffle_seed is not None:
         ds = ds.shuffle(min(shuffle_buffer, len(keep)), seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return batched(ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE))
 
 
 @dataclass(frozen=True)
@@ -408,7 +412,7 @@ def training_batches(src: ImageSource, size: tuple[int, ...], channels: int, dat
     import tensorflow as tf
 
     ds = image_dataset(src, size, channels, data_cfg.image_key, data_cfg.label_key, shuffle_seed=seed,
-                       shuffle_buffer=data_cfg.shuffle_buffer).batch(batch_size)
+                       shuffle_buffer=data_cfg.shuffle_buffer, batch_size=batch_size)
     if augment.active:
         augmenter = build_augmenter(augment, (*size, channels))
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)

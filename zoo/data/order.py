@@ -25,17 +25,25 @@ def epoch_permutations(n: int, seed: int) -> Any:
     return tf.data.Dataset.counter(dtype=tf.int64).flat_map(one_epoch)
 
 
-def slices(tensors: Any, shuffle_seed: int | None = None) -> Any:
+def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None = None) -> Any:
     """``Dataset.from_tensor_slices(tensors)``; with ``shuffle_seed`` endless, in a fresh
-    ``epoch_permutations`` order every epoch (``tensors`` is an array or a tuple of arrays)."""
+    ``epoch_permutations`` order every epoch (``tensors`` is an array or a tuple of arrays).
+
+    With ``batch_size`` the dataset yields batches: the index stream is batched first and each batch
+    gathered with one op, the same batches as ``slices(...).batch(batch_size)`` without a gather
+    and a dataset element per example (that per-example overhead was what the input pipeline cost
+    a small model's step)."""
     import tensorflow as tf
 
     if shuffle_seed is None:
-        return tf.data.Dataset.from_tensor_slices(tensors)
+        ds = tf.data.Dataset.from_tensor_slices(tensors)
+        return ds if batch_size is None else ds.batch(batch_size)
     constants = tf.nest.map_structure(tf.constant, tensors)
     n = len(tf.nest.flatten(tensors)[0])
-    return epoch_permutations(n, shuffle_seed).map(
-        lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), constants))
+    indices = epoch_permutations(n, shuffle_seed)
+    if batch_size is not None:
+        indices = indices.batch(batch_size)
+    return indices.map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), constants))
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch: int, epochs: int, seed: int, window: int = 50) -> np.ndarray:
