@@ -33,6 +33,8 @@ from zoo.models.decoding import DecodeConfig, decode_config, generate
 log = logging.getLogger(__name__)
 
 XLA_METHODS = ("greedy", "beam")  # decoding methods XLA makes faster here (benchmarks/seq2seq.py)
+# Wording of TensorFlow's errors when XLA cannot compile a cluster (tf2xla, XlaCompiler, the JIT).
+XLA_REFUSALS = ("XLA", "compile-time constant", "compilation")
 
 
 def pad_ids(ragged: Any, max_length: int, pad_id: int, end_id: int | None = None) -> tuple[Any, Any]:
@@ -50,6 +52,14 @@ def pad_ids(ragged: Any, max_length: int, pad_id: int, end_id: int | None = None
     lengths = ids.row_lengths()
     mask = tf.sequence_mask(lengths, width, dtype=tf.int32)
     return tf.cast(dense, tf.int32), mask
+
+
+def xla_refused(exc: Exception) -> bool:
+    """Whether a TensorFlow error says XLA could not compile a function (an op it lacks, a shape it
+    cannot make static), as opposed to an error raised while running the graph (bad input text, a
+    failed check), after which turning XLA off would change nothing but the speed."""
+    text = str(exc)
+    return any(marker in text for marker in XLA_REFUSALS)
 
 
 class Translator:
@@ -120,6 +130,8 @@ class Translator:
         try:
             return self._fn(texts)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as exc:
+            if not xla_refused(exc):
+                raise  # an error of the data or the graph, not of XLA: the plain graph would fail alike
             # XLA refuses an op or a shape: decode with the plain graph from now on (same results).
             log.info("XLA could not compile the decoding loop (%s); decoding without XLA",
                      str(exc).strip().splitlines()[0][:200])

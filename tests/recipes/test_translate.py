@@ -70,6 +70,22 @@ def test_xla_decoding_is_the_default_where_faster_and_agrees_with_the_plain_grap
         # Sources of different widths share the power-of-two padded shape; padding changes nothing.
         assert xla(sources) == plain(sources), method
         assert xla(sources[:3]) == plain(sources[:3]) == xla(sources)[:3]
+    # An error while running the graph (here a failed check on the input) is not XLA's: it is raised
+    # and XLA stays on for the next batch.
+    checked = Translator.from_run(translate_run.run_dir)
+    greedy_plain = Translator.from_run(translate_run.run_dir, jit_compile=False)
+    assert checked(sources[:3]) == greedy_plain(sources[:3])
+    tokenize = checked.source_tokenizer.tokenize
+
+    def at_most_four(texts):
+        with tf.control_dependencies([tf.debugging.assert_less(tf.size(texts), 5, message="at most four")]):
+            return tokenize(tf.identity(texts))
+
+    checked.source_tokenizer.tokenize = at_most_four
+    checked._fn = None  # retrace with the check
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most four"):
+        checked(sources[:6])
+    assert checked.jit_compile and checked(sources[:4]) == greedy_plain(sources[:4])
     # An op XLA cannot compile in the loop: one log line, then the plain graph, same translations.
     real_generate = translator_module.generate
 
@@ -78,7 +94,7 @@ def test_xla_decoding_is_the_default_where_faster_and_agrees_with_the_plain_grap
         ids.set_shape([None, None])
         return real_generate(model, ids, *args)
 
-    expected = Translator.from_run(translate_run.run_dir, jit_compile=False)(sources[:5])
+    expected = greedy_plain(sources[:5])
     monkeypatch.setattr(translator_module, "generate", with_host_op)
     falling = Translator.from_run(translate_run.run_dir)
     with caplog.at_level(logging.INFO, logger="zoo.translator"):
