@@ -72,8 +72,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         entry = registry.get_entry(name)
         params = trainable = None
         if not args.no_params and hasattr(entry.default_config, "parameter_count"):
-            # Counted from the shapes: building bert_large just to count it takes ~10 s.
-            params = trainable = entry.default_config.parameter_count()
+            # Counted from the shapes: building every model just to count it took ~10 s (bert_large alone).
+            cfg = entry.default_config
+            params = cfg.parameter_count()
+            trainable = cfg.trainable_parameter_count() if hasattr(cfg, "trainable_parameter_count") else params
         elif not args.no_params:
             model = registry.build(name)
             params = model.count_params()

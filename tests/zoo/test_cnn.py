@@ -64,6 +64,23 @@ def test_resnet_parameter_counts_match_the_published_ones(name, published):
     assert trainable == published
     bn_stats = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
     assert model.count_params() == published + bn_stats
+    # `zoo list` counts from the config's shapes instead of building every model.
+    cfg = zoo.make_config(name)
+    assert (cfg.trainable_parameter_count(), cfg.parameter_count()) == (published, model.count_params())
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("small_cnn", {}), ("small_cnn", {"input_shape": (9, 7, 3), "filters": (4, 5, 6)}),
+    ("small_cnn", {"input_shape": (1, 5, 1)}), ("text_cnn", {}), ("text_cnn", {"filter_sizes": (2,)}),
+    ("resnet18", {"stem": "small", "width": 8, "input_shape": (16, 16, 1), "num_classes": 3}),
+    ("resnet50", {"width": 4, "input_shape": (32, 32, 3), "dropout": 0.2}),
+    ("resnet101", {"width": 2, "input_shape": (32, 32, 3)}),
+])
+def test_counts_from_the_shapes_equal_the_built_models(name, overrides):
+    cfg = zoo.make_config(name, **overrides)
+    model = zoo.build_from_config(cfg)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert (cfg.trainable_parameter_count(), cfg.parameter_count()) == (trainable, model.count_params())
 
 
 def test_resnet50_is_v1_5_with_the_stride_on_the_3x3():

@@ -71,6 +71,21 @@ class SmallCNNConfig:
         check_range("kernel_size", self.kernel_size, 1)
         check_range("dense_units", self.dense_units, 1)
 
+    def parameter_count(self) -> int:
+        """Weights of ``build_small_cnn``'s model, computed from the shapes (no model is built)."""
+        h, w, channels = self.input_shape
+        total = 0
+        for filters in self.filters:
+            total += self.kernel_size**2 * channels * filters + filters
+            channels = filters
+        if min(h, w) >= 2:  # the 2x2 max pool ("valid": floor)
+            h, w = h // 2, w // 2
+        total += h * w * channels * self.dense_units + self.dense_units
+        return total + self.dense_units * self.num_classes + self.num_classes
+
+    def trainable_parameter_count(self) -> int:
+        return self.parameter_count()
+
 
 def build_small_cnn(cfg: SmallCNNConfig, keras: Any = None) -> Any:
     """Build the small CNN as a functional model taking raw pixel values."""
@@ -118,6 +133,42 @@ class ResNetConfig:
         _check_image_shape(self.input_shape)
         _check_common(self)
         check_range("width", self.width, 1)
+
+    def _counts(self) -> tuple[int, int]:
+        """(trainable, all) weights of ``build_resnet``'s model from the shapes: convolutions have
+        no bias; BatchNormalization has 2 trainable and 2 moving statistics per channel."""
+        expansion = 4 if self.depth >= 50 else 1
+        convs = bn_channels = 0
+        stem = 7 if self.stem == "imagenet" else 3
+        convs += stem * stem * self.input_shape[-1] * self.width
+        bn_channels += self.width
+        channels = self.width
+        for stage, blocks in enumerate(RESNET_STAGES[self.depth]):
+            filters = self.width * 2**stage
+            out = filters * expansion
+            for b in range(blocks):
+                stride = 2 if (b == 0 and stage > 0) else 1
+                if stride != 1 or channels != out:
+                    convs += channels * out
+                    bn_channels += out
+                if expansion == 4:
+                    convs += channels * filters + 9 * filters * filters + filters * out
+                    bn_channels += 2 * filters + out
+                else:
+                    convs += 9 * channels * filters + 9 * filters * filters
+                    bn_channels += 2 * filters
+                channels = out
+        dense = channels * self.num_classes + self.num_classes
+        trainable = convs + 2 * bn_channels + dense
+        return trainable, trainable + 2 * bn_channels
+
+    def parameter_count(self) -> int:
+        """All weights (BatchNormalization's moving statistics included), without building the model."""
+        return self._counts()[1]
+
+    def trainable_parameter_count(self) -> int:
+        """The published parameter count (25,557,032 for ResNet-50 on ImageNet)."""
+        return self._counts()[0]
 
 
 def build_resnet(cfg: ResNetConfig, keras: Any = None) -> Any:
@@ -214,6 +265,15 @@ class TextCNNConfig:
             raise ConfigError(
                 f"filter_sizes={self.filter_sizes} has a width larger than sequence_length={self.sequence_length}"
             )
+
+    def parameter_count(self) -> int:
+        """Weights of ``build_text_cnn``'s model, computed from the shapes (no model is built)."""
+        convs = sum(width * self.embedding_dim * self.num_filters + self.num_filters for width in self.filter_sizes)
+        features = self.num_filters * len(self.filter_sizes)
+        return (self.vocab_size * self.embedding_dim + convs + features * self.num_classes + self.num_classes)
+
+    def trainable_parameter_count(self) -> int:
+        return self.parameter_count()
 
 
 def build_text_cnn(cfg: TextCNNConfig, keras: Any = None) -> Any:
