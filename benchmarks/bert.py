@@ -131,7 +131,7 @@ def main() -> int:
                 for case in cases for kind in ("zoo", "keras_hub")}
     # Every model is timed in each of several alternating rounds: ratios are medians of per-round
     # ratios, so a shared VM's slow spell (step times here drift by 30% over minutes) cancels out.
-    times, per_round = paired_step_seconds(compiled, args.steps, rounds=2 if args.quick else 5)
+    times, per_round = paired_step_seconds(compiled, args.steps, rounds=1 if args.quick else 5)
     rows = []
     for case in cases:
         precision, xla, fused = case

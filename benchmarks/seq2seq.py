@@ -165,7 +165,7 @@ def main() -> int:
     print(f"{'method':<7} {'batch':>5}  {'graph':>8}  {'XLA':>8}  {'XLA/graph':>9}")
     out["xla"] = []
     for method in methods:
-        for batch in (1, 32):
+        for batch in ((32,) if args.quick else (1, 32)):  # quick: one compile per method and side
             plain = decode_seconds(model, batch, args.source_length, xla_tokens, True, args.runs, method=method)
             xla = decode_seconds(model, batch, args.source_length, xla_tokens, True, args.runs, xla=True,
                                  method=method)

@@ -134,10 +134,10 @@ def in_process(version_dir: str, instances: list, sizes: list[int], runs: int) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="load per (model, mode, clients)")
-    parser.add_argument("--quick", action="store_true", help="digits only, 3 s per point")
+    parser.add_argument("--quick", action="store_true", help="digits only, 1 s per point")
     parser.add_argument("--out", default="bench-out/serve.json")
     args = parser.parse_args()
-    seconds = 3.0 if args.quick else args.seconds
+    seconds = 1.0 if args.quick else args.seconds
     work = tempfile.mkdtemp(prefix="zoo-serve-bench-")
     base = os.path.join(work, "exports")
     samples = make_exports(base, work, with_bert=not args.quick)
