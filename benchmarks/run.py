@@ -83,9 +83,10 @@ def bench_pipeline(steps: int, augment: bool) -> dict:
     xs = tf.concat([b[0] for b in batches], 0)
     ys = tf.concat([b[1] for b in batches], 0)
     cached = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(cfg.train.batch_size).cache().repeat().prefetch(2)
-    # Alternating rounds (a shared VM drifts): the ratio is the median of per-round ratios.
+    # Alternating rounds (a shared VM drifts): the ratio is the median of per-round ratios. Steps are
+    # a few ms here, so many rounds of ``steps`` steps cost seconds and steady the median.
     times, per_round = paired_step_seconds({"cached": (model, cached), "pipeline": (model, data.train)},
-                                           max(2, steps // 5), rounds=5)
+                                           steps, rounds=12)
     return {"augment": augment, "batch": cfg.train.batch_size, "pipeline_ms": times["pipeline"] * 1e3,
             "cached_ms": times["cached"] * 1e3, "pipeline_vs_cached": paired_ratio(per_round, "pipeline", "cached")}
 

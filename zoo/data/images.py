@@ -227,6 +227,11 @@ def write_image_tfrecord(path: str, encoded_images: Sequence[bytes], labels: Seq
             writer.write(ex.SerializeToString())
 
 
+# In-memory images whose float32 copy at the training size fits in this many bytes are cast and
+# resized once up front; larger arrays are cast and resized batch by batch as they stream.
+PREFIT_BYTES = 256 * 2**20
+
+
 def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
                   image_key: str = "image/encoded", label_key: str = "image/class/label",
                   shuffle_seed: int | None = None, shuffle_buffer: int = 4096, batch_size: int | None = None) -> Any:
@@ -234,7 +239,8 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
 
     With ``shuffle_seed`` the dataset is endless and reshuffled every epoch (deterministically
     for arrays and files; with a ``shuffle_buffer`` for TFRecords, which cannot be indexed).
-    In-memory arrays are gathered, cast and resized a whole batch at a time.
+    In-memory arrays are gathered a whole batch at a time; cast and resized once up front when the
+    float32 copy fits in ``PREFIT_BYTES``, else batch by batch.
     """
     import tensorflow as tf
 
@@ -253,6 +259,11 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         arrays = src.arrays
         if arrays.shape[-1] != channels:
             arrays = np.repeat(arrays, channels, axis=-1) if arrays.shape[-1] == 1 else arrays[..., :channels]
+        fitted_bytes = len(arrays) * image_size[0] * image_size[1] * channels * 4
+        if fitted_bytes <= PREFIT_BYTES:  # cast and resize once, not every epoch (same values)
+            arrays = np.concatenate([fit_size(arrays[i:i + 1024]).numpy() for i in range(0, len(arrays), 1024)]
+                                    or [np.zeros((0, *image_size, channels), np.float32)])
+            return slices((arrays, src.labels), shuffle_seed, batch_size=batch_size)
         ds = slices((arrays, src.labels), shuffle_seed, batch_size=batch_size)
         return ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
 

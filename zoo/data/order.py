@@ -15,14 +15,18 @@ def epoch_permutations(n: int, seed: int) -> Any:
     order depends on how many iterators were opened before (Keras' MirroredStrategy path opens
     one extra to peek, which made 1-replica and 2-replica runs see different batches).
     """
+    return _epoch_orders(n, seed).unbatch()
+
+
+def _epoch_orders(n: int, seed: int) -> Any:
+    """An endless dataset with one element per epoch: that epoch's permutation of 0..n-1."""
     import tensorflow as tf
 
     def one_epoch(epoch):
-        perm = tf.random.experimental.stateless_shuffle(
+        return tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(perm)
 
-    return tf.data.Dataset.counter(dtype=tf.int64).flat_map(one_epoch)
+    return tf.data.Dataset.counter(dtype=tf.int64).map(one_epoch)
 
 
 def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None = None) -> Any:
@@ -40,9 +44,10 @@ def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None
         return ds if batch_size is None else ds.batch(batch_size)
     constants = tf.nest.map_structure(tf.constant, tensors)
     n = len(tf.nest.flatten(tensors)[0])
-    indices = epoch_permutations(n, shuffle_seed)
-    if batch_size is not None:
-        indices = indices.batch(batch_size)
+    if batch_size is None:
+        indices = epoch_permutations(n, shuffle_seed)
+    else:  # the same batches as unbatch().batch(), cut from whole epochs without a dataset element per index
+        indices = _epoch_orders(n, shuffle_seed).rebatch(batch_size)
     return indices.map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), constants))
 
 
