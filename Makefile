@@ -24,11 +24,13 @@ demo: $(STAMP)
 	$(VENV)/bin/zoo export demo-out/run --to demo-out --name digits \
 		--formats saved_model,tflite,tflite_dynamic,tflite_int8 --report demo-out/report.json
 
+# Two workers: the fresh-process tests (README commands, quick bench) beside the in-process ones
+# (tests/conftest.py groups them); `.venv/bin/python -m pytest tests` runs the same tests serially.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check zoo recipes export tests benchmarks
