@@ -3,7 +3,8 @@
 1. Greedy decoding tokens/second with the key/value cache vs without (the whole decoder re-run
    for every token), batch 1 and batch 32.
 2. Time per generated token with the cache at 16, 64 and 256 generated tokens (the end token is
-   disabled so every row generates exactly that many): flat means each token costs one step.
+   disabled so every row generates exactly that many): flat means each token costs one step. The
+   counts are timed in alternating rounds and compared within each round (median of the ratios).
 3. XLA-compiled vs plain graph decoding for greedy, beam (width 4) and top-k sampling, batch 1 and 32:
    the figures behind the Translator's default (XLA on).
 4. The zoo's greedy decoding (its default, XLA) vs keras-hub's own seq2seq generation: a
@@ -55,6 +56,34 @@ def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache
         fn(ids, mask).numpy()
         times.append(time.perf_counter() - t)
     return float(np.min(times))
+
+
+def per_token_paired(model, source_length: int, token_counts: tuple[int, ...], xla: bool,
+                     rounds: int) -> tuple[list[float], list[float]]:
+    """ms per generated token (batch 1, cached) for each count, fastest over ``rounds``, and each
+    count's per-token time over the first count's, the median over rounds of the ratio within a
+    round: every count is timed once per round, so a slow spell of the VM hits all of them alike."""
+    import numpy as np
+    import tensorflow as tf
+
+    from zoo.models import decoding
+
+    ids = tf.constant(np.random.default_rng(0).integers(5, model.config.vocab_size, (1, source_length)), tf.int32)
+    mask = tf.ones_like(ids)
+    fns = []
+    for tokens in token_counts:
+        cfg = decoding.DecodeConfig(method="greedy", max_length=tokens, use_cache=True)
+        fn = tf.function(lambda i, m, cfg=cfg: decoding.generate(model, i, m, START, -1, PAD, cfg), jit_compile=xla)
+        fn(ids, mask).numpy()
+        fns.append(fn)
+    per = [[] for _ in token_counts]
+    for _ in range(rounds):
+        for k, (tokens, fn) in enumerate(zip(token_counts, fns)):
+            t = time.perf_counter()
+            fn(ids, mask).numpy()
+            per[k].append((time.perf_counter() - t) / tokens * 1e3)
+    ratios = [float(np.median([a / b for a, b in zip(p, per[0])])) for p in per]
+    return [float(np.min(p)) for p in per], ratios
 
 
 def keras_hub_bart(model):
@@ -151,14 +180,14 @@ def main() -> int:
         print(f"{batch:>5}  {row['cached_tokens_per_s']:>12.1f}  {row['uncached_tokens_per_s']:>14.1f}  "
               f"{row['speedup']:>7.2f}x")
     print(f"\n{'tokens':>6}  {'cached ms/token':>15}  {'vs 16':>6}  {'XLA ms/token':>12}  {'vs 16':>6}   (batch 1)")
-    base = base_xla = None
-    for tokens in ((16, 32) if args.quick else (16, 64, 256)):
-        per = decode_seconds(model, 1, args.source_length, tokens, True, args.runs) / tokens * 1e3
-        per_xla = decode_seconds(model, 1, args.source_length, tokens, True, args.runs, xla=True) / tokens * 1e3
-        base, base_xla = base or per, base_xla or per_xla
-        out["per_token"].append({"tokens": tokens, "ms_per_token": per, "vs_16": per / base,
-                                 "xla_ms_per_token": per_xla, "xla_vs_16": per_xla / base_xla})
-        print(f"{tokens:>6}  {per:>15.3f}  {per / base:>6.2f}  {per_xla:>12.3f}  {per_xla / base_xla:>6.2f}")
+    counts = (16, 32) if args.quick else (16, 64, 256)
+    rounds = 2 if args.quick else 3 * args.runs
+    graph_ms, graph_vs = per_token_paired(model, args.source_length, counts, False, rounds)
+    xla_ms, xla_vs = per_token_paired(model, args.source_length, counts, True, rounds)
+    for k, tokens in enumerate(counts):
+        out["per_token"].append({"tokens": tokens, "ms_per_token": graph_ms[k], "vs_16": graph_vs[k],
+                                 "xla_ms_per_token": xla_ms[k], "xla_vs_16": xla_vs[k]})
+        print(f"{tokens:>6}  {graph_ms[k]:>15.3f}  {graph_vs[k]:>6.2f}  {xla_ms[k]:>12.3f}  {xla_vs[k]:>6.2f}")
     methods = ("greedy", "beam", "top_k")
     xla_tokens = 16 if args.quick else 32
     print(f"\nXLA vs plain graph, {xla_tokens} tokens: ms per token")
