@@ -46,8 +46,7 @@ setup(
     install_requires=STACK,
     # tokenizers: the reference WordPiece implementation the tokenizer tests compare against.
     # httpx: Starlette's test client and the serving tests' HTTP client; hypothesis: the request fuzz.
-    # pytest-xdist: `make test` runs the fresh-process tests and the in-process ones side by side.
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "execnet==2.1.2", "ruff==0.17.6",
-                             "tokenizers==0.23.3", "httpx==0.28.1", "hypothesis==6.170.15"]},
+    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6", "tokenizers==0.23.3", "httpx==0.28.1",
+                             "hypothesis==6.170.15"]},
     entry_points={"console_scripts": ["zoo=zoo.cli:main"]},
 )

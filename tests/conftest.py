@@ -16,19 +16,6 @@ from zoo.recipes.engine.strategy import split_cpu  # noqa: E402
 
 CPU_DEVICES = split_cpu(2)
 
-# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup): one runs the tests that start
-# fresh `zoo` / benchmark processes, the other everything in-process, where the session fixtures
-# (trained runs) are built once. About equal halves; together they use both cores of a CI machine.
-FRESH_PROCESS_FILES = ("tests/layout/test_readme_commands.py", "tests/benchmarks/")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        path = item.nodeid.replace(os.sep, "/")
-        group = "fresh-processes" if path.startswith(FRESH_PROCESS_FILES) else "in-process"
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
     """small_cnn trained on the digits with the recipe's defaults (shared by recipe and export tests)."""
