@@ -9,12 +9,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import csv  # noqa: E402
 import random  # noqa: E402
+import signal  # noqa: E402
 
 import pytest  # noqa: E402
 
 from zoo.recipes.engine.strategy import split_cpu  # noqa: E402
 
 CPU_DEVICES = split_cpu(2)
+
+# `make test` starts one half of the suite as a background job of a non-interactive shell, which
+# starts it with SIGINT ignored, and an ignored signal stays ignored in every child: the Ctrl-C tests'
+# `zoo` processes would never see their SIGINT. Python's own handler here is reset to the default in
+# each child on exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
