@@ -34,22 +34,30 @@ from common import median_step_seconds  # noqa: E402
 START, END, PAD = 2, 3, 0
 
 
-def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache: bool, runs: int,
-                   xla: bool = False, method: str = "greedy") -> float:
-    """Wall time of generating ``tokens`` tokens for ``batch`` sources (graph-compiled, warmed up): the
-    fastest of ``runs``, since a shared VM's noise only ever adds time."""
+def decode_fn(model, batch: int, source_length: int, tokens: int, use_cache: bool, xla: bool,
+              method: str = "greedy") -> tuple:
+    """``(fn, ids, mask)``: a traced, warmed-up decoding function generating exactly ``tokens`` tokens
+    (end_id -1 never matches) for ``batch`` random sources."""
     import numpy as np
     import tensorflow as tf
 
     from zoo.models import decoding
 
     cfg = decoding.DecodeConfig(method=method, max_length=tokens, use_cache=use_cache)
-    rng = np.random.default_rng(0)
-    ids = tf.constant(rng.integers(5, model.config.vocab_size, (batch, source_length)), tf.int32)
+    ids = tf.constant(np.random.default_rng(0).integers(5, model.config.vocab_size, (batch, source_length)), tf.int32)
     mask = tf.ones_like(ids)
-    # end_id -1 never matches: every row generates exactly `tokens` tokens
     fn = tf.function(lambda i, m: decoding.generate(model, i, m, START, -1, PAD, cfg), jit_compile=xla)
-    fn(ids, mask)
+    fn(ids, mask).numpy()
+    return fn, ids, mask
+
+
+def decode_seconds(model, batch: int, source_length: int, tokens: int, use_cache: bool, runs: int,
+                   xla: bool = False, method: str = "greedy") -> float:
+    """Wall time of generating ``tokens`` tokens for ``batch`` sources (graph-compiled, warmed up): the
+    fastest of ``runs``, since a shared VM's noise only ever adds time."""
+    import numpy as np
+
+    fn, ids, mask = decode_fn(model, batch, source_length, tokens, use_cache, xla, method)
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -64,21 +72,11 @@ def per_token_paired(model, source_length: int, token_counts: tuple[int, ...], x
     count's per-token time over the first count's, the median over rounds of the ratio within a
     round: every count is timed once per round, so a slow spell of the VM hits all of them alike."""
     import numpy as np
-    import tensorflow as tf
 
-    from zoo.models import decoding
-
-    ids = tf.constant(np.random.default_rng(0).integers(5, model.config.vocab_size, (1, source_length)), tf.int32)
-    mask = tf.ones_like(ids)
-    fns = []
-    for tokens in token_counts:
-        cfg = decoding.DecodeConfig(method="greedy", max_length=tokens, use_cache=True)
-        fn = tf.function(lambda i, m, cfg=cfg: decoding.generate(model, i, m, START, -1, PAD, cfg), jit_compile=xla)
-        fn(ids, mask).numpy()
-        fns.append(fn)
+    fns = [decode_fn(model, 1, source_length, tokens, True, xla) for tokens in token_counts]
     per = [[] for _ in token_counts]
     for _ in range(rounds):
-        for k, (tokens, fn) in enumerate(zip(token_counts, fns)):
+        for k, (tokens, (fn, ids, mask)) in enumerate(zip(token_counts, fns)):
             t = time.perf_counter()
             fn(ids, mask).numpy()
             per[k].append((time.perf_counter() - t) / tokens * 1e3)

@@ -259,13 +259,12 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         arrays = src.arrays
         if arrays.shape[-1] != channels:
             arrays = np.repeat(arrays, channels, axis=-1) if arrays.shape[-1] == 1 else arrays[..., :channels]
-        fitted_bytes = len(arrays) * image_size[0] * image_size[1] * channels * 4
-        if fitted_bytes <= PREFIT_BYTES:  # cast and resize once, not every epoch (same values)
+        prefit = len(arrays) * image_size[0] * image_size[1] * channels * 4 <= PREFIT_BYTES
+        if prefit:  # cast and resize once, not every epoch (same values)
             arrays = np.concatenate([fit_size(arrays[i:i + 1024]).numpy() for i in range(0, len(arrays), 1024)]
                                     or [np.zeros((0, *image_size, channels), np.float32)])
-            return slices((arrays, src.labels), shuffle_seed, batch_size=batch_size)
         ds = slices((arrays, src.labels), shuffle_seed, batch_size=batch_size)
-        return ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds if prefit else ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
 
     def decode(data):
         img = tf.io.decode_image(data, channels=channels, expand_animations=False)
