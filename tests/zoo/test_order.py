@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from zoo.data.order import slices
 
 
-def test_batched_slices_equal_slices_then_batch_across_epochs():
+@pytest.mark.parametrize("per_epoch_gather", [True, False])
+def test_batched_slices_equal_slices_then_batch_across_epochs(monkeypatch, per_epoch_gather):
+    import zoo.data.order as order
+
+    if not per_epoch_gather:  # data above the limit is gathered batch by batch: the same batches
+        monkeypatch.setattr(order, "EPOCH_GATHER_BYTES", 0)
     x = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
     y = np.arange(10, dtype=np.int32)
     per_example = list(slices((x, y), shuffle_seed=7).batch(4).take(8).as_numpy_iterator())

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from zoo.config import check_choice, check_range
-from zoo.data.order import slices
+from zoo.data.order import gathers_per_epoch, slices
 from zoo.data.splits import stratified_split
 from zoo.errors import ConfigError, DataError
 
@@ -234,15 +234,29 @@ PREFIT_BYTES = 256 * 2**20
 
 def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
                   image_key: str = "image/encoded", label_key: str = "image/class/label",
-                  shuffle_seed: int | None = None, shuffle_buffer: int = 4096, batch_size: int | None = None) -> Any:
+                  shuffle_seed: int | None = None, shuffle_buffer: int = 4096, batch_size: int | None = None,
+                  augment: AugmentConfig | None = None) -> Any:
     """A tf.data.Dataset of (float32 image with pixel values, int32 label), batched with ``batch_size``.
 
     With ``shuffle_seed`` the dataset is endless and reshuffled every epoch (deterministically
     for arrays and files; with a ``shuffle_buffer`` for TFRecords, which cannot be indexed).
     In-memory arrays are gathered a whole batch at a time; cast and resized once up front when the
     float32 copy fits in ``PREFIT_BYTES``, else batch by batch.
+
+    With an active ``augment`` (training streams: needs ``shuffle_seed`` and ``batch_size``) every image
+    is augmented (``zoo.data.augment``): a whole epoch at once where the shuffled arrays are gathered per
+    epoch (one warp per epoch rather than a map call per batch), else batch by batch.
     """
     import tensorflow as tf
+
+    from zoo.data.augment import augment_batch, augment_batches
+
+    augmenting = augment is not None and augment.active
+    if augmenting and (shuffle_seed is None or batch_size is None):
+        raise ValueError("augmentation is for training streams: give shuffle_seed and batch_size")
+
+    def augmented(ds):  # batch by batch, seeded (shuffle_seed, batch index)
+        return augment_batches(ds, augment, shuffle_seed) if augmenting else ds
 
     size = tf.constant(image_size, dtype=tf.int32)
 
@@ -263,8 +277,13 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
         if prefit:  # cast and resize once, not every epoch (same values)
             arrays = np.concatenate([fit_size(arrays[i:i + 1024]).numpy() for i in range(0, len(arrays), 1024)]
                                     or [np.zeros((0, *image_size, channels), np.float32)])
+        if prefit and augmenting and gathers_per_epoch((arrays, src.labels), batch_size):
+            def per_epoch(epoch, data):  # seeded (shuffle_seed, epoch)
+                return augment_batch(data[0], augment, tf.stack([tf.constant(shuffle_seed, tf.int64), epoch])), data[1]
+
+            return slices((arrays, src.labels), shuffle_seed, batch_size=batch_size, per_epoch=per_epoch)
         ds = slices((arrays, src.labels), shuffle_seed, batch_size=batch_size)
-        return ds if prefit else ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return augmented(ds if prefit else ds.map(lambda x, y: (fit_size(x), y), num_parallel_calls=tf.data.AUTOTUNE))
 
     def decode(data):
         img = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -273,8 +292,9 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
 
     if src.files is not None:
         ds = slices((np.asarray(src.files), src.labels), shuffle_seed)
-        return batched(ds.map(lambda f, y: (tf.ensure_shape(decode(tf.io.read_file(f)), (*image_size, channels)), y),
-                              num_parallel_calls=tf.data.AUTOTUNE))
+        return augmented(batched(ds.map(
+            lambda f, y: (tf.ensure_shape(decode(tf.io.read_file(f)), (*image_size, channels)), y),
+            num_parallel_calls=tf.data.AUTOTUNE)))
     files, keep = src.records
     keep_table = np.zeros(int(keep.max()) + 1 if len(keep) else 1, dtype=bool)
     keep_table[keep] = True
@@ -290,7 +310,7 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
 
     if shuffle_seed is not None:
         ds = ds.shuffle(min(shuffle_buffer, len(keep)), seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
-    return batched(ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE))
+    return augmented(batched(ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)))
 
 
 @dataclass(frozen=True)
@@ -378,7 +398,7 @@ def load_images(data_cfg: ImageDataConfig, seed: int) -> Any:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Keras augmentation layers applied to training batches (all off by default).
+    """Augmentation of training batches (all off by default), with the ranges of Keras' layers.
 
     ``rotation`` and ``zoom`` are fractions (of a full turn, of the size); ``crop_padding``
     pads by that many pixels and randomly crops back (the CIFAR recipe).
@@ -400,33 +420,11 @@ class AugmentConfig:
         return self.flip != "none" or self.rotation > 0 or self.zoom > 0 or self.crop_padding > 0
 
 
-def build_augmenter(aug: AugmentConfig, shape: tuple[int, ...]) -> Any:
-    """A Keras Sequential of the configured augmentation layers (active only with training=True)."""
-    import keras
-
-    layers: list[Any] = []
-    if aug.crop_padding:
-        layers += [keras.layers.ZeroPadding2D(aug.crop_padding), keras.layers.RandomCrop(shape[0], shape[1])]
-    if aug.flip != "none":
-        layers.append(keras.layers.RandomFlip(aug.flip))
-    if aug.rotation:
-        layers.append(keras.layers.RandomRotation(aug.rotation, fill_mode="constant"))
-    if aug.zoom:
-        layers.append(keras.layers.RandomZoom(aug.zoom, fill_mode="constant"))
-    return keras.Sequential(layers, name="augment")
-
-
 def training_batches(src: ImageSource, size: tuple[int, ...], channels: int, data_cfg: ImageDataConfig,
                      augment: AugmentConfig, seed: int, batch_size: int) -> Any:
     """The endless training stream: a fresh seeded order every epoch, batched, augmented when configured."""
-    import tensorflow as tf
-
-    ds = image_dataset(src, size, channels, data_cfg.image_key, data_cfg.label_key, shuffle_seed=seed,
-                       shuffle_buffer=data_cfg.shuffle_buffer, batch_size=batch_size)
-    if augment.active:
-        augmenter = build_augmenter(augment, (*size, channels))
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds
+    return image_dataset(src, size, channels, data_cfg.image_key, data_cfg.label_key, shuffle_seed=seed,
+                         shuffle_buffer=data_cfg.shuffle_buffer, batch_size=batch_size, augment=augment)
 
 
 def training_arrays(data_cfg: ImageDataConfig, augment: AugmentConfig, seed: int, batch_size: int,

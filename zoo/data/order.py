@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 
+# Data up to this size is gathered into a shuffled copy once per epoch (a transient copy of the
+# data); larger data is gathered batch by batch.
+EPOCH_GATHER_BYTES = 64 * 2**20
+
 
 def epoch_permutations(n: int, seed: int) -> Any:
     """An endless dataset of indices: a fresh permutation of 0..n-1 for every epoch.
@@ -18,37 +22,63 @@ def epoch_permutations(n: int, seed: int) -> Any:
     return _epoch_orders(n, seed).unbatch()
 
 
-def _epoch_orders(n: int, seed: int) -> Any:
-    """An endless dataset with one element per epoch: that epoch's permutation of 0..n-1."""
+def _epoch_orders(n: int, seed: int, with_epoch: bool = False) -> Any:
+    """An endless dataset with one element per epoch: that epoch's permutation of 0..n-1
+    (``(epoch, permutation)`` with ``with_epoch``)."""
     import tensorflow as tf
 
     def one_epoch(epoch):
-        return tf.random.experimental.stateless_shuffle(
+        order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return (epoch, order) if with_epoch else order
 
     return tf.data.Dataset.counter(dtype=tf.int64).map(one_epoch)
 
 
-def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None = None) -> Any:
+def gathers_per_epoch(tensors: Any, batch_size: int | None) -> bool:
+    """Whether ``slices(tensors, seed, batch_size)`` gathers each epoch's shuffled copy whole (data up to
+    ``EPOCH_GATHER_BYTES``) rather than batch by batch."""
+    import tensorflow as tf
+
+    return batch_size is not None and sum(np.asarray(t).nbytes for t in tf.nest.flatten(tensors)) <= EPOCH_GATHER_BYTES
+
+
+def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None = None,
+           per_epoch: Any = None) -> Any:
     """``Dataset.from_tensor_slices(tensors)``; with ``shuffle_seed`` endless, in a fresh
     ``epoch_permutations`` order every epoch (``tensors`` is an array or a tuple of arrays).
 
     With ``batch_size`` the dataset yields batches: the index stream is batched first and each batch
     gathered with one op, the same batches as ``slices(...).batch(batch_size)`` without a gather
     and a dataset element per example (that per-example overhead was what the input pipeline cost
-    a small model's step)."""
+    a small model's step). Data up to ``EPOCH_GATHER_BYTES`` is gathered once per epoch and cut
+    into batches (``rebatch``), so a batch costs a slice, not a function call: measured 1.07-1.14x
+    cached batches' step time per batch gathered, 1.00-1.02x per epoch, on the digits recipe.
+    ``per_epoch(epoch, tensors) -> tensors`` then transforms each epoch's copy before it is cut
+    (only where ``gathers_per_epoch``; it is an error elsewhere)."""
     import tensorflow as tf
 
+    if per_epoch is not None and not (shuffle_seed is not None and gathers_per_epoch(tensors, batch_size)):
+        raise ValueError("per_epoch needs a shuffle_seed and data that gathers_per_epoch")
     if shuffle_seed is None:
         ds = tf.data.Dataset.from_tensor_slices(tensors)
         return ds if batch_size is None else ds.batch(batch_size)
     constants = tf.nest.map_structure(tf.constant, tensors)
     n = len(tf.nest.flatten(tensors)[0])
+
+    def gather(i):
+        return tf.nest.map_structure(lambda t: tf.gather(t, i), constants)
+
     if batch_size is None:
-        indices = epoch_permutations(n, shuffle_seed)
-    else:  # the same batches as unbatch().batch(), cut from whole epochs without a dataset element per index
-        indices = _epoch_orders(n, shuffle_seed).rebatch(batch_size)
-    return indices.map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), constants))
+        return epoch_permutations(n, shuffle_seed).map(gather)
+    if gathers_per_epoch(tensors, batch_size):
+        # One gather (and transform) per epoch, then batches cut from the shuffled copy; the next
+        # epoch's copy is made in the background while this one is cut.
+        transform = per_epoch or (lambda epoch, t: t)
+        epochs = _epoch_orders(n, shuffle_seed, with_epoch=True).map(lambda e, i: transform(e, gather(i)))
+        return epochs.prefetch(1).rebatch(batch_size)
+    # The same batches as unbatch().batch(), cut from whole epochs without a dataset element per index.
+    return _epoch_orders(n, shuffle_seed).rebatch(batch_size).map(gather)
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch: int, epochs: int, seed: int, window: int = 50) -> np.ndarray:
