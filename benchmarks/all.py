@@ -104,11 +104,16 @@ def bert_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
                            "fraction of the machine's matmul rate", f"{r['zoo_gflops']:.0f} of "
                            f"{d['matmul_gflops']['float32']:.0f} GFLOP/s", ">= 0.75" if r["precision"] == "float32"
                            else ""))
-    bf16 = next((r for r in d["rows"] if r["precision"] == "mixed_bfloat16"), None)
+    bf16 = next((r for r in d["rows"] if r["precision"] == "mixed_bfloat16" and not r["xla"]), None)
     if bf16:
         out.append(row("bert training", f"{d['preset']} mixed_bfloat16 vs float32: speed-up",
                        1 / bf16["zoo_vs_zoo_float32"], "float32 step time / bfloat16 step time",
                        f"{bf16['zoo_s']:.3f} s/step", ">= 1.5 with bf16 units"))
+    bf16_xla = next((r for r in d["rows"] if r["precision"] == "mixed_bfloat16" and r["xla"]), None)
+    if bf16 and bf16_xla:
+        out.append(row("bert training", f"{d['preset']} mixed_bfloat16 + XLA vs without XLA: step time",
+                       bf16_xla["zoo_vs_zoo_float32"] / bf16["zoo_vs_zoo_float32"], "step time ratio (the recipe "
+                       "warns against XLA with bfloat16 on CPU)", f"{bf16_xla['zoo_s']:.3f} s/step", ""))
     return out
 
 

@@ -75,3 +75,17 @@ def warn_if_slow_bfloat16(policy: str, device_types: set[str], cpuinfo: str | No
                 "--set train.precision=float32 unless you are checking bfloat16 numerics",
                 platform.processor() or "this CPU", ", ".join(BF16_FLAGS))
     return True
+
+
+def warn_if_xla_bfloat16(policy: str, jit_compile: bool, device_types: set[str]) -> bool:
+    """Warn (and return True) when ``mixed_bfloat16`` is combined with XLA on CPU only.
+
+    XLA's CPU backend compiles bfloat16 matmuls without oneDNN's bfloat16 kernels: on a 2-core
+    AVX-512-bf16 EPYC a BERT-small step under XLA took as long as float32 (0.94x its speed), 1.47x
+    the same bfloat16 step without XLA (``benchmarks/bert.py``'s XLA rows)."""
+    if policy != "mixed_bfloat16" or not jit_compile or device_types - {"CPU"}:
+        return False
+    log.warning("train.precision=mixed_bfloat16 with XLA (--xla / train.jit_compile) on CPU: XLA's CPU "
+                "backend does not use the bfloat16 matmul kernels, so the step runs no faster than float32; "
+                "drop --xla to keep bfloat16's speed-up")
+    return True

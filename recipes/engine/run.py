@@ -120,7 +120,12 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     from zoo.recipes.engine.callbacks import MetricsLog, build_callbacks, choose_resume_state
     from zoo.recipes.engine.optim import build_optimizer, build_schedule, check_optimizer_support
     from zoo.recipes.engine.plots import plot_curves
-    from zoo.recipes.engine.precision import has_loss_scaling, precision_scope, warn_if_slow_bfloat16
+    from zoo.recipes.engine.precision import (
+        has_loss_scaling,
+        precision_scope,
+        warn_if_slow_bfloat16,
+        warn_if_xla_bfloat16,
+    )
     from zoo.recipes.engine.strategy import (
         build_strategy,
         check_xla,
@@ -137,7 +142,9 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
     check_xla(strategy, train.jit_compile)
     check_optimizer_support(train.optimizer)
-    warn_if_slow_bfloat16(train.precision, {d.device_type for d in tf.config.list_logical_devices()})
+    device_types = {d.device_type for d in tf.config.list_logical_devices()}
+    warn_if_slow_bfloat16(train.precision, device_types)
+    warn_if_xla_bfloat16(train.precision, train.jit_compile, device_types)
     keras.utils.set_random_seed(train.seed)
     cfg, data = recipe.prepare_data(cfg, explicit)
     # In a multi-worker job only the chief writes the run dir; the other workers keep their own

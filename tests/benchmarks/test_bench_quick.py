@@ -32,6 +32,7 @@ def test_quick_bench_produces_every_row(tmp_path):
     assert any("zoo vs keras-hub" in r and "XLA" in r for r in bert) and any("zoo vs keras-hub" in r and "XLA" not in r
                                                                             for r in bert)
     assert any("FLOP/s vs float32 matmul" in r for r in bert) and any("mixed_bfloat16 vs float32" in r for r in bert)
+    assert any("mixed_bfloat16 + XLA vs without XLA" in r for r in bert)
     decoding = kinds["decoding"]
     assert any("cached vs uncached" in r for r in decoding) and any("XLA vs no XLA" in r for r in decoding)
     assert {m for m in ("greedy", "beam", "top_k") if any(f"{m} batch 32: XLA vs plain graph" in r

@@ -255,6 +255,20 @@ def test_bfloat16_on_a_cpu_without_bf16_units_warns(caplog):
     assert caplog.text == ""
 
 
+def test_bfloat16_with_xla_on_cpu_warns(caplog):
+    from zoo.recipes.engine.precision import warn_if_xla_bfloat16
+
+    with caplog.at_level("WARNING"):
+        assert warn_if_xla_bfloat16("mixed_bfloat16", True, {"CPU"})
+    assert "XLA" in caplog.text and "drop --xla" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert not warn_if_xla_bfloat16("mixed_bfloat16", False, {"CPU"})
+        assert not warn_if_xla_bfloat16("float32", True, {"CPU"})
+        assert not warn_if_xla_bfloat16("mixed_bfloat16", True, {"CPU", "TPU"})
+    assert caplog.text == ""
+
+
 @pytest.mark.parametrize("precision,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_trains_with_float32_logits(precision, compute, tmp_path, caplog, monkeypatch):
     from zoo.recipes.engine import precision as precision_module
