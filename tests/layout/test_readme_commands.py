@@ -129,10 +129,11 @@ def test_use_block(work):
         ["train", "image_classify", "--strategy", "mirrored", "--cpu-devices", "2", "--precision", "mixed_bfloat16",
          "--epochs", "1", "--run-dir", "runs/mirrored", *TINY], work)
     assert _metrics(work / "runs" / "mirrored")["replicas"] == 2
-    zoo("zoo train image_classify --xla --precision mixed_bfloat16",
-        ["train", "image_classify", "--xla", "--precision", "mixed_bfloat16", "--epochs", "1", "--run-dir", "runs/xla",
-         *TINY], work)
+    out = zoo("zoo train image_classify --xla --precision mixed_bfloat16",
+              ["train", "image_classify", "--xla", "--precision", "mixed_bfloat16", "--epochs", "1",
+               "--run-dir", "runs/xla", *TINY], work)
     assert _metrics(work / "runs" / "xla")["precision"] == "mixed_bfloat16"
+    assert "does not use the bfloat16 matmul kernels" in out  # the warning the README promises
     zoo("zoo train image_classify --config runs/<run>/config.yaml --set train.optimizer.name=adamw",
         ["train", "image_classify", "--config", "runs/digits/config.yaml", "--set", "train.optimizer.name=adamw",
          "--epochs", "1", "--run-dir", "runs/adamw", "--quiet"], work)
