@@ -35,7 +35,7 @@ def _matrices(aug: Any, size: tuple[int, int], batch: Any, seed: Any) -> list[An
     import tensorflow as tf
 
     h, w = float(size[0]), float(size[1])
-    seeds = tf.random.experimental.stateless_split(seed, 5)
+    seeds = tf.random.experimental.stateless_split(seed, 4)
     zero, one = tf.zeros([batch]), tf.ones([batch])
 
     def affine(a0, a1, a2, b0, b1, b2):
@@ -87,12 +87,19 @@ def augment_batch(images: Any, aug: Any, seed: Any) -> Any:
     return warp(images, combined)
 
 
+def stream_seed(seed: int, index: Any) -> Any:
+    """The stateless seed ``(seed, index)`` of one epoch or batch of a run's training stream."""
+    import tensorflow as tf
+
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+
+
 def augment_batches(ds: Any, aug: Any, seed: int) -> Any:
     """A dataset of ``(images, labels)`` batches, batch ``i`` augmented with the seed ``(seed, i)``."""
     import tensorflow as tf
 
     def one(i, batch):
         x, y = batch
-        return augment_batch(x, aug, tf.stack([tf.constant(seed, tf.int64), i])), y
+        return augment_batch(x, aug, stream_seed(seed, i)), y
 
     return ds.enumerate().map(one, num_parallel_calls=tf.data.AUTOTUNE)

@@ -249,7 +249,7 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
     """
     import tensorflow as tf
 
-    from zoo.data.augment import augment_batch, augment_batches
+    from zoo.data.augment import augment_batch, augment_batches, stream_seed
 
     augmenting = augment is not None and augment.active
     if augmenting and (shuffle_seed is None or batch_size is None):
@@ -279,7 +279,7 @@ def image_dataset(src: ImageSource, image_size: tuple[int, int], channels: int,
                                     or [np.zeros((0, *image_size, channels), np.float32)])
         if prefit and augmenting and gathers_per_epoch((arrays, src.labels), batch_size):
             def per_epoch(epoch, data):  # seeded (shuffle_seed, epoch)
-                return augment_batch(data[0], augment, tf.stack([tf.constant(shuffle_seed, tf.int64), epoch])), data[1]
+                return augment_batch(data[0], augment, stream_seed(shuffle_seed, epoch)), data[1]
 
             return slices((arrays, src.labels), shuffle_seed, batch_size=batch_size, per_epoch=per_epoch)
         ds = slices((arrays, src.labels), shuffle_seed, batch_size=batch_size)

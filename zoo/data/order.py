@@ -58,7 +58,8 @@ def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None
     (only where ``gathers_per_epoch``; it is an error elsewhere)."""
     import tensorflow as tf
 
-    if per_epoch is not None and not (shuffle_seed is not None and gathers_per_epoch(tensors, batch_size)):
+    whole_epochs = shuffle_seed is not None and gathers_per_epoch(tensors, batch_size)
+    if per_epoch is not None and not whole_epochs:
         raise ValueError("per_epoch needs a shuffle_seed and data that gathers_per_epoch")
     if shuffle_seed is None:
         ds = tf.data.Dataset.from_tensor_slices(tensors)
@@ -71,7 +72,7 @@ def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None
 
     if batch_size is None:
         return epoch_permutations(n, shuffle_seed).map(gather)
-    if gathers_per_epoch(tensors, batch_size):
+    if whole_epochs:
         # One gather (and transform) per epoch, then batches cut from the shuffled copy; the next
         # epoch's copy is made in the background while this one is cut.
         transform = per_epoch or (lambda epoch, t: t)
