@@ -104,6 +104,16 @@ def bert_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
                            "fraction of the machine's matmul rate", f"{r['zoo_gflops']:.0f} of "
                            f"{d['matmul_gflops']['float32']:.0f} GFLOP/s", ">= 0.75" if r["precision"] == "float32"
                            else ""))
+    if "own_matmul_vs_float32_matmul" in d:
+        own = d["own_matmul_seconds"]
+        out.append(row("bert training", f"{d['preset']} the step's own matmuls alone: FLOP/s vs float32 matmul",
+                       d["own_matmul_vs_float32_matmul"], "bound on the FLOP/s fraction at these shapes",
+                       f"{own['float32']:.3f} s float32, {own['bfloat16']:.3f} s bfloat16", ""))
+        for r in d["rows"]:
+            if r["optimizer"] == "own" and not r["xla"]:
+                out.append(row("bert training", f"{d['preset']} {r['precision']}: own matmuls alone vs the step",
+                               r["own_matmuls_vs_step"], "matmul share of the step time", f"{r['zoo_s']:.3f} s/step",
+                               ""))
     bf16 = next((r for r in d["rows"] if r["precision"] == "mixed_bfloat16" and not r["xla"]), None)
     if bf16:
         out.append(row("bert training", f"{d['preset']} mixed_bfloat16 vs float32: speed-up",

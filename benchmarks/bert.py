@@ -95,6 +95,54 @@ def matmul_gflops(n: int, dtype: str, runs: int = 10) -> float:
     return 2 * n**3 / float(np.min(times)) / 1e9
 
 
+def step_matmul_shapes(cfg, batch: int, length: int) -> list[tuple[int, int, int, int, bool, bool]]:
+    """The matmuls of the zoo classifier's training step as ``(batch, m, k, n, transpose_a, transpose_b)``:
+    per dense projection the forward ``x W``, and the backward ``dy W^T`` and ``x^T dy``; per attention
+    product the forward batched matmul and its two gradients. The last layer works on [CLS] only
+    (keys and values for every token). Their FLOPs sum to :func:`train_step_gflop`."""
+    h, i, n = cfg.hidden_dim, cfg.intermediate_dim, cfg.num_heads
+    d, tokens = h // n, batch * length
+
+    def dense(rows: int, k: int, out: int) -> list[tuple[int, int, int, int, bool, bool]]:
+        return [(1, rows, k, out, False, False), (1, rows, out, k, False, True), (1, k, rows, out, True, False)]
+
+    def attention(queries: int) -> list[tuple[int, int, int, int, bool, bool]]:
+        heads = batch * n  # scores = q k^T and context = p v, each with its two gradients
+        return [(heads, queries, d, length, False, True), (heads, queries, length, d, False, False),
+                (heads, length, queries, d, True, False), (heads, queries, length, d, False, False),
+                (heads, queries, d, length, False, True), (heads, length, queries, d, True, False)]
+
+    full = dense(tokens, h, 3 * h) + dense(tokens, h, h) + dense(tokens, h, i) + dense(tokens, i, h) + attention(length)
+    last = (dense(tokens, h, 2 * h) + dense(batch, h, h) + dense(batch, h, h) + dense(batch, h, i)
+            + dense(batch, i, h) + attention(1))
+    return full * (cfg.num_layers - 1) + last
+
+
+def own_matmul_seconds(shapes, dtype: str, runs: int = 5) -> float:
+    """Seconds the step's matmuls take one by one in isolation, each the fastest of ``runs``: the step
+    time if everything else (element-wise ops, softmax, dropout, optimizer) were free and the matmuls
+    ran as fast as alone: what bounds the FLOP/s a step can reach at these shapes."""
+    import time
+    from collections import Counter
+
+    import numpy as np
+    import tensorflow as tf
+
+    total = 0.0
+    for (b, m, k, n, ta, tb), count in Counter(shapes).items():
+        a = tf.cast(tf.random.normal((b, k, m) if ta else (b, m, k)), dtype)
+        w = tf.cast(tf.random.normal((b, n, k) if tb else (b, k, n)), dtype)
+        fn = tf.function(lambda x, y, ta=ta, tb=tb: tf.matmul(x, y, transpose_a=ta, transpose_b=tb))
+        fn(a, w).numpy()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn(a, w).numpy()
+            times.append(time.perf_counter() - t)
+        total += count * float(np.min(times))
+    return total
+
+
 def train_step_gflop(cfg, batch: int, length: int, pooled_only: bool = True) -> float:
     """FLOPs the zoo classifier's training step does: per token and layer the Q/K/V/output
     projections (4 H^2) and the feed-forward (2 H I) multiply-adds, the attention scores and their
@@ -126,6 +174,10 @@ def main() -> int:
     ceiling = {"float32": matmul_gflops(512 if args.quick else 2048, "float32"),
                "bfloat16": matmul_gflops(512 if args.quick else 2048, "bfloat16")}
     step_gflop = train_step_gflop(cfg, args.batch, args.length)
+    shapes = step_matmul_shapes(cfg, args.batch, args.length)
+    shape_gflop = sum(2 * b * m * k * n for b, m, k, n, _, _ in shapes) / 1e9
+    assert abs(shape_gflop - step_gflop) < 1e-6 * step_gflop, (shape_gflop, step_gflop)
+    own = {"float32": own_matmul_seconds(shapes, "float32"), "bfloat16": own_matmul_seconds(shapes, "bfloat16")}
     cases = (("float32", False, True), ("float32", True, True), ("mixed_bfloat16", False, True),
              ("mixed_bfloat16", True, True), ("float32", False, False))
     compiled = {(kind, *case): compiled_case(kind, cfg, args.batch, args.length, *case)
@@ -144,13 +196,19 @@ def main() -> int:
         r["zoo_vs_zoo_float32"] = paired_ratio(per_round, ("zoo", *case), base)
         r["zoo_gflops"] = step_gflop / r["zoo_s"]
         r["zoo_vs_float32_matmul"] = r["zoo_gflops"] / ceiling["float32"]
+        # the step's own matmuls, alone, over the whole step: the share of the step that is matmul
+        r["own_matmuls_vs_step"] = own["bfloat16" if "bfloat16" in precision else "float32"] / r["zoo_s"]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bert.json"), "w") as fh:
         json.dump({"preset": args.preset, "batch": args.batch, "length": args.length, "rows": rows,
-                   "step_gflop": step_gflop, "matmul_gflops": ceiling,
+                   "step_gflop": step_gflop, "matmul_gflops": ceiling, "own_matmul_seconds": own,
+                   "own_matmul_vs_float32_matmul": step_gflop / own["float32"] / ceiling["float32"],
                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}, fh, indent=2)
     print(f"matmul ceiling: {ceiling['float32']:.0f} GFLOP/s float32, {ceiling['bfloat16']:.0f} bfloat16; "
           f"{step_gflop:.1f} GFLOP per training step")
+    print(f"the step's own matmuls alone: {own['float32']:.3f} s float32 ({step_gflop / own['float32']:.0f} GFLOP/s, "
+          f"{step_gflop / own['float32'] / ceiling['float32']:.2f} of the float32 matmul rate), "
+          f"{own['bfloat16']:.3f} s bfloat16")
     print(f"{args.preset}, batch {args.batch}, length {args.length}, AdamW, "
           f"{args.steps} steps per model in each of the alternating rounds")
     print(f"{'precision':<15} {'xla':<5} {'optimizer':<11} {'zoo s/step':>11} {'keras-hub':>10} {'zoo/kh':>7} "
@@ -159,7 +217,7 @@ def main() -> int:
         print(f"{r['precision']:<15} {str(r['xla']):<5} {r['optimizer']:<11} {r['zoo_s']:>11.3f} "
               f"{r['keras_hub_s']:>10.3f} "
               f"{r['zoo_vs_keras_hub']:>7.2f} {r['zoo_vs_zoo_float32']:>11.2f}  "
-              f"{r['zoo_vs_float32_matmul']:.2f} of matmul")
+              f"{r['zoo_vs_float32_matmul']:.2f} of matmul, own matmuls {r['own_matmuls_vs_step']:.2f} of the step")
     return 0
 
 

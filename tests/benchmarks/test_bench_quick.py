@@ -33,6 +33,8 @@ def test_quick_bench_produces_every_row(tmp_path):
                                                                             for r in bert)
     assert any("FLOP/s vs float32 matmul" in r for r in bert) and any("mixed_bfloat16 vs float32" in r for r in bert)
     assert any("mixed_bfloat16 + XLA vs without XLA" in r for r in bert)
+    assert any("own matmuls alone: FLOP/s" in r for r in bert) and any("own matmuls alone vs the step" in r
+                                                                          for r in bert)
     decoding = kinds["decoding"]
     assert any("cached vs uncached" in r for r in decoding) and any("XLA vs no XLA" in r for r in decoding)
     assert {m for m in ("greedy", "beam", "top_k") if any(f"{m} batch 32: XLA vs plain graph" in r

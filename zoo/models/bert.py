@@ -19,6 +19,7 @@ import keras
 
 from zoo.models.bert_config import BertConfig
 from zoo.models.encoder import FastTransformerEncoder
+from zoo.models.fused import gelu_approximate
 from zoo.models.serialization import DataclassConfigMixin
 
 
@@ -26,7 +27,7 @@ def _activation(name: str) -> Any:
     if name == "gelu":
         return keras.activations.gelu  # exact: approximate=False
     if name == "gelu_approximate":
-        return lambda x: keras.activations.gelu(x, approximate=True)
+        return gelu_approximate
     return name
 
 

@@ -30,6 +30,8 @@ import keras_hub
 from keras import ops
 from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask
 
+from zoo.models import fused
+
 
 def _flat_kernel(dense: Any, rows: int) -> Any:
     return ops.reshape(dense.kernel, (rows, -1))
@@ -51,10 +53,49 @@ class FastTransformerEncoder(keras_hub.layers.TransformerEncoder):
         if mask is not None and query_length is not None and mask.shape[1] != 1:
             mask = mask[:, :query_length]  # [B, L, L] -> [B, k, L]
         x = self._attention(inputs, mask, training, query_length)
+        if training is True and any(self._fusions()):
+            return self._fused_tail(x, residual, *self._fusions())
         x = self._self_attention_layer_norm(self._self_attention_dropout(x, training=training) + residual)
         residual = x
         x = self._feedforward_output_dense(self._feedforward_intermediate_dense(x))
         return self._feedforward_layer_norm(self._feedforward_dropout(x, training=training) + residual)
+
+    def _fusions(self) -> tuple[bool, bool]:
+        """Which blocks run as fused kernels in training: (bias + GELU, add + layer norm)."""
+        if not fused.worth_fusing(self.compute_dtype):
+            return False, False
+        dense = self._feedforward_intermediate_dense
+        gelu = (fused.fusable_activation(dense.activation) is not None and dense.use_bias
+                and not getattr(dense, "lora_enabled", False) and dense.quantization_mode is None)
+        norm = fused.fusable_layer_norm(self._self_attention_layer_norm) and fused.fusable_layer_norm(
+            self._feedforward_layer_norm)
+        return gelu, norm
+
+    def _add_norm(self, x: Any, residual: Any, dropout: Any, norm: Any, fuse: bool) -> Any:
+        if not fuse:
+            return norm(dropout(x, training=True) + residual)
+        if dropout.noise_shape is not None or dropout.rate <= 0:
+            return fused.add_layer_norm(dropout(x, training=True), residual, norm.gamma, norm.beta, norm.epsilon)
+        return fused.add_layer_norm(x, residual, norm.gamma, norm.beta, norm.epsilon,
+                                    noise=fused.dropout_noise(dropout, x), rate=dropout.rate)
+
+    def _fused_tail(self, x: Any, residual: Any, fuse_gelu: bool, fuse_norm: bool) -> Any:
+        """The layer after attention, in training, with bias + GELU and dropout + add + layer norm as
+        fused kernels (``zoo.models.fused``) where ``fuse_*`` says so: same functions, same variables,
+        dropout from the same seed generators as the unfused path, each fused block one pass forward
+        and one backward."""
+        x = self._add_norm(x, residual, self._self_attention_dropout, self._self_attention_layer_norm, fuse_norm)
+        residual = x
+        dense = self._feedforward_intermediate_dense
+        if fuse_gelu:
+            shape = ops.shape(x)
+            h = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), dense.kernel)
+            h = fused.bias_gelu(h, dense.bias, fused.fusable_activation(dense.activation))
+            h = ops.reshape(h, (shape[0], shape[1], h.shape[-1]))
+        else:
+            h = dense(x)
+        x = self._feedforward_output_dense(h)
+        return self._add_norm(x, residual, self._feedforward_dropout, self._feedforward_layer_norm, fuse_norm)
 
     def _attention(self, x: Any, mask: Any, training: Any, query_length: int | None) -> Any:
         mha = self._self_attention_layer
