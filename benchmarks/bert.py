@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import sys
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,49 +96,59 @@ def matmul_gflops(n: int, dtype: str, runs: int = 10) -> float:
     return 2 * n**3 / float(np.min(times)) / 1e9
 
 
-def step_matmul_shapes(cfg, batch: int, length: int) -> list[tuple[int, int, int, int, bool, bool]]:
-    """The matmuls of the zoo classifier's training step as ``(batch, m, k, n, transpose_a, transpose_b)``:
-    per dense projection the forward ``x W``, and the backward ``dy W^T`` and ``x^T dy``; per attention
-    product the forward batched matmul and its two gradients. The last layer works on [CLS] only
-    (keys and values for every token). Their FLOPs sum to :func:`train_step_gflop`."""
+Matmul = tuple[int, int, int, int, bool, bool]  # (batch, m, k, n, transpose_a, transpose_b)
+
+
+def step_matmul_groups(cfg, batch: int, length: int) -> list[tuple[Matmul, ...]]:
+    """The matmuls of the zoo classifier's training step, grouped as autodiff issues them: per dense
+    projection the forward ``x W`` with the backward ``dy W^T`` and ``x^T dy``; per attention product
+    (``q k^T``, ``p v``) the forward batched matmul and its two gradients. The last layer works on
+    [CLS] only (keys and values for every token). Their FLOPs sum to :func:`train_step_gflop`."""
     h, i, n = cfg.hidden_dim, cfg.intermediate_dim, cfg.num_heads
-    d, tokens = h // n, batch * length
+    d, heads, tokens = h // n, batch * n, batch * length
 
-    def dense(rows: int, k: int, out: int) -> list[tuple[int, int, int, int, bool, bool]]:
-        return [(1, rows, k, out, False, False), (1, rows, out, k, False, True), (1, k, rows, out, True, False)]
+    def dense(rows: int, k: int, out: int) -> tuple[Matmul, ...]:
+        return (1, rows, k, out, False, False), (1, rows, out, k, False, True), (1, k, rows, out, True, False)
 
-    def attention(queries: int) -> list[tuple[int, int, int, int, bool, bool]]:
-        heads = batch * n  # scores = q k^T and context = p v, each with its two gradients
-        return [(heads, queries, d, length, False, True), (heads, queries, length, d, False, False),
-                (heads, length, queries, d, True, False), (heads, queries, length, d, False, False),
-                (heads, queries, d, length, False, True), (heads, length, queries, d, True, False)]
+    def attention(queries: int) -> list[tuple[Matmul, ...]]:
+        scores = ((heads, queries, d, length, False, True), (heads, queries, length, d, False, False),
+                  (heads, length, queries, d, True, False))
+        context = ((heads, queries, length, d, False, False), (heads, queries, d, length, False, True),
+                   (heads, length, queries, d, True, False))
+        return [scores, context]
 
-    full = dense(tokens, h, 3 * h) + dense(tokens, h, h) + dense(tokens, h, i) + dense(tokens, i, h) + attention(length)
-    last = (dense(tokens, h, 2 * h) + dense(batch, h, h) + dense(batch, h, h) + dense(batch, h, i)
-            + dense(batch, i, h) + attention(1))
+    full = [dense(tokens, h, 3 * h), dense(tokens, h, h), dense(tokens, h, i), dense(tokens, i, h), *attention(length)]
+    last = [dense(tokens, h, 2 * h), dense(batch, h, h), dense(batch, h, h), dense(batch, h, i), dense(batch, i, h),
+            *attention(1)]
     return full * (cfg.num_layers - 1) + last
 
 
-def own_matmul_seconds(shapes, dtype: str, runs: int = 5) -> float:
-    """Seconds the step's matmuls take one by one in isolation, each the fastest of ``runs``: the step
-    time if everything else (element-wise ops, softmax, dropout, optimizer) were free and the matmuls
-    ran as fast as alone: what bounds the FLOP/s a step can reach at these shapes."""
+def own_matmul_seconds(groups: list[tuple[Matmul, ...]], dtype: str, runs: int = 5) -> float:
+    """Seconds the step's matmuls take without the rest of the step: each group (a projection's
+    forward and two gradient matmuls, which TensorFlow may run side by side as in the step) timed
+    alone, fastest of ``runs``, times how often the step has it. The step's time if everything else
+    (element-wise ops, softmax, dropout, optimizer) were free: what bounds its FLOP/s at these shapes."""
     import time
     from collections import Counter
 
     import numpy as np
     import tensorflow as tf
 
+    def operands(b: int, m: int, k: int, n: int, ta: bool, tb: bool) -> tuple[Any, Any]:
+        return (tf.cast(tf.random.normal((b, k, m) if ta else (b, m, k)), dtype),
+                tf.cast(tf.random.normal((b, n, k) if tb else (b, k, n)), dtype))
+
     total = 0.0
-    for (b, m, k, n, ta, tb), count in Counter(shapes).items():
-        a = tf.cast(tf.random.normal((b, k, m) if ta else (b, m, k)), dtype)
-        w = tf.cast(tf.random.normal((b, n, k) if tb else (b, k, n)), dtype)
-        fn = tf.function(lambda x, y, ta=ta, tb=tb: tf.matmul(x, y, transpose_a=ta, transpose_b=tb))
-        fn(a, w).numpy()
+    for group, count in Counter(groups).items():
+        inputs = [operands(*shape) for shape in group]
+        flags = [shape[4:] for shape in group]
+        fn = tf.function(lambda pairs, flags=flags: [tf.matmul(x, y, transpose_a=ta, transpose_b=tb)
+                                                     for (x, y), (ta, tb) in zip(pairs, flags)])
+        [out.numpy() for out in fn(inputs)]
         times = []
         for _ in range(runs):
             t = time.perf_counter()
-            fn(a, w).numpy()
+            [out.numpy() for out in fn(inputs)]
             times.append(time.perf_counter() - t)
         total += count * float(np.min(times))
     return total
@@ -174,10 +185,10 @@ def main() -> int:
     ceiling = {"float32": matmul_gflops(512 if args.quick else 2048, "float32"),
                "bfloat16": matmul_gflops(512 if args.quick else 2048, "bfloat16")}
     step_gflop = train_step_gflop(cfg, args.batch, args.length)
-    shapes = step_matmul_shapes(cfg, args.batch, args.length)
-    shape_gflop = sum(2 * b * m * k * n for b, m, k, n, _, _ in shapes) / 1e9
-    assert abs(shape_gflop - step_gflop) < 1e-6 * step_gflop, (shape_gflop, step_gflop)
-    own = {"float32": own_matmul_seconds(shapes, "float32"), "bfloat16": own_matmul_seconds(shapes, "bfloat16")}
+    groups = step_matmul_groups(cfg, args.batch, args.length)
+    group_gflop = sum(2 * b * m * k * n for group in groups for b, m, k, n, _, _ in group) / 1e9
+    assert abs(group_gflop - step_gflop) < 1e-6 * step_gflop, (group_gflop, step_gflop)
+    own = {"float32": own_matmul_seconds(groups, "float32"), "bfloat16": own_matmul_seconds(groups, "bfloat16")}
     cases = (("float32", False, True), ("float32", True, True), ("mixed_bfloat16", False, True),
              ("mixed_bfloat16", True, True), ("float32", False, False))
     compiled = {(kind, *case): compiled_case(kind, cfg, args.batch, args.length, *case)
@@ -197,7 +208,7 @@ def main() -> int:
         r["zoo_gflops"] = step_gflop / r["zoo_s"]
         r["zoo_vs_float32_matmul"] = r["zoo_gflops"] / ceiling["float32"]
         # the step's own matmuls, alone, over the whole step: the share of the step that is matmul
-        r["own_matmuls_vs_step"] = own["bfloat16" if "bfloat16" in precision else "float32"] / r["zoo_s"]
+        r["own_matmuls_vs_step"] = own["bfloat16" if "bfloat16" in r["precision"] else "float32"] / r["zoo_s"]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bert.json"), "w") as fh:
         json.dump({"preset": args.preset, "batch": args.batch, "length": args.length, "rows": rows,

@@ -17,6 +17,7 @@ from zoo.errors import ZooError
 SERIALIZABLE_MODULES = (
     "zoo.models.bert",      # BertBackbone, BertClassifier, BertMaskedLM
     "zoo.models.encoder",   # FastTransformerEncoder
+    "zoo.models.fused",     # gelu_approximate (an activation a saved layer may name)
     "zoo.models.seq2seq",   # Seq2SeqTransformer
     "zoo.tokenizers",       # BertPreprocessor
     "zoo.optimizers",       # WarmupDecay, FusedAdam, FusedAdamW

@@ -9,10 +9,10 @@ fuse them, but XLA's CPU backend also takes the matmuls away from oneDNN and its
 only these blocks are XLA-compiled, each as one forward and one hand-derived backward function:
 one pass over memory each way, computed in float32 whatever the input dtype, rounded once.
 
-Keras' own layers (``Dense`` with a GELU activation, ``LayerNormalization``) compute the same
-functions; :func:`fusable_activation` and :func:`fusable_layer_norm` say when a layer can take
-this path. The encoder uses it in training only: inference and exports keep Keras' ops, so a
-SavedModel or TFLite file never needs XLA.
+Keras' own layers (``Dense`` with a GELU activation, ``Dropout``, ``LayerNormalization``) compute
+the same functions; :func:`fusable_activation` and :func:`fusable_layer_norm` say when a layer can
+take this path and :func:`worth_fusing` for which compute dtypes it pays. The encoder uses it in
+training only: inference and exports keep Keras' ops, so a SavedModel or TFLite file never needs XLA.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _TANH_SCALE = math.sqrt(2.0 / math.pi)  # the tanh approximation: 0.5 x (1 + tan
 _CUBIC = 0.044715
 
 
+@keras.saving.register_keras_serializable(package="zoo")
 def gelu_approximate(x: Any) -> Any:
     """GELU, tanh approximation (Hendrycks & Gimpel); the activation of ``activation="gelu_approximate"``."""
     return keras.activations.gelu(x, approximate=True)
