@@ -10,7 +10,9 @@ The same run times a large float32 (and bfloat16) matmul, the machine's practica
 counts a training step's FLOPs from the config (forward matmuls of every layer, times 3 for the
 backward pass), so each row also says what fraction of that ceiling the step reaches. The zoo's
 classifier runs its last encoder layer for [CLS] only (``zoo.models.encoder``); its FLOP count
-says so, keras-hub's step computes the whole last layer.
+says so, keras-hub's step computes the whole last layer. It also times the step's own matmuls
+without the rest of the step (:func:`own_matmul_seconds`): the FLOP/s a step of these shapes could
+reach if everything else were free, and the matmuls' share of each step.
 
     python benchmarks/bert.py [--preset bert_base] [--batch 8] [--length 128] [--steps 6] [--quick]
 """

@@ -178,3 +178,28 @@ def test_bfloat16_bert_trains_through_the_fused_kernels(monkeypatch):
         first = model.evaluate(x, y, verbose=0)
         model.fit(x, y, epochs=15, batch_size=8, verbose=0)
         assert model.evaluate(x, y, verbose=0) < 0.5 * first
+
+
+@pytest.mark.parametrize("precision,xla", [("mixed_float16", False), ("mixed_bfloat16", True)])
+def test_fused_kernels_train_under_loss_scaling_and_inside_an_xla_step(precision, xla):
+    """float16 (the optimizer scales the loss, so the kernels see scaled gradients) and a whole step
+    compiled by XLA (the kernels' own XLA functions nest inside it) both fit a tiny BERT."""
+    import zoo
+    from zoo.models.bert import BertClassifier, build_bert
+
+    rng = np.random.default_rng(1)
+    x = {"token_ids": rng.integers(5, 1000, (16, 12)).astype("int32"), "segment_ids": np.zeros((16, 12), "int32"),
+         "padding_mask": np.ones((16, 12), "int32")}
+    y = rng.integers(0, 2, 16).astype("int32")
+    with precision_scope(precision):
+        keras.utils.set_random_seed(2)
+        model = BertClassifier(build_bert(zoo.make_config("bert_tiny")), num_classes=2)
+        optimizer = keras.optimizers.Adam(1e-3)
+        if precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, jit_compile=xla,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        first = model.evaluate(x, y, verbose=0)
+        history = model.fit(x, y, epochs=20, batch_size=8, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+    assert model.evaluate(x, y, verbose=0) < 0.5 * first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -82,7 +83,10 @@ def test_keras_file_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def peaked_model():
-    """A tiny model whose weights are scaled up so its next-token distributions are peaked (no near-ties)."""
+    """A tiny model whose weights are scaled up so its next-token distributions are peaked (no near-ties).
+    Seeded: its weights used to depend on whatever the tests before it drew, and with one such draw
+    (after tests/zoo/test_fused.py was added) top-k sampling picked another token with XLA than without."""
+    keras.utils.set_random_seed(11)
     model = _model(vocab_size=24)
     for w in model.weights:
         if "embedding" in w.path:

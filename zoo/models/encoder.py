@@ -19,6 +19,11 @@ generators, called in the same order) and both layer norms are keras-hub's own s
 the whole sequence as queries the two calls draw the same dropout masks and agree to float rounding
 (tested forward and backward). Pre-LN (``normalize_first=True``) and ``return_attention_scores``
 take keras-hub's path.
+
+In training under a half-precision policy, the block after attention (dropout, residual add and
+layer norm; bias and GELU; the same again) runs as fused kernels from ``zoo.models.fused``: same
+variables and functions, one pass per block each way, 0.92x the step time of bert_small in
+``mixed_bfloat16`` on the benchmarks' CPU. float32 training and all inference keep Keras' ops.
 """
 
 from __future__ import annotations
