@@ -58,8 +58,9 @@ class FastTransformerEncoder(keras_hub.layers.TransformerEncoder):
         if mask is not None and query_length is not None and mask.shape[1] != 1:
             mask = mask[:, :query_length]  # [B, L, L] -> [B, k, L]
         x = self._attention(inputs, mask, training, query_length)
-        if training is True and any(self._fusions()):
-            return self._fused_tail(x, residual, *self._fusions())
+        fusions = self._fusions() if training is True else (False, False)
+        if any(fusions):
+            return self._fused_tail(x, residual, *fusions)
         x = self._self_attention_layer_norm(self._self_attention_dropout(x, training=training) + residual)
         residual = x
         x = self._feedforward_output_dense(self._feedforward_intermediate_dense(x))
