@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
@@ -38,14 +37,26 @@ CLASSIFY = Signature("classify", "tensorflow/serving/classify",
                      {"scores": TensorInfo("scores", "float32", (None, 2))})
 
 
-class FakeServable:
-    """Signatures DOUBLER (serving_default), PAIRS and CLASSIFY. ``delay`` seconds per run; every run's
-    batch size is recorded in ``batches``; a path containing 'broken' fails to load."""
+class Gate:
+    """Holds every run of a FakeServable until released: ``started`` is set when a run begins, so a test
+    knows a request is executing (and the batch thread busy) without waiting for any length of time."""
 
-    def __init__(self, path: str, delay: float = 0.0, version_tag: float = 0.0):
+    def __init__(self) -> None:
+        self.started, self.released = threading.Event(), threading.Event()
+
+    def wait_started(self, timeout: float = 120) -> None:
+        assert self.started.wait(timeout), "the model never started running the request"
+
+
+class FakeServable:
+    """Signatures DOUBLER (serving_default), PAIRS and CLASSIFY. With a ``gate``, every run sets
+    ``gate.started`` and then waits for ``gate.released``; every run's batch size is recorded in
+    ``batches``; a path containing 'broken' fails to load."""
+
+    def __init__(self, path: str, gate: Gate | None = None, version_tag: float = 0.0):
         if "broken" in path:
             raise ValueError(f"SavedModel file does not exist at: {path}")
-        self.path, self.delay, self.version_tag = path, delay, version_tag
+        self.path, self.gate, self.version_tag = path, gate, version_tag
         self.signatures = {s.name: s for s in (DOUBLER, PAIRS, SINGLE, CLASSIFY)}
         self.signature_defs = {name: signature_def(s) for name, s in self.signatures.items()}
         self.batches: list[int] = []
@@ -62,8 +73,9 @@ class FakeServable:
     def run(self, signature, inputs):
         with self._lock:
             self.batches.append(len(next(iter(inputs.values()))))
-        if self.delay:
-            time.sleep(self.delay)
+        if self.gate is not None:
+            self.gate.started.set()
+            assert self.gate.released.wait(120), "the test never released the gate"
         if signature == "classify":  # scores (sum of feature x, its negative) per serialized tf.Example
             from tensorflow.core.example import example_pb2
 

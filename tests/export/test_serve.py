@@ -8,13 +8,13 @@ import base64
 import concurrent.futures
 import json
 import os
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from tests.export.serve_fakes import FakeServable
+from tests.export.serve_fakes import FakeServable, Gate
+from tests.waits import wait_until
 from zoo.export.serve.batching import Batcher, BatchingParameters, parse_batching_parameters
 from zoo.export.serve.errors import InvalidArgument, ResourceExhausted
 from zoo.export.serve.manager import ConfigFileError, ModelConfig, ModelManager, parse_model_config
@@ -31,16 +31,16 @@ def make_versions(base, name, versions, saved_model=True):
             open(os.path.join(path, "saved_model.pb"), "wb").close()
 
 
-def fake_loader(delay=0.0):
+def fake_loader(gate=None):
     def load(path):
-        return FakeServable(path, delay, version_tag=float(os.path.basename(path)) * 100)
+        return FakeServable(path, gate, version_tag=float(os.path.basename(path)) * 100)
     return load
 
 
-def start_manager(base, *, batching=None, delay=0.0, configs=None, config_file=None):
+def start_manager(base, *, batching=None, gate=None, configs=None, config_file=None):
     metrics_holder = {}
     manager = ModelManager(base=None if (configs or config_file) else str(base), config_file=config_file,
-                           configs=configs, batching=batching, loader=fake_loader(delay), warmup=lambda s: 0,
+                           configs=configs, batching=batching, loader=fake_loader(gate), warmup=lambda s: 0,
                            on_batch=lambda *a: metrics_holder["m"].on_batch(*a))
     manager.start(poll_seconds=0)
     metrics = Metrics(manager.queued_batches, lambda: {n: manager.status(n) for n in manager.model_names()})
@@ -189,10 +189,13 @@ def test_deadline_and_unavailable(tmp_path):
     from starlette.testclient import TestClient
 
     make_versions(tmp_path, "slow", [1])
-    manager, metrics = start_manager(tmp_path, delay=0.5)
+    gate = Gate()  # the model holds the request until after the answer: the deadline must pass first
+    manager, metrics = start_manager(tmp_path, gate=gate)
     with TestClient(build_app(manager, metrics, RestOptions(request_timeout=0.05))) as client:
         r = client.post("/v1/models/slow:predict", json={"instances": [[1, 2, 3]]})
         assert r.status_code == 504 and "Deadline exceeded" in r.json()["error"]
+        assert gate.started.is_set()  # the model was running it when the deadline answered
+    gate.released.set()
     manager.stop()
     # A configured model with no loadable version: 503, and the status says why.
     make_versions(tmp_path, "broken", [1], saved_model=True)
@@ -213,18 +216,26 @@ def test_queue_full_is_429_at_once(tmp_path):
 
     make_versions(tmp_path, "dbl", [1])
     params = BatchingParameters(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1)
-    manager, metrics = start_manager(tmp_path, batching=params, delay=0.3)
-    with TestClient(build_app(manager, metrics, RestOptions())) as client:
-        body = {"instances": [[1, 2, 3]]}
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            codes = sorted(f.result().status_code for f in
-                           [pool.submit(client.post, "/v1/models/dbl:predict", json=body) for _ in range(4)])
-        # one runs, one waits in the queue, the others are refused at once
-        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
-        refused = client.post("/v1/models/dbl:predict", json=body)
-        assert refused.status_code in (200, 429)
+    gate = Gate()
+    manager, metrics = start_manager(tmp_path, batching=params, gate=gate)
+    with TestClient(build_app(manager, metrics, RestOptions())) as client, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        def post():
+            return client.post("/v1/models/dbl:predict", json={"instances": [[1, 2, 3]]})
+
+        running = pool.submit(post)
+        gate.wait_started()  # the only batch thread runs the first request and holds it
+        queued = pool.submit(post)
+        wait_until(lambda: manager.queued_batches() == {("dbl", 1, "serving_default"): 1}, "the second request queued")
+        refused = [post() for _ in range(2)]  # the queue is full: refused at once, while the others are held
+        assert [r.status_code for r in refused] == [429, 429], [r.text for r in refused]
+        assert "queue to which this task was submitted is full" in refused[0].json()["error"]
+        gate.released.set()
+        assert [running.result().status_code, queued.result().status_code] == [200, 200]
+        assert post().status_code == 200  # the queue drained: taken again
         text = client.get("/monitoring/prometheus/metrics").text
-        assert 'zoo_serve_requests_total{api="rest_predict",code="429",model="dbl"}' in text
+        assert 'zoo_serve_requests_total{api="rest_predict",code="429",model="dbl"} 2.0' in text
+        assert 'zoo_serve_requests_total{api="rest_predict",code="200",model="dbl"} 3.0' in text
     manager.stop()
 
 
@@ -315,11 +326,13 @@ def test_batching_parameters_file():
 
 
 def test_concurrent_requests_merge_and_split_back_exactly():
-    seen = []
+    seen, gate = [], Gate()
 
     def run(inputs):
+        if not gate.started.is_set():  # the first batch holds the only worker until every request is queued
+            gate.started.set()
+            assert gate.released.wait(120)
         seen.append(len(inputs["x"]))
-        time.sleep(0.02)
         return {"y": inputs["x"] * 2, "rowsum": inputs["x"].sum(axis=1)}
 
     batcher = Batcher(run, BatchingParameters(max_batch_size=16, batch_timeout_micros=20000, max_enqueued_batches=50,
@@ -328,6 +341,7 @@ def test_concurrent_requests_merge_and_split_back_exactly():
     requests = [rng.normal(size=(int(rng.integers(1, 5)), 3)).astype(np.float32) for _ in range(40)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         futures = list(pool.map(lambda x: batcher.submit({"x": x}), requests))
+        gate.released.set()  # every request is queued (at most the first one was taken)
         results = [f.result(10) for f in futures]
     batcher.stop()
     for x, out in zip(requests, results):
@@ -338,8 +352,14 @@ def test_concurrent_requests_merge_and_split_back_exactly():
 
 
 def test_batcher_refuses_what_it_cannot_take():
-    gate = threading.Event()
-    batcher = Batcher(lambda inputs: (gate.wait(5), inputs)[1],
+    gate = Gate()
+
+    def run(inputs):
+        gate.started.set()
+        assert gate.released.wait(120)
+        return inputs
+
+    batcher = Batcher(run,
                       BatchingParameters(max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1,
                                          num_batch_threads=1))
     x = np.zeros((2, 3), np.float32)
@@ -348,11 +368,11 @@ def test_batcher_refuses_what_it_cannot_take():
     with pytest.raises(InvalidArgument, match="different batch sizes"):
         batcher.submit({"x": x, "z": np.zeros((1,), np.float32)})
     running = batcher.submit({"x": x})
-    time.sleep(0.1)  # the worker holds it
+    gate.wait_started()  # the worker holds it
     queued = batcher.submit({"x": x})
     with pytest.raises(ResourceExhausted, match="queue to which this task was submitted is full"):
         batcher.submit({"x": x})
-    gate.set()
+    gate.released.set()
     assert running.result(5)["x"].shape == (2, 3) and queued.result(5)["x"].shape == (2, 3)
     batcher.stop()
 
@@ -398,9 +418,7 @@ def test_new_version_swaps_in_and_the_old_one_waits_for_its_requests(tmp_path):
         assert new.number == 2  # new requests go to the new version at once
     assert held.run("serving_default", {"x": np.ones((1, 3), np.float32)})["y"][0, 0] == 102.0
     held.close()
-    deadline = time.time() + 5
-    while manager.status("m")[1][1] != "END" and time.time() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: manager.status("m")[1][1] == "END", "version 1 to unload once released")
     assert manager.status("m") == [(2, "AVAILABLE", ""), (1, "END", "")]
     # A broken newer version is reported and never served; version 2 stays.
     make_versions(tmp_path, "m", [3])
