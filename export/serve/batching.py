@@ -150,9 +150,10 @@ class Batcher:
         for t in self._threads:
             t.start()
 
-    @property
-    def queued_batches(self) -> int:
-        return len(self._queue)
+    def queue_depth(self) -> tuple[int, int]:
+        """(batches, requests) waiting for a batch thread."""
+        with self._cv:
+            return len(self._queue), sum(len(b.tasks) for b in self._queue)
 
     def submit(self, inputs: Arrays) -> Future:
         """Queue one request; its future gets the request's own rows of every output."""

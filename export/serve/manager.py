@@ -475,10 +475,12 @@ class ModelManager:
         available = self.available()
         return bool(available) and all(available.values())
 
-    def queued_batches(self) -> dict[tuple[str, int, str], int]:
+    def queued(self) -> dict[tuple[str, int, str], tuple[int, int]]:
+        """(batches, requests) waiting for a batch thread, per (model, version, signature) with a batcher."""
         with self._lock:
-            return {(v.model, v.number, sig): b.queued_batches for vs in self._models.values() for v in vs.values()
-                    for sig, b in v.batchers.items()}
+            batchers = [((v.model, v.number, sig), b) for vs in self._models.values() for v in vs.values()
+                        for sig, b in v.batchers.items()]
+        return {key: b.queue_depth() for key, b in batchers}
 
 
 def _load_saved_model(path: str) -> Any:

@@ -13,7 +13,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
-    def __init__(self, queued: Callable[[], dict[tuple[str, int, str], int]],
+    def __init__(self, queued: Callable[[], dict[tuple[str, int, str], tuple[int, int]]],
                  states: Callable[[], dict[str, list[tuple[int, str, str]]]]):
         self.registry = CollectorRegistry()
         self.requests = Counter("zoo_serve_requests", "Requests answered, by model, API and status code",
@@ -40,18 +40,21 @@ class Metrics:
 
 
 class _LiveGauges:
-    """Queue depths and version states, read from the manager at scrape time."""
+    """Queue depths (batches and requests) and version states, read from the manager at scrape time."""
 
-    def __init__(self, queued: Callable[[], dict[tuple[str, int, str], int]],
+    def __init__(self, queued: Callable[[], dict[tuple[str, int, str], tuple[int, int]]],
                  states: Callable[[], dict[str, list[tuple[int, str, str]]]]):
         self._queued, self._states = queued, states
 
     def collect(self) -> Any:
-        queue = GaugeMetricFamily("zoo_serve_queued_batches", "Batches waiting for a batch thread",
-                                  labels=["model", "version", "signature"])
-        for (model, version, sig), depth in self._queued().items():
-            queue.add_metric([model, str(version), sig], depth)
-        yield queue
+        labels = ["model", "version", "signature"]
+        batches = GaugeMetricFamily("zoo_serve_queued_batches", "Batches waiting for a batch thread", labels=labels)
+        requests = GaugeMetricFamily("zoo_serve_queued_requests", "Requests waiting in those batches", labels=labels)
+        for (model, version, sig), (n_batches, n_requests) in self._queued().items():
+            batches.add_metric([model, str(version), sig], n_batches)
+            requests.add_metric([model, str(version), sig], n_requests)
+        yield batches
+        yield requests
         versions = GaugeMetricFamily("zoo_serve_model_version_state", "1 for the state each version is in",
                                      labels=["model", "version", "state"])
         for model, entries in self._states().items():

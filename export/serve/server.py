@@ -135,7 +135,7 @@ def serve(options: ServeOptions) -> int:
                                on_batch=on_batch)
     except ConfigFileError as exc:
         raise ServeError(str(exc)) from None
-    metrics = Metrics(manager.queued_batches,
+    metrics = Metrics(manager.queued,
                       lambda: {n: manager.status(n) for n in manager.model_names() if _has_status(manager, n)})
     holder["metrics"] = metrics
     limits = Limits(options.max_instances, options.max_string_bytes)

@@ -14,7 +14,8 @@ import time
 
 class ServerProcess:
     """``with ServerProcess([...args], cwd, log_path) as server:`` -> ``server.rest`` (http://host:port) and
-    ``server.grpc`` (host:port); leaving the block sends SIGTERM and records ``returncode`` and ``log``."""
+    ``server.grpc`` (host:port); leaving the block sends SIGTERM (unless ``send`` sent one already), waits for
+    the exit and records ``returncode`` and ``log``."""
 
     def __init__(self, args: list[str], cwd: str, log_path: str, startup_timeout: float = 300):
         self.args, self.cwd, self.log_path, self.timeout = args, str(cwd), log_path, startup_timeout
@@ -22,6 +23,7 @@ class ServerProcess:
         self.stdout: list[str] = []
         self.returncode: int | None = None
         self.log = ""
+        self.signalled = False
 
     def __enter__(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -50,9 +52,20 @@ class ServerProcess:
         self.proc.wait()
         raise AssertionError(f"zoo serve did not start: {''.join(self.stdout)}\n{open(self.log_path).read()[-3000:]}")
 
+    def send(self, sig: int) -> None:
+        """Send ``sig`` without waiting (a second SIGTERM would make the server stop at once)."""
+        self.proc.send_signal(sig)
+        self.signalled = True
+
+    def log_so_far(self) -> str:
+        self._err.flush()
+        with open(self.log_path) as fh:
+            return fh.read()
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.returncode is None:
-            self.proc.send_signal(sig)
+            if not self.signalled:
+                self.send(sig)
             self.returncode = self.proc.wait(timeout=120)
             self._err.close()
             self.log = open(self.log_path).read()

@@ -43,7 +43,7 @@ def start_manager(base, *, batching=None, gate=None, configs=None, config_file=N
                            configs=configs, batching=batching, loader=fake_loader(gate), warmup=lambda s: 0,
                            on_batch=lambda *a: metrics_holder["m"].on_batch(*a))
     manager.start(poll_seconds=0)
-    metrics = Metrics(manager.queued_batches, lambda: {n: manager.status(n) for n in manager.model_names()})
+    metrics = Metrics(manager.queued, lambda: {n: manager.status(n) for n in manager.model_names()})
     metrics_holder["m"] = metrics
     return manager, metrics
 
@@ -226,7 +226,7 @@ def test_queue_full_is_429_at_once(tmp_path):
         running = pool.submit(post)
         gate.wait_started()  # the only batch thread runs the first request and holds it
         queued = pool.submit(post)
-        wait_until(lambda: manager.queued_batches() == {("dbl", 1, "serving_default"): 1}, "the second request queued")
+        wait_until(lambda: manager.queued() == {("dbl", 1, "serving_default"): (1, 1)}, "the second request queued")
         refused = [post() for _ in range(2)]  # the queue is full: refused at once, while the others are held
         assert [r.status_code for r in refused] == [429, 429], [r.text for r in refused]
         assert "queue to which this task was submitted is full" in refused[0].json()["error"]
@@ -609,7 +609,7 @@ def test_classify_and_regress_on_example_signatures(tmp_path):
     write_example_signatures_model(str(tmp_path / "est" / "1"))
     manager = ModelManager(base=str(tmp_path))
     manager.start(poll_seconds=0)
-    metrics = Metrics(manager.queued_batches, lambda: {})
+    metrics = Metrics(manager.queued, lambda: {})
     x = np.array([[1.0, 2.0], [0.5, -3.0]], np.float32)
     want = tf.nn.softmax(x @ np.array([[1.0, -1.0], [2.0, 0.5]], np.float32)).numpy()
     with TestClient(build_app(manager, metrics, RestOptions())) as client:

@@ -1,7 +1,8 @@
 """A real `zoo serve` process on real exports (digits CNN, MiniLM sentiment classifier on raw strings,
 transformer translator), queried with an HTTP client and TF Serving's official gRPC client: every wire
 gives what calling the SavedModel directly gives; batching merges and splits correctly; a new version
-swaps in under load with no failed request; a broken version is reported and never served."""
+swaps in under load with no failed request; a broken version is reported and never served. Where a test
+needs a request to be running (merging, SIGTERM), a gate model holds it until the test releases it."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import concurrent.futures
 import os
 import re
 import shutil
+import signal
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from tests.export.serve_process import ServerProcess
+from tests.waits import wait_until
 from zoo.export.exporter import export_run
 from zoo.rundir import RunDir
 
@@ -35,6 +37,7 @@ def base(digits_run, minilm_run, translate_run, tmp_path_factory):
     base = str(root / "exports")
     for run, name in ((digits_run, "digits"), (minilm_run, "sentiment"), (translate_run, "mt")):
         export_run(run.run_dir, base, name, "saved_model", latency_runs=2)
+    write_gate_model(os.path.join(base, "gate", "1"))
     with open(root / "batching.txt", "w") as fh:
         fh.write(BATCHING)
     return root
@@ -47,6 +50,46 @@ def server(base):
         yield running
     assert running.returncode == 0, running.log[-3000:]  # SIGTERM: finish in flight, exit 0
     assert "zoo serve: stopped" in running.log and "Traceback" not in running.log
+
+
+def write_gate_model(path):
+    """A SavedModel that holds each batch until a file exists: serving_default(x: float32 [B, 3], release:
+    string [B]) -> y = 2 x. It first writes ``release[0] + '.started'``, then spins until ``release[0]``
+    exists, so a test knows when a request is running and decides when it ends."""
+    import tensorflow as tf
+
+    class Gate(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.string, name="release")])
+        def serve(self, x, release):
+            started = tf.io.write_file(release[0] + ".started", "")
+            with tf.control_dependencies([started]):
+                waited = tf.while_loop(lambda i: tf.equal(tf.size(tf.io.matching_files(release[0])), 0),
+                                       lambda i: i + 1, [tf.constant(0)])
+            with tf.control_dependencies(tf.nest.flatten(waited)):
+                return {"y": tf.identity(x * 2.0)}
+
+    module = Gate()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def gate_request(url, x, release):
+    import httpx
+
+    r = httpx.post(f"{url}/v1/models/gate:predict", json={"inputs": {"x": x, "release": [release] * len(x)}},
+                   timeout=300)
+    assert r.status_code == 200, r.text
+    return r.json()["outputs"]  # y, the only output (unnamed)
+
+
+def scrape(url, metric, model):
+    """The value of ``metric`` for ``model``'s version 1 serving_default in /monitoring/prometheus/metrics."""
+    import httpx
+
+    text = httpx.get(f"{url}/monitoring/prometheus/metrics", timeout=60).text
+    labels = rf'\{{model="{model}",signature="serving_default",version="1"\}}'
+    found = re.search(rf"^{metric}{labels} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
 
 
 def direct(version_dir, inputs):
@@ -140,13 +183,13 @@ def _bytes(values):
     return np.asarray(values)
 
 
-def test_concurrent_requests_are_batched_and_split_back_exactly(server, base):
+def test_concurrent_requests_are_batched_and_split_back_exactly(server, base, tmp_path):
     import httpx
 
     x, _ = RunDir(_run_dir(base, "digits")).eval_sample()
     x = np.asarray(x[:48], np.float32)
     want = direct(str(base / "exports" / "digits" / "1"), {"images": x})
-    chunks = [(i, i + 1 + (i % 3)) for i in range(0, 45, 3)]  # requests of 1, 2 and 3 rows
+    chunks = [(i, i + 1 + (i // 3) % 3) for i in range(0, 45, 3)]  # requests of 1, 2 and 3 rows
 
     def call(span):
         a, b = span
@@ -159,12 +202,23 @@ def test_concurrent_requests_are_batched_and_split_back_exactly(server, base):
         for (a, b), out in pool.map(call, chunks):
             assert out["label"] == want["label"][a:b].tolist()
             assert np.allclose(out["probabilities"], want["probabilities"][a:b], atol=1e-5)
-    metrics = httpx.get(f"{server.rest}/monitoring/prometheus/metrics").text
-    total = float(re.search(r'zoo_serve_batch_size_sum\{model="digits",signature="serving_default",version="1"\} '
-                            r'(\S+)', metrics).group(1))
-    count = float(re.search(r'zoo_serve_batch_size_count\{model="digits",signature="serving_default",version="1"\} '
-                            r'(\S+)', metrics).group(1))
-    assert total / count > 1.0, (total, count)  # requests were merged
+    # Merging made certain: the gate model holds the only batch thread while the requests queue up behind it.
+    release = str(tmp_path / "go")
+    sizes = [1, 2, 3] * 4
+    rows = np.arange(sum(sizes) * 3, dtype=np.float32).reshape(-1, 3)
+    spans = [(a, a + n) for a, n in zip(np.cumsum([0, *sizes[:-1]]), sizes)]
+    with concurrent.futures.ThreadPoolExecutor(len(spans) + 1) as pool:
+        first = pool.submit(gate_request, server.rest, [[0.0, 0.0, 0.0]], release)
+        wait_until(lambda: os.path.exists(release + ".started"), "the gate model to run the first request")
+        pending = [(span, pool.submit(gate_request, server.rest, rows[span[0]:span[1]].tolist(), release))
+                   for span in spans]
+        queued = wait_until(lambda: scrape(server.rest, "zoo_serve_queued_requests", "gate") == len(spans)
+                            and scrape(server.rest, "zoo_serve_queued_batches", "gate"), "every request to queue")
+        open(release, "w").close()
+        assert first.result() == [[0.0, 0.0, 0.0]]
+        for (a, b), future in pending:
+            assert future.result() == (rows[a:b] * 2).tolist(), (a, b)  # each request got its own rows back
+    assert scrape(server.rest, "zoo_serve_batch_size_count", "gate") == 1 + queued < 1 + len(spans)  # merged
 
 
 def _run_dir(base, name):
@@ -202,18 +256,15 @@ def test_a_new_version_swaps_in_under_load_and_a_broken_one_is_never_served(serv
     threads = [threading.Thread(target=client) for _ in range(3)]
     for t in threads:
         t.start()
+    def states():
+        status = httpx.get(f"{server.rest}/v1/models/digits", timeout=60).json()["model_version_status"]
+        return [(s["version"], s["state"]) for s in status]
+
     try:
-        time.sleep(0.5)
+        wait_until(lambda: 1 in versions and sent[0] > 10, "clients answered by version 1")
         export_run(digits_run.run_dir, str(base / "exports"), "digits", "saved_model", latency_runs=2)  # version 2
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            status = httpx.get(f"{server.rest}/v1/models/digits").json()["model_version_status"]
-            if [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "END")]:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(status)
-        time.sleep(0.5)  # requests keep flowing to the new version
+        wait_until(lambda: states() == [("2", "AVAILABLE"), ("1", "END")], "version 2 in, version 1 out")
+        wait_until(lambda: 2 in versions or failures, "clients answered by version 2")  # requests keep flowing
     finally:
         stop.set()
         for t in threads:
@@ -225,12 +276,8 @@ def test_a_new_version_swaps_in_under_load_and_a_broken_one_is_never_served(serv
     os.makedirs(broken)
     with open(broken / "saved_model.pb", "wb") as fh:
         fh.write(b"not a protobuf")
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        status = httpx.get(f"{server.rest}/v1/models/digits").json()["model_version_status"]
-        if status[0]["version"] == "3" and status[0]["state"] == "END":
-            break
-        time.sleep(0.2)
+    wait_until(lambda: states()[0] == ("3", "END"), "the broken version 3 to be reported")
+    status = httpx.get(f"{server.rest}/v1/models/digits", timeout=60).json()["model_version_status"]
     assert status[0]["state"] == "END" and status[0]["status"]["error_message"], status
     assert stub.Predict(request, timeout=60).model_spec.version.value == 2
     shutil.rmtree(broken)
@@ -250,42 +297,20 @@ def test_every_export_carries_tf_serving_warmup_records(base):
             assert r.predict_log.request.model_spec.signature_name == "serving_default"
 
 
-def write_slow_model(path):
-    """A SavedModel whose serving_default spins ``steps`` matmuls: a request of known, long duration."""
-    import tensorflow as tf
-
-    class Slow(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="steps")])
-        def serve(self, steps):
-            m = tf.eye(256) * 0.5
-
-            def body(i, acc):
-                return i + 1, tf.matmul(acc, m) + tf.eye(256)
-
-            _, acc = tf.while_loop(lambda i, acc: i < steps[0], body, (tf.constant(0), tf.eye(256)))
-            return {"done": tf.fill(tf.shape(steps), tf.reduce_sum(acc[:1, :1]))}
-
-    module = Slow()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-
-
 def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path):
     import httpx
 
-    write_slow_model(str(tmp_path / "exports" / "slow" / "1"))
+    write_gate_model(str(tmp_path / "exports" / "gate" / "1"))
+    release = str(tmp_path / "go")
     with ServerProcess(["exports", "--port", "0", "--rest-api-port", "0"], tmp_path, str(tmp_path / "s.log")) as server:
-        url = f"{server.rest}/v1/models/slow:predict"
-        start = time.perf_counter()
-        assert httpx.post(url, json={"instances": [2000]}, timeout=120).status_code == 200
-        long_steps = int(2000 * 1.5 / max(time.perf_counter() - start, 1e-3))  # about 1.5 s of work
-        result = {}
-        caller = threading.Thread(target=lambda: result.update(
-            r=httpx.post(url, json={"instances": [long_steps]}, timeout=120)))
-        caller.start()
-        time.sleep(0.4)  # the request is running
-        server.stop()
-        caller.join()
-    assert result["r"].status_code == 200, result["r"].text  # answered although SIGTERM came first
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(gate_request, server.rest, [[1.0, 2.0, 3.0]], release)
+            wait_until(lambda: os.path.exists(release + ".started"), "the request to be running")
+            server.send(signal.SIGTERM)
+            wait_until(lambda: "stopping: no new requests" in server.log_so_far(), "the server to start stopping")
+            assert not in_flight.done()  # SIGTERM came while the request was running
+            open(release, "w").close()
+            assert in_flight.result() == [[2.0, 4.0, 6.0]]  # answered although SIGTERM came first
     assert server.returncode == 0 and "zoo serve: stopped" in server.log
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.rest + "/v2/health/live", timeout=5)
