@@ -16,12 +16,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from tests.conftest import MINILM, TRAIN_WORDS, write_number_pairs, write_sentiment
+from tests.waits import wait_until
 from zoo.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -380,19 +380,18 @@ def test_launch_block(work):
            *longer]
     launcher = subprocess.Popen(cmd, cwd=str(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = RunDir(str(work / "runs" / "mw-kill"))
-    deadline = time.time() + 300
     # Both workers have saved epoch 1 (each keeps its own state; the job resumes at an epoch both saved).
-    while (not run.backup_states() or not run.worker_dir("worker-1").backup_states()) and time.time() < deadline \
-            and launcher.poll() is None:
-        time.sleep(0.1)
+    wait_until(lambda: (run.backup_states() and run.worker_dir("worker-1").backup_states())
+               or launcher.poll() is not None, "both workers to save epoch 1")
     victim = _worker_pid(launcher.pid, 1)
-    assert victim is not None and launcher.poll() is None
+    assert victim is not None and launcher.poll() is None, launcher.stderr.read()[-2000:]
     os.kill(victim, signal.SIGKILL)
     _, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 2, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: worker 1 was killed by signal 9; the other workers were "
                                                    "stopped. Run the same command again"), err[-2000:]
     assert "Traceback" not in err
+    assert not run.is_finished  # the kill landed mid-run
     again = subprocess.run(cmd, cwd=str(work), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = _metrics(work / "runs" / "mw-kill")
@@ -436,16 +435,16 @@ def test_os_errors_and_ctrl_c_end_in_one_line(work):
     proc = subprocess.Popen([*ZOO, "train", "image_classify", "--run-dir", str(run_dir), "--epochs", "200", "--quiet",
                              "--set", "train.tensorboard=false"], cwd=str(work), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
     # Wait for the first epoch's resume state (metrics.json is written just before it, so it is not the sign).
-    while not RunDir(str(run_dir)).backup_states() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    wait_until(lambda: RunDir(str(run_dir)).backup_states() or proc.poll() is not None, "the first epoch's state")
+    assert proc.poll() is None, proc.stderr.read()[-2000:]  # 200 epochs: far from done
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines() == [
         "error: interrupted; run the same command again to resume from the last completed epoch"], err[-2000:]
     assert RunDir(str(run_dir)).backup_states()  # there is a state to resume from
+    assert not RunDir(str(run_dir)).is_finished  # Ctrl-C landed mid-run
 
 
 def _one_error_line(args: list[str], cwd, code: int) -> str:

@@ -94,7 +94,9 @@ def test_keep_checkpoints_zero_keeps_all(tmp_path):
 
 
 # The child: a training that may be SIGKILLed after a random delay, or right after a weights file was
-# written (with that file cut to half first: what a kill in the middle of the write leaves).
+# written (with that file cut to half first: what a kill in the middle of the write leaves). A timer kill
+# always lands before the run ends: on a machine slower than the reference run's, the fit may end first,
+# and the child then waits for the kill before writing the finished model.
 CHILD = textwrap.dedent("""
     import os, random, signal, sys, threading
     import keras
@@ -114,9 +116,12 @@ CHILD = textwrap.dedent("""
     real_fit = keras.Model.fit
 
     def fit(self, *args, **kwargs):  # the clock starts with training, whatever the machine's start-up time
-        if mode == "timer":
-            threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-        return real_fit(self, *args, **kwargs)
+        if mode != "timer":
+            return real_fit(self, *args, **kwargs)
+        threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        history = real_fit(self, *args, **kwargs)
+        threading.Event().wait()  # the kill comes; the run must not finish first
+        return history
 
     keras.Model.fit = fit
     from zoo.recipes import image_classify
@@ -153,6 +158,7 @@ def test_sigkill_at_random_instants_always_finishes_with_the_uninterrupted_weigh
         if proc.returncode == 0:
             break
         assert proc.returncode == -signal.SIGKILL, (mode, proc.stderr[-3000:])
+        assert not run.is_finished, outcomes  # the kill landed mid-run
         kills += 1
     print("kill loop:", outcomes)
     assert run.is_finished, outcomes
