@@ -3,6 +3,7 @@
 `make test-stress` runs the suite this way, as a shared CI machine would run it beside other jobs. The
 hogs are plain busy loops at the suite's own priority, one per core by default; they are stopped when the
 command ends (or on Ctrl-C), and the CPU time they got is printed, so the run shows that the load was real.
+The command finds the hogs' process ids in ``CPU_HOG_PIDS`` (comma-separated).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
     print(f"cpu_hog: {len(hogs)} busy process(es) on {os.cpu_count()} core(s) while running: {' '.join(command)}",
           flush=True)
     try:
-        code = subprocess.call(command)
+        code = subprocess.call(command, env={**os.environ, "CPU_HOG_PIDS": ",".join(str(h.pid) for h in hogs)})
     except KeyboardInterrupt:
         code = 130
     finally:
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
             h.terminate()
             h.join()
     if None not in used:
-        print(f"cpu_hog: the hogs used {sum(used):.0f} CPU-seconds in {wall:.0f} s of wall time "
+        print(f"cpu_hog: the hogs used {sum(used):.1f} CPU-seconds in {wall:.0f} s of wall time "
               f"({sum(used) / max(wall, 1e-9):.2f} cores on average)", flush=True)
     return code
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -142,3 +143,31 @@ def test_multi_worker_patch_is_undone():
         assert model._maybe_symbolic_build.__func__ is not original
     assert not keras_compat.multi_worker_patch_active()
     assert "_maybe_symbolic_build" not in vars(model)
+
+
+def test_cpu_hog_keeps_cores_busy_while_the_command_runs_then_stops():
+    """make test-stress's load: the hog really spins while the command runs, the command's exit code is
+    passed on, and no hog outlives it."""
+    import subprocess
+    import sys
+
+    hog = os.path.join(ROOT, "tests", "cpu_hog.py")
+    # The command waits until the hog has used 0.3 CPU-seconds (it reads the hog's own counters), then fails.
+    command = ("import os, sys, time\n"
+               "sys.path.insert(0, os.path.dirname(sys.argv[1]))\n"
+               "from cpu_hog import _cpu_seconds\n"
+               "pid = int(os.environ['CPU_HOG_PIDS'])\n"
+               "end = time.monotonic() + 120\n"
+               "while _cpu_seconds(pid) < 0.3 and time.monotonic() < end:\n"
+               "    time.sleep(0.01)\n"
+               "print('hog', pid)\n"
+               "sys.exit(3)\n")
+    out = subprocess.run([sys.executable, hog, "--hogs", "1", "--", sys.executable, "-c", command, hog],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3, out.stdout + out.stderr
+    pid = int(re.search(r"^hog (\d+)$", out.stdout, re.M).group(1))
+    used = float(re.search(r"the hogs used (\S+) CPU-seconds", out.stdout).group(1))
+    assert used >= 0.3, out.stdout
+    assert not os.path.exists(f"/proc/{pid}"), "a hog outlived the command"
+    usage = subprocess.run([sys.executable, hog], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "give the command to run after --" in usage.stderr
