@@ -96,7 +96,7 @@ class ClassifierExporter(abc.ABC):
     input_description = ""
 
     @abc.abstractmethod
-    def keras(self, batch: np.ndarray) -> np.ndarray:
+    def keras_logits(self, batch: np.ndarray) -> np.ndarray:
         """The Keras model's logits on a batch of eval inputs: the reference every format is checked against."""
 
     @abc.abstractmethod
@@ -137,7 +137,7 @@ class ClassifierExporter(abc.ABC):
                extra_report: dict[str, Any] | None = None,
                extra_tflite: dict[str, bytes] | None = None) -> dict[str, Any]:
         self.check_formats(self.run, fmts)
-        self.reference = verify.batched(self.keras, self.x)
+        self.reference = verify.batched(self.keras_logits, self.x)
         keras_scores = verify.compare(self.reference, self.reference, self.y)
         self._scale = max(1.0, float(np.abs(self.reference).max()))
         self.latency_runs, self.name = latency_runs, name
@@ -145,7 +145,7 @@ class ClassifierExporter(abc.ABC):
             "run_dir": os.path.abspath(self.run.path), "model": self.info.model, "examples": int(len(self.x)),
             "input": self.input_description,
             "keras": {"accuracy": keras_scores["accuracy"],
-                      "latency_ms": verify.latency_ms(self.keras, self.x[:1], latency_runs)},
+                      "latency_ms": verify.latency_ms(self.keras_logits, self.x[:1], latency_runs)},
             "formats": {}, "machine": _machine(), **(extra_report or {}),
         }
         with publish.publish_version(base, name, version) as (staging, ver):
@@ -218,7 +218,7 @@ class ImageClassifierExporter(ClassifierExporter):
     def input_description(self) -> str:  # type: ignore[override]
         return f"{self.info.input.dtype} {list(self.info.input.shape)}"
 
-    def keras(self, batch: np.ndarray) -> np.ndarray:
+    def keras_logits(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(batch, training=False))
 
     def write_saved_model(self, path: str) -> None:
@@ -267,7 +267,7 @@ class TextClassifierExporter(ClassifierExporter):
     def _packed(self, batch: np.ndarray) -> dict[str, Any]:
         return self.preprocessor(tuple(t.tolist() for t in self._split(batch)))
 
-    def keras(self, batch: np.ndarray) -> np.ndarray:
+    def keras_logits(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(self._packed(batch), training=False))
 
     def write_saved_model(self, path: str) -> None:

@@ -25,8 +25,6 @@ import yaml
 
 from zoo.errors import ConfigError, did_you_mean
 
-_MISSING = object()
-
 
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
     """Raise ConfigError unless ``value`` is one of ``choices``."""
@@ -83,14 +81,13 @@ def coerce(path: str, value: Any, tp: Any) -> Any:
             return None
         if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(path, value, arg)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise ConfigError(f"{path}={value!r} has the wrong type; expected {_type_name(tp)}")
     if origin is typing.Literal:
         check_choice(path, value, typing.get_args(tp))

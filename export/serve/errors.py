@@ -49,9 +49,5 @@ class DeadlineExceeded(ServingError):
     code = "DEADLINE_EXCEEDED"
 
 
-class Unimplemented(ServingError):
-    code = "UNIMPLEMENTED"
-
-
 class FailedPrecondition(ServingError):
     code = "FAILED_PRECONDITION"

@@ -93,12 +93,10 @@ def configs_from_proto(msg: Any, source: str, folder: str) -> list[ModelConfig]:
     return out
 
 
-_SKIPPED: set[str] = set()  # TFLite-only models already reported
-
-
-def scan_base(base: str) -> list[ModelConfig]:
+def scan_base(base: str, reported: set[str]) -> list[ModelConfig]:
     """Every ``NAME`` directory under ``base`` (hidden ones excepted) with a SavedModel version, latest
-    version served. A model whose versions hold TFLite files only is left out (said once in the log)."""
+    version served. A model whose versions hold TFLite files only is left out, said once in the log
+    (``reported``: the caller's names already said)."""
     try:
         names = sorted(d for d in os.listdir(base) if not d.startswith(".") and os.path.isdir(os.path.join(base, d)))
     except OSError as exc:
@@ -109,8 +107,8 @@ def scan_base(base: str) -> list[ModelConfig]:
         cfg = ModelConfig(name, os.path.join(base, name), saved_model_only=True)
         if versions_on_disk(cfg):
             configs.append(cfg)
-        elif name not in _SKIPPED and versions_on_disk(dataclasses.replace(cfg, saved_model_only=False)):
-            _SKIPPED.add(name)
+        elif name not in reported and versions_on_disk(dataclasses.replace(cfg, saved_model_only=False)):
+            reported.add(name)
             log.info("not serving %s: its versions hold TFLite files only, no SavedModel", name)
     return configs
 
@@ -210,6 +208,7 @@ class ModelManager:
         self._models: dict[str, dict[int, Version]] = {}
         self._configs: dict[str, ModelConfig] = {}
         self._config_mtime = -2.0
+        self._tflite_only_reported: set[str] = set()  # base-path models said once not to be served
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if config_file is not None:
@@ -279,7 +278,7 @@ class ModelManager:
         if self.config_file is not None:
             self._read_config_file()
         elif self.base is not None:
-            self.set_configs(scan_base(self.base))
+            self.set_configs(scan_base(self.base, self._tflite_only_reported))
         configs = self.configs()
         for cfg in configs:
             self._poll_model(cfg)
@@ -324,8 +323,9 @@ class ModelManager:
             warmed = (self._warmup or _replay_warmup)(servable)
         except Exception as exc:  # a broken version is reported, never served, and never takes the server down
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            version.error = f"{type(exc).__name__}: {text}"[:500]
-            version.state = "END"
+            with self._lock:
+                version.error = f"{type(exc).__name__}: {text}"[:500]
+                version.state = "END"
             log.error("%s version %d failed to load: %s", model, number, version.error)
             return
         with self._lock:

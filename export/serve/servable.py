@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many
-PREDICT = "tensorflow/serving/predict"
 
 
 def _tensor_info(key: str, proto: Any) -> TensorInfo:

@@ -28,7 +28,6 @@ DTYPES: dict[str, tuple[Any, str]] = {
     "uint32": (np.uint32, "UINT32"), "uint64": (np.uint64, "UINT64"), "bool": (np.bool_, "BOOL"),
     "string": (object, "BYTES"),
 }
-V2_TO_DTYPE = {v2: name for name, (_, v2) in DTYPES.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,12 +105,13 @@ class Seq2SeqTransformer(DataclassConfigMixin, keras.Model):
     # ------------------------------------------------------------------ pieces shared by fit and decoding
     def _embed(self, embedding: Any, position: Any, dropout: Any, ids: Any, start_index: Any = 0,
                training: Any = None) -> Any:
-        x = embedding(ids) * ops.cast(math.sqrt(self.config_hidden_dim), embedding.compute_dtype)
+        x = embedding(ids) * ops.cast(math.sqrt(self.hidden_dim), embedding.compute_dtype)
         x = x + position(x, start_index=start_index)
         return dropout(x, training=training)
 
     @property
-    def config_hidden_dim(self) -> int:
+    def hidden_dim(self) -> int:
+        """The model width, read from the built embedding."""
         return self.source_embedding.output_dim
 
     def _embed_target(self, ids: Any, start_index: Any = 0, training: Any = None) -> Any:
@@ -137,7 +138,7 @@ class Seq2SeqTransformer(DataclassConfigMixin, keras.Model):
     # ------------------------------------------------------------------ cached decoding
     def _head_dims(self) -> tuple[int, int]:
         heads = self.decoder_layers[0].num_heads
-        return heads, self.config_hidden_dim // heads
+        return heads, self.hidden_dim // heads
 
     def start_decoding(self, first_ids: Any, encoded: Any, encoder_mask: Any, max_length: int) -> tuple[Any, Any]:
         """Decode position 0 (``first_ids`` ``[batch, 1]``, normally [START]) and build the caches.
