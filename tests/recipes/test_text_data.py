@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import EVAL_WORDS, TRAIN_WORDS, write_sentiment
+from tests.datasets import EVAL_WORDS, TRAIN_WORDS, write_sentiment
 from zoo.recipes.text_data import TextDataConfig, read_splits
 
 

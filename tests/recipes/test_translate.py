@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import TRANSLATE_FAST, number_words
+from tests.conftest import TRANSLATE_FAST
+from tests.datasets import number_words
 from zoo.errors import ConfigError, DataError, ExportError
 
 
