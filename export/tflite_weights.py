@@ -32,32 +32,24 @@ from zoo.errors import ExportError
 MIN_ELEMENTS = 1024
 
 
-def _schema() -> Any:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return schema
-
-
-def _read(content: bytes) -> Any:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-
-
-def _write(model: Any) -> bytes:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
 class _Editor:
-    """Appends tensors, buffers, operator codes and ops to subgraph 0 of a model object."""
+    """Appends tensors, buffers, operator codes and ops to subgraph 0 of a model object read from a
+    ``.tflite`` file's bytes (``deep=True``: a deep copy, sharing no buffer with ``content``)."""
 
-    def __init__(self, model: Any):
-        self.s = _schema()
-        self.model = model
-        self.graph = model.subgraphs[0]
-        self.codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    def __init__(self, content: bytes, deep: bool = False):
+        from zoo.keras_compat import read_tflite_model, tflite_schema
+
+        self.s = tflite_schema()
+        self.model = read_tflite_model(content)
+        if deep:
+            self.model = copy.deepcopy(self.model)
+        self.graph = self.model.subgraphs[0]
+        self.codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in self.model.operatorCodes]
+
+    def to_bytes(self) -> bytes:
+        from zoo.keras_compat import write_tflite_model
+
+        return write_tflite_model(self.model)
 
     def code(self, op: Any) -> int:
         return self.codes[op.opcodeIndex]
@@ -146,7 +138,7 @@ def quantize_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
 
 def int8_weights(float_content: bytes, min_elements: int = MIN_ELEMENTS) -> bytes:
     """Weight-only int8 from a float32 TFLite model (see the module docstring)."""
-    ed = _Editor(copy.deepcopy(_read(float_content)))
+    ed = _Editor(float_content, deep=True)
     s = ed.s
     ops = s.BuiltinOperator
     weight_axis = {ops.FULLY_CONNECTED: 0, ops.CONV_2D: 0, ops.DEPTHWISE_CONV_2D: 3}
@@ -178,7 +170,7 @@ def int8_weights(float_content: bytes, min_elements: int = MIN_ELEMENTS) -> byte
         raise ExportError("the model has no float weights large enough for int8 weight quantization "
                           f"(at least {min_elements} elements); use tflite or tflite_float16")
     ed.graph.operators = new_ops
-    return _write(ed.model)
+    return ed.to_bytes()
 
 
 def per_row_embeddings(dynamic_content: bytes, float_content: Callable[[], bytes]) -> bytes:
@@ -188,7 +180,7 @@ def per_row_embeddings(dynamic_content: bytes, float_content: Callable[[], bytes
     which ``float_content`` returns; it is called only when the model has such a table. A model
     without one comes back unchanged.
     """
-    ed = _Editor(copy.deepcopy(_read(dynamic_content)))
+    ed = _Editor(dynamic_content, deep=True)
     s = ed.s
     ops = ed.graph.operators
     float_ed = None
@@ -201,7 +193,7 @@ def per_row_embeddings(dynamic_content: bytes, float_content: Callable[[], bytes
         if (ed.code(op) == s.BuiltinOperator.GATHER and table_t.type == s.TensorType.INT8 and nxt is not None
                 and ed.code(nxt) == s.BuiltinOperator.DEQUANTIZE and nxt.inputs[0] == op.outputs[0]):
             if float_ed is None:
-                float_ed = _Editor(_read(float_content()))
+                float_ed = _Editor(float_content())
                 by_name = {t.name: k for k, t in enumerate(float_ed.graph.tensors)}
             k = by_name.get(table_t.name)
             table = float_ed.constant(k) if k is not None else None
@@ -214,4 +206,4 @@ def per_row_embeddings(dynamic_content: bytes, float_content: Callable[[], bytes
     if float_ed is None:
         return dynamic_content
     ed.graph.operators = new_ops
-    return _write(ed.model)
+    return ed.to_bytes()

@@ -1,4 +1,17 @@
-"""Every use of private Keras / TensorFlow internals, fenced in one module.
+"""Every use of another package's private internals, fenced in one module.
+
+No other module of zoo, zoo.recipes or zoo.export imports a ``*.src.*`` or TensorFlow-internal
+module or reads another package's ``_private`` attribute (tests/layout checks it with ``ast``); what
+they need is here, behind named accessors:
+
+* :func:`encoder_sublayers` and :func:`attention_parts`: the sublayers of keras-hub's
+  ``TransformerEncoder`` and of Keras' ``MultiHeadAttention``, which ``FastTransformerEncoder``
+  reuses (same variables, seed generators and call order) to compute the first tokens only;
+  :func:`merge_padding_and_attention_mask` and :func:`hub_gelu_approximate` from keras-hub's
+  ``src`` tree;
+* :func:`tflite_schema`, :func:`read_tflite_model`, :func:`write_tflite_model`: TensorFlow Lite's
+  flatbuffer schema and object API (``tensorflow.lite.python`` / ``tensorflow.lite.tools``), for the
+  weight-only rewrites of ``zoo.export.tflite_weights``.
 
 Three work-arounds reach past the public APIs, each because the public path is broken or slow on
 the pinned stack:
@@ -11,8 +24,8 @@ the pinned stack:
   reads the optimizer's slot variables.
 
 They were written against the versions in :data:`WRITTEN_FOR`; importing this module on any other
-Keras or TensorFlow raises :class:`KerasCompatError` naming what to do instead, rather than
-patching internals that may have changed shape.
+Keras, TensorFlow, keras-hub or tensorflow-text raises :class:`KerasCompatError` naming what to do
+instead, rather than reaching into internals that may have changed shape.
 """
 
 from __future__ import annotations
@@ -20,16 +33,17 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from zoo.errors import ZooError
 
 # Package -> the release series (major.minor) these work-arounds were written and tested against.
-WRITTEN_FOR = {"keras": "3.15", "tensorflow": "2.21"}
+WRITTEN_FOR = {"keras": "3.15", "tensorflow": "2.21", "keras-hub": "0.32", "tensorflow-text": "2.21"}
 
 
 class KerasCompatError(ZooError, ImportError):
-    """The installed Keras / TensorFlow is not the one the private-API work-arounds were written for."""
+    """The installed Keras / TensorFlow / keras-hub / tensorflow-text is not the one the private-API
+    accessors and work-arounds were written for."""
 
 
 def check_versions(found: dict[str, str]) -> None:
@@ -41,15 +55,24 @@ def check_versions(found: dict[str, str]) -> None:
         want = ", ".join(f"{n} {v}.x" for n, v in sorted(WRITTEN_FOR.items()))
         raise KerasCompatError(
             f"zoo.keras_compat reaches into private internals of {want}, but this environment has {have}. "
-            "What needs it is unavailable here: the fused Adam update (set train.optimizer.fused=false), "
-            "multi-worker fit (use the pinned stack from setup.py) and the tflite_int16x8 export")
+            "What needs it is unavailable here: BERT models (their encoder layers), the fused Adam update "
+            "(set train.optimizer.fused=false), multi-worker fit, the tflite_int16x8 and tflite_int8_weights "
+            "exports; install the pinned stack from setup.py (pip install -e .)")
 
 
 def _installed_versions() -> dict[str, str]:
+    from importlib import metadata
+
     import keras
     import tensorflow as tf
 
-    return {"keras": keras.__version__, "tensorflow": tf.__version__}
+    found = {"keras": keras.__version__, "tensorflow": tf.__version__}
+    for name in ("keras-hub", "tensorflow-text"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "(not installed)"
+    return found
 
 
 check_versions(_installed_versions())
@@ -196,3 +219,84 @@ def fused_adam_update(optimizer: Any, gradient: Any, variable: Any, learning_rat
         lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
         epsilon=tf.cast(optimizer.epsilon, dtype), grad=tf.cast(gradient, dtype), use_locking=False)
     return True
+
+
+# ----------------------------------------------------------------------------- keras-hub / Keras layer internals
+
+
+class EncoderSublayers(NamedTuple):
+    """The sublayers of keras-hub's ``TransformerEncoder``, in its call order."""
+
+    attention: Any  # keras.layers.MultiHeadAttention
+    attention_dropout: Any
+    attention_norm: Any
+    intermediate: Any  # the feed-forward's first Dense (with the activation)
+    output: Any
+    feedforward_dropout: Any
+    feedforward_norm: Any
+
+
+def encoder_sublayers(layer: Any) -> EncoderSublayers:
+    """The built sublayers of a keras-hub ``TransformerEncoder`` (private attributes of keras-hub 0.32)."""
+    return EncoderSublayers(layer._self_attention_layer, layer._self_attention_dropout,
+                            layer._self_attention_layer_norm, layer._feedforward_intermediate_dense,
+                            layer._feedforward_output_dense, layer._feedforward_dropout, layer._feedforward_layer_norm)
+
+
+class AttentionParts(NamedTuple):
+    """What Keras' ``MultiHeadAttention`` computes with: its four projections, softmax, dropout and
+    the query scale."""
+
+    query: Any  # EinsumDense
+    key: Any
+    value: Any
+    output: Any
+    softmax: Any  # keras.layers.Softmax (takes the mask)
+    dropout: Any
+    inverse_sqrt_key_dim: float
+
+
+def attention_parts(mha: Any) -> AttentionParts:
+    """The built parts of a ``keras.layers.MultiHeadAttention`` (private attributes of Keras 3.15)."""
+    return AttentionParts(mha._query_dense, mha._key_dense, mha._value_dense, mha._output_dense, mha._softmax,
+                          mha._dropout_layer, mha._inverse_sqrt_key_dim)
+
+
+def merge_padding_and_attention_mask(inputs: Any, padding_mask: Any, attention_mask: Any) -> Any:
+    """keras-hub's own merge of a padding mask and an attention mask (what its encoder layers use)."""
+    from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask as merge
+
+    return merge(inputs, padding_mask, attention_mask)
+
+
+def hub_gelu_approximate() -> Any:
+    """keras-hub's tanh GELU, which its BERT builds its feed-forward layers with (None if it moved)."""
+    try:
+        from keras_hub.src.utils.keras_utils import gelu_approximate
+    except ImportError:
+        return None
+    return gelu_approximate
+
+
+# ----------------------------------------------------------------------------- TFLite flatbuffers
+
+
+def tflite_schema() -> Any:
+    """TensorFlow Lite's generated flatbuffer schema module (object API classes, builtin op codes)."""
+    from tensorflow.lite.python import schema_py_generated
+
+    return schema_py_generated
+
+
+def read_tflite_model(content: bytes) -> Any:
+    """A ``.tflite`` file's bytes as a mutable ``ModelT`` object."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+
+
+def write_tflite_model(model: Any) -> bytes:
+    """A ``ModelT`` object back to ``.tflite`` bytes."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

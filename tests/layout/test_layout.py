@@ -81,6 +81,72 @@ def test_the_layering_check_catches_a_wrong_import(tmp_path):
     assert _layer("zoo.recipes.engine.run") > _layer("zoo.export.publish") > _layer("zoo.rundir")
 
 
+FENCE = "zoo.keras_compat"
+# Modules of other packages that are internal: importing them is fenced into zoo.keras_compat.
+INTERNAL_MODULES = re.compile(r"(^|\.)src(\.|$)|^tensorflow\.python(\.|$)|^tensorflow\.lite\.(python|tools)(\.|$)")
+
+
+def _private_names_defined(paths):
+    """Every ``_name`` this project defines itself (functions, classes, attributes, variables, arguments):
+    reading one of those on any object is not reaching into another package."""
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+    return {n for n in names if n.startswith("_")}
+
+
+def _fence_breaches(path, ours):
+    """Internal imports and other packages' private attributes (``obj._x``, ``getattr(obj, "_x")``) in a file."""
+    found = [f"imports {m}" for m in _imports(path) if INTERNAL_MODULES.search(m)]
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        name = None
+        if isinstance(node, ast.Attribute):
+            name = node.attr
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "setattr", "hasattr", "delattr") and len(node.args) > 1
+              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+            name = node.args[1].value
+        if name and name.startswith("_") and not name.startswith("__") and name not in ours:
+            found.append(f"line {node.lineno}: reads .{name}")
+    return found
+
+
+def test_private_apis_of_other_packages_are_used_only_in_keras_compat():
+    """Every ``*.src.*`` / TensorFlow-internal import and every read of another package's ``_private``
+    attribute lives in zoo.keras_compat (whose WRITTEN_FOR pins the versions they were written for)."""
+    from zoo import keras_compat
+
+    modules = dict(_modules())
+    ours = _private_names_defined(modules.values())
+    breaches = {name: found for name, path in modules.items() if name != FENCE
+                for found in [_fence_breaches(path, ours)] if found}
+    assert not breaches, "private APIs of other packages outside zoo.keras_compat:\n" + "\n".join(
+        f"{name}: {', '.join(found)}" for name, found in sorted(breaches.items()))
+    assert _fence_breaches(modules[FENCE], ours)  # the fence itself does hold them (the check sees them)
+    assert set(keras_compat.WRITTEN_FOR) == {"keras", "tensorflow", "keras-hub", "tensorflow-text"}
+
+
+def test_the_fence_check_catches_internal_imports_and_private_reads(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import keras\nfrom keras_hub.src.utils import keras_utils\nimport tensorflow.python.ops\n"
+                   "from tensorflow.lite.tools import flatbuffer_utils\n"
+                   "def f(layer, own):\n    own._mine = 1\n    return layer._feedforward_dense, own._mine, "
+                   "getattr(layer, '_softmax'), layer.__class__\n")
+    found = _fence_breaches(str(bad), _private_names_defined([str(bad)]))
+    assert found == ["imports keras_hub.src.utils", "imports keras_hub.src.utils.keras_utils",
+                     "imports tensorflow.python.ops", "imports tensorflow.lite.tools",
+                     "imports tensorflow.lite.tools.flatbuffer_utils", "line 7: reads ._feedforward_dense",
+                     "line 7: reads ._softmax"], found
+
+
 def test_serializable_classes_are_registered_in_one_place():
     """Every module that registers a Keras-serializable class is in zoo.saving's list, so zoo.load finds it."""
     registering = set()
@@ -126,9 +192,18 @@ def test_run_dir_names_are_spelled_only_in_the_run_dir_module():
 def test_keras_compat_refuses_other_versions():
     from zoo import keras_compat
 
-    keras_compat.check_versions({"keras": "3.15.9", "tensorflow": "2.21.4"})
+    installed = keras_compat._installed_versions()
+    assert set(installed) == set(keras_compat.WRITTEN_FOR)
+    keras_compat.check_versions(installed)  # the pinned stack passes
+    keras_compat.check_versions({"keras": "3.15.9", "tensorflow": "2.21.4", "keras-hub": "0.32.7",
+                                 "tensorflow-text": "2.21.0"})
     with pytest.raises(keras_compat.KerasCompatError, match="keras 3.16.0.*train.optimizer.fused=false"):
         keras_compat.check_versions({"keras": "3.16.0", "tensorflow": "2.21.0"})
+    # A keras-hub upgrade changes the encoder sublayers BERT reuses: said up front, not a broken forward pass.
+    with pytest.raises(keras_compat.KerasCompatError, match=r"this environment has keras-hub 0\.33\.0\. .*BERT"):
+        keras_compat.check_versions({**installed, "keras-hub": "0.33.0"})
+    with pytest.raises(keras_compat.KerasCompatError, match=r"tensorflow-text \(not installed\)"):
+        keras_compat.check_versions({**installed, "tensorflow-text": "(not installed)"})
 
 
 def test_multi_worker_patch_is_undone():

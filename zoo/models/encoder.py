@@ -33,8 +33,8 @@ from typing import Any
 import keras
 import keras_hub
 from keras import ops
-from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask
 
+from zoo.keras_compat import attention_parts, encoder_sublayers, merge_padding_and_attention_mask
 from zoo.models import fused
 
 
@@ -57,24 +57,24 @@ class FastTransformerEncoder(keras_hub.layers.TransformerEncoder):
         residual = inputs if query_length is None else inputs[:, :query_length]
         if mask is not None and query_length is not None and mask.shape[1] != 1:
             mask = mask[:, :query_length]  # [B, L, L] -> [B, k, L]
-        x = self._attention(inputs, mask, training, query_length)
-        fusions = self._fusions() if training is True else (False, False)
+        sub = encoder_sublayers(self)
+        x = self._attention(sub.attention, inputs, mask, training, query_length)
+        fusions = self._fusions(sub) if training is True else (False, False)
         if any(fusions):
-            return self._fused_tail(x, residual, *fusions)
-        x = self._self_attention_layer_norm(self._self_attention_dropout(x, training=training) + residual)
+            return self._fused_tail(sub, x, residual, *fusions)
+        x = sub.attention_norm(sub.attention_dropout(x, training=training) + residual)
         residual = x
-        x = self._feedforward_output_dense(self._feedforward_intermediate_dense(x))
-        return self._feedforward_layer_norm(self._feedforward_dropout(x, training=training) + residual)
+        x = sub.output(sub.intermediate(x))
+        return sub.feedforward_norm(sub.feedforward_dropout(x, training=training) + residual)
 
-    def _fusions(self) -> tuple[bool, bool]:
+    def _fusions(self, sub: Any) -> tuple[bool, bool]:
         """Which blocks run as fused kernels in training: (bias + GELU, add + layer norm)."""
         if not fused.worth_fusing(self.compute_dtype):
             return False, False
-        dense = self._feedforward_intermediate_dense
+        dense = sub.intermediate
         gelu = (fused.fusable_activation(dense.activation) is not None and dense.use_bias
                 and not getattr(dense, "lora_enabled", False) and dense.quantization_mode is None)
-        norm = fused.fusable_layer_norm(self._self_attention_layer_norm) and fused.fusable_layer_norm(
-            self._feedforward_layer_norm)
+        norm = fused.fusable_layer_norm(sub.attention_norm) and fused.fusable_layer_norm(sub.feedforward_norm)
         return gelu, norm
 
     def _add_norm(self, x: Any, residual: Any, dropout: Any, norm: Any, fuse: bool) -> Any:
@@ -85,14 +85,14 @@ class FastTransformerEncoder(keras_hub.layers.TransformerEncoder):
         return fused.add_layer_norm(x, residual, norm.gamma, norm.beta, norm.epsilon,
                                     noise=fused.dropout_noise(dropout, x), rate=dropout.rate)
 
-    def _fused_tail(self, x: Any, residual: Any, fuse_gelu: bool, fuse_norm: bool) -> Any:
+    def _fused_tail(self, sub: Any, x: Any, residual: Any, fuse_gelu: bool, fuse_norm: bool) -> Any:
         """The layer after attention, in training, with bias + GELU and dropout + add + layer norm as
         fused kernels (``zoo.models.fused``) where ``fuse_*`` says so: same functions, same variables,
         dropout from the same seed generators as the unfused path, each fused block one pass forward
         and one backward."""
-        x = self._add_norm(x, residual, self._self_attention_dropout, self._self_attention_layer_norm, fuse_norm)
+        x = self._add_norm(x, residual, sub.attention_dropout, sub.attention_norm, fuse_norm)
         residual = x
-        dense = self._feedforward_intermediate_dense
+        dense = sub.intermediate
         if fuse_gelu:
             shape = ops.shape(x)
             h = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), dense.kernel)
@@ -100,16 +100,16 @@ class FastTransformerEncoder(keras_hub.layers.TransformerEncoder):
             h = ops.reshape(h, (shape[0], shape[1], h.shape[-1]))
         else:
             h = dense(x)
-        x = self._feedforward_output_dense(h)
-        return self._add_norm(x, residual, self._feedforward_dropout, self._feedforward_layer_norm, fuse_norm)
+        x = sub.output(h)
+        return self._add_norm(x, residual, sub.feedforward_dropout, sub.feedforward_norm, fuse_norm)
 
-    def _attention(self, x: Any, mask: Any, training: Any, query_length: int | None) -> Any:
-        mha = self._self_attention_layer
+    def _attention(self, mha: Any, x: Any, mask: Any, training: Any, query_length: int | None) -> Any:
+        att = attention_parts(mha)
         heads, head_dim = mha.num_heads, mha.key_dim
         width = heads * head_dim
         shape = ops.shape(x)
         batch, length, hidden = shape[0], shape[1], x.shape[-1]
-        dense = (mha._query_dense, mha._key_dense, mha._value_dense)
+        dense = (att.query, att.key, att.value)
         if query_length is None:
             parts, queries = dense, length
         else:
@@ -131,16 +131,16 @@ class FastTransformerEncoder(keras_hub.layers.TransformerEncoder):
             return ops.transpose(ops.reshape(t, (batch, rows, heads, head_dim)), (0, 2, 1, 3))
 
         query, key, value = heads_first(projected[0], queries), *(heads_first(t, length) for t in projected[1:])
-        query = query * ops.cast(mha._inverse_sqrt_key_dim, query.dtype)
+        query = query * ops.cast(att.inverse_sqrt_key_dim, query.dtype)
         scores = ops.matmul(query, ops.swapaxes(key, -1, -2))  # [B, N, queries, L]
         if mask is not None:  # bool as in Keras' MultiHeadAttention (TFLite's int16x8 calibration needs it)
             mask = ops.expand_dims(ops.cast(mask, "bool"), axis=1)  # [B, 1, queries or 1, L], broadcast over heads
-        probs = mha._dropout_layer(mha._softmax(scores, mask=mask), training=training)
+        probs = att.dropout(att.softmax(scores, mask=mask), training=training)
         context = ops.matmul(probs, value)  # [B, N, queries, D]
         context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, width))
-        out = ops.matmul(context, ops.reshape(mha._output_dense.kernel, (width, hidden)))
+        out = ops.matmul(context, ops.reshape(att.output.kernel, (width, hidden)))
         if mha.use_bias:
-            out = out + mha._output_dense.bias
+            out = out + att.output.bias
         return ops.reshape(out, (batch, queries, hidden))
 
     def compute_output_spec(self, inputs: Any, *args: Any, query_length: int | None = None, **kwargs: Any) -> Any:

@@ -55,11 +55,10 @@ def fusable_activation(activation: Any) -> bool | None:
         return False
     if activation is gelu_approximate:
         return True
-    try:  # keras-hub's BERT builds its layers with keras-hub's own tanh GELU
-        from keras_hub.src.utils.keras_utils import gelu_approximate as hub_gelu_approximate
-    except ImportError:
-        return None
-    return True if activation is hub_gelu_approximate else None
+    from zoo.keras_compat import hub_gelu_approximate  # keras-hub's BERT builds its layers with its own tanh GELU
+
+    hub = hub_gelu_approximate()
+    return True if hub is not None and activation is hub else None
 
 
 def fusable_layer_norm(layer: Any) -> bool:
