@@ -334,6 +334,10 @@ def _main(argv: list[str]) -> int:
     flag("batching_parameters_file", help="TF Serving's batching parameters text file (turns batching on)")
     flag("file_system_poll_wait_seconds", type=float, default=1.0,
          help="how often to look for new versions (default 1; 0: only at start)")
+    flag("max_num_load_retries", type=int, default=5,
+         help="times a version that failed to load is tried again (default 5; also whenever its folder changes)")
+    flag("load_retry_interval_micros", type=int, default=60_000_000,
+         help="wait before the first retry, doubling after each (default 60 s)")
     flag("max_body_bytes", type=int, default=32 << 20, help="largest REST request body (default 32 MiB; 413 beyond)")
     flag("max_instances", type=int, default=1024, help="most instances (rows) per request (default 1024)")
     flag("max_string_bytes", type=int, default=1 << 20, help="longest string input (default 1 MiB)")

@@ -2,12 +2,15 @@
 
 Models come from a base path (every ``NAME/<int>`` holding a SavedModel, rescanned at every poll so
 new exports appear) or a ``models.config`` (text-format ``ModelServerConfig``, re-read when it
-changes). Each poll loads the versions the policy aspires to (``latest {num_versions}``, ``all``,
-``specific``), warms them up, marks them AVAILABLE, and only then retires the versions they
-replace; a retired version is UNLOADING until its last in-flight request (queued in a batcher
-too) has finished, then END. A version that fails to load is END with its error in the status,
-never served, and tried again only when its directory changes. States and status as
-``GetModelStatusResponse``: START, LOADING, AVAILABLE, UNLOADING, END.
+changes). Each poll asks the version policy (``zoo.export.serve.lifecycle.next_actions``, a pure
+function) what to do with the versions the config aspires to (``latest {num_versions}``, ``all``,
+``specific``) and carries it out: new versions are loaded, warmed up and marked AVAILABLE, and only
+then are the versions they replace retired; a retired version is UNLOADING until its last in-flight
+request (queued in a batcher too) has finished, then END. A version that fails to load is END with
+its error in the status, never served, and tried again up to ``max_load_retries`` times with a
+doubling wait (TF Serving's ``--max_num_load_retries``, ``--load_retry_interval_micros``), and
+whenever its directory changes. States and status as ``GetModelStatusResponse``: START, LOADING,
+AVAILABLE, UNLOADING, END.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -24,6 +28,7 @@ import numpy as np
 
 from zoo.export.serve.batching import Batcher, BatchingParameters
 from zoo.export.serve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from zoo.export.serve.lifecycle import Seen, State, next_actions, retry_due
 from zoo.export.serve.tensors import Signature
 
 log = logging.getLogger(__name__)
@@ -141,11 +146,13 @@ class Version:
     model: str
     number: int
     path: str
-    state: str = "START"
+    state: State = State.START
     error: str = ""
     servable: Any = None
     refs: int = 0
-    mtime: float = 0.0
+    mtime: float = 0.0  # of its directory when the load started
+    failures: int = 0  # failed loads of this directory content in a row
+    failed_at: float = 0.0  # time.monotonic() of the last failure
     batchers: dict[str, Batcher] = dataclasses.field(default_factory=dict)
 
 
@@ -198,11 +205,13 @@ class ModelManager:
                  configs: list[ModelConfig] | None = None,
                  batching: BatchingParameters | None = None, loader: Callable[[str], Any] | None = None,
                  warmup: Callable[[Any], int] | None = None,
-                 on_batch: Callable[[str, int, str, int, int], None] | None = None):
+                 on_batch: Callable[[str, int, str, int, int], None] | None = None,
+                 max_load_retries: int = 5, load_retry_interval: float = 60.0):
         if sum(x is not None for x in (base, config_file, configs)) != 1:
             raise ValueError("serve one of: a base path, a model config file, a list of model configs")
         self.base, self.config_file, self.batching = base, config_file, batching
         self._loader, self._warmup, self._on_batch = loader, warmup, on_batch
+        self.max_load_retries, self.load_retry_interval = max_load_retries, load_retry_interval
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._models: dict[str, dict[int, Version]] = {}
@@ -290,7 +299,7 @@ class ModelManager:
             for v in versions:
                 self._retire(v)
             with self._lock:
-                if all(v.state == "END" for v in self._models[name].values()):
+                if all(v.state == State.END for v in self._models[name].values()):
                     del self._models[name]
 
     def _poll_model(self, cfg: ModelConfig) -> None:
@@ -298,26 +307,38 @@ class ModelManager:
         aspired = cfg.aspired(on_disk)
         with self._lock:
             versions = self._models.setdefault(cfg.name, {})
-        for number in aspired:
-            path = os.path.join(cfg.base_path, str(number))
-            current = versions.get(number)
-            if current is None or (current.state == "END" and current.error and current.mtime != _mtime(path)):
-                self._load(cfg.name, number, path)
+        for _ in range(len(aspired) + len(versions) + 2):  # every round settles something; bounded all the same
+            with self._lock:
+                seen = {n: Seen(v.state, bool(v.error), self._retry_due(v), n in on_disk) for n, v in versions.items()}
+            actions = next_actions(aspired, seen)
+            if not actions:
+                break
+            for action in actions:
+                if action.kind == "load":
+                    self._load(cfg.name, action.version, os.path.join(cfg.base_path, str(action.version)))
+                else:
+                    self._retire(versions[action.version])
         with self._lock:
-            replaced = any(versions[n].state == "AVAILABLE" for n in aspired if n in versions)
-            retire = [v for n, v in versions.items()
-                      if n not in aspired and v.state == "AVAILABLE" and (replaced or n not in on_disk)]
-        for v in retire:
-            self._retire(v)
-        with self._lock:
-            for n in [n for n, v in versions.items() if v.state == "END" and n not in on_disk]:
+            for n in [n for n, v in versions.items() if v.state == State.END and n not in on_disk]:
                 del versions[n]
 
+    def _retry_due(self, version: Version) -> bool:
+        """A failed version may load again: its directory changed, or a retry's wait has passed."""
+        if version.state != State.END or not version.error:
+            return False
+        return version.mtime != _mtime(version.path) or retry_due(
+            version.failures, version.failed_at, time.monotonic(), self.max_load_retries, self.load_retry_interval)
+
     def _load(self, model: str, number: int, path: str) -> None:
-        version = Version(model, number, path, state="LOADING", mtime=_mtime(path))
         with self._lock:
+            previous = self._models[model].get(number)
+            mtime = _mtime(path)
+            # Retries of the same directory content count up; a changed directory starts again.
+            failures = previous.failures if previous is not None and previous.mtime == mtime else 0
+            version = Version(model, number, path, state=State.LOADING, mtime=mtime, failures=failures)
             self._models[model][number] = version
-        log.info("loading %s version %d from %s", model, number, path)
+        log.info("loading %s version %d from %s%s", model, number, path,
+                 f" (retry {failures} of {self.max_load_retries})" if failures else "")
         try:
             servable = (self._loader or _load_saved_model)(path)
             warmed = (self._warmup or _replay_warmup)(servable)
@@ -325,19 +346,24 @@ class ModelManager:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             with self._lock:
                 version.error = f"{type(exc).__name__}: {text}"[:500]
-                version.state = "END"
-            log.error("%s version %d failed to load: %s", model, number, version.error)
+                version.failures += 1
+                version.failed_at = time.monotonic()
+                version.state = State.END
+            left = self.max_load_retries - version.failures + 1
+            log.error("%s version %d failed to load: %s (%s)", model, number, version.error,
+                      f"{left} retr{'y' if left == 1 else 'ies'} left" if left > 0 else
+                      "no retries left; it loads again when its directory changes")
             return
         with self._lock:
             version.servable = servable
-            version.state = "AVAILABLE"
+            version.state = State.AVAILABLE
         log.info("%s version %d is AVAILABLE%s", model, number, f" ({warmed} warm-up requests)" if warmed else "")
 
     def _retire(self, version: Version) -> None:
         with self._lock:
-            if version.state not in ("AVAILABLE", "LOADING"):
+            if version.state not in (State.AVAILABLE, State.LOADING):
                 return
-            version.state = "UNLOADING"
+            version.state = State.UNLOADING
             log.info("unloading %s version %d once its %d in-flight requests finish", version.model,
                      version.number, version.refs)
             idle = version.refs == 0
@@ -352,7 +378,7 @@ class ModelManager:
             b.stop()
         with self._lock:
             version.servable = None
-            version.state = "END"
+            version.state = State.END
         log.info("%s version %d unloaded", version.model, version.number)
 
     def stop(self) -> None:
@@ -382,7 +408,7 @@ class ModelManager:
                     raise InvalidArgument(f"Unrecognized servable version label: {label}")
                 version = labels[label]
             if version is None:
-                available = [v for n, v in sorted(versions.items()) if v.state == "AVAILABLE"]
+                available = [v for n, v in sorted(versions.items()) if v.state == State.AVAILABLE]
                 if not available:
                     states = ", ".join(f"{n}: {v.state}" for n, v in sorted(versions.items())) or "none on disk"
                     raise Unavailable(f"Servable not found for request: Latest({name}): no version is AVAILABLE "
@@ -390,7 +416,7 @@ class ModelManager:
                 chosen = available[-1]
             else:
                 chosen = versions.get(version)
-                if chosen is None or chosen.state != "AVAILABLE":
+                if chosen is None or chosen.state != State.AVAILABLE:
                     raise NotFound(f"Servable not found for request: Specific({name}, {version})")
             chosen.refs += 1
             return Handle(self, chosen)
@@ -398,7 +424,7 @@ class ModelManager:
     def release(self, version: Version) -> None:
         with self._lock:
             version.refs -= 1
-            finish = version.refs == 0 and version.state == "UNLOADING"
+            finish = version.refs == 0 and version.state == State.UNLOADING
         if finish:
             threading.Thread(target=self._finish, args=(version,), daemon=True).start()
 
@@ -467,7 +493,7 @@ class ModelManager:
 
     def available(self) -> dict[str, list[int]]:
         with self._lock:
-            return {name: sorted(n for n, v in self._models.get(name, {}).items() if v.state == "AVAILABLE")
+            return {name: sorted(n for n, v in self._models.get(name, {}).items() if v.state == State.AVAILABLE)
                     for name in sorted(self._configs)}
 
     def ready(self) -> bool:

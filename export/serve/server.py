@@ -44,6 +44,8 @@ class ServeOptions:
     enable_batching: bool = False
     batching_parameters_file: str | None = None
     file_system_poll_wait_seconds: float = 1.0
+    max_num_load_retries: int = 5  # TF Serving's defaults
+    load_retry_interval_micros: int = 60_000_000
     max_body_bytes: int = 32 << 20
     max_instances: int = 1024
     max_string_bytes: int = 1 << 20
@@ -81,6 +83,9 @@ def _check(options: ServeOptions) -> None:
             raise ServeError(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if options.port and options.port == options.rest_api_port:
         raise ServeError("--port (gRPC) and --rest-api-port must differ")
+    for name in ("max_num_load_retries", "load_retry_interval_micros"):
+        if getattr(options, name) < 0:
+            raise ServeError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(options, name)}")
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -132,7 +137,8 @@ def serve(options: ServeOptions) -> int:
 
     try:
         manager = ModelManager(base=options.base, config_file=options.model_config_file, batching=batching,
-                               on_batch=on_batch)
+                               on_batch=on_batch, max_load_retries=options.max_num_load_retries,
+                               load_retry_interval=options.load_retry_interval_micros / 1e6)
     except ConfigFileError as exc:
         raise ServeError(str(exc)) from None
     metrics = Metrics(manager.queued,

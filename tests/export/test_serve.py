@@ -8,6 +8,7 @@ import base64
 import concurrent.futures
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -434,6 +435,57 @@ def test_new_version_swaps_in_and_the_old_one_waits_for_its_requests(tmp_path):
     manager.stop()
 
 
+def test_deleting_the_newest_version_rolls_back_to_the_previous_one(tmp_path):
+    make_versions(tmp_path, "m", [1])
+    manager, _ = start_manager(tmp_path)
+    make_versions(tmp_path, "m", [2])
+    manager.poll()
+    assert manager.status("m") == [(2, "AVAILABLE", ""), (1, "END", "")]  # 1 retired by 2
+    shutil.rmtree(tmp_path / "m" / "2")  # a bad release: delete it, as with TF Serving
+    manager.poll()
+    assert manager.available() == {"m": [1]}  # 1 is loaded again, not left END
+    with manager.acquire("m") as handle:
+        assert handle.run("serving_default", {"x": np.zeros((1, 3), np.float32)})["y"][0, 0] == 100.0
+    manager.stop()
+
+
+def test_a_failed_load_is_retried_then_left_until_its_folder_changes(tmp_path, caplog):
+    import logging
+
+    make_versions(tmp_path, "m", [1])
+    attempts = []
+
+    def flaky(path):  # fails its first three loads
+        attempts.append(path)
+        if len(attempts) <= 3:
+            raise OSError(f"transient read error {len(attempts)}")
+        return FakeServable(path)
+
+    manager = ModelManager(base=str(tmp_path), loader=flaky, warmup=lambda s: 0, max_load_retries=1,
+                           load_retry_interval=0.0)
+    with caplog.at_level(logging.INFO, logger="zoo.export.serve.manager"):
+        manager.start(poll_seconds=0)
+        assert len(attempts) == 2  # the load and one retry
+        assert manager.status("m") == [(1, "END", "OSError: transient read error 2")]
+        manager.poll()
+        assert len(attempts) == 2  # no retries left: not tried at every poll
+        os.utime(tmp_path / "m" / "1", (time.time() + 5, time.time() + 5))  # the folder changed
+        manager.poll()
+        assert len(attempts) == 4 and manager.available() == {"m": [1]}  # failed once more, the retry loaded
+    text = caplog.text
+    assert "(1 retry left)" in text and "no retries left; it loads again when its directory changes" in text
+    assert "(retry 1 of 1)" in text
+    manager.stop()
+    # With the interval not yet passed, a poll does not retry.
+    attempts.clear()
+    manager = ModelManager(base=str(tmp_path), loader=flaky, warmup=lambda s: 0, max_load_retries=5,
+                           load_retry_interval=3600.0)
+    manager.start(poll_seconds=0)
+    manager.poll()
+    assert len(attempts) == 1 and manager.status("m")[0][1] == "END"
+    manager.stop()
+
+
 def test_model_config_file(tmp_path):
     text = """model_config_list {
       config { name: 'a' base_path: 'models/a' model_platform: 'tensorflow'
@@ -667,6 +719,7 @@ def test_command_line_mistakes_are_one_line_errors(tmp_path):
              (["--model-config-file", "missing.config"], "does not exist"),
              ([".", "--batching-parameters-file", "bad_batching.txt"], "BatchingParameters text format"),
              ([".", "--rest-api-port", "70000"], "--rest-api-port must be between 0 and 65535"),
+             ([".", "--max_num_load_retries", "-1"], "--max-num-load-retries must be 0 or more, got -1"),
              ([".", "--rest-api-port", port, "--port", "0"], f"cannot listen on 127.0.0.1:{port} for REST"),
              ([".", "--rest-api-port", "0", "--port", port], f"cannot listen on 127.0.0.1:{port} for gRPC")]
     try:
