@@ -1,13 +1,15 @@
 """Dynamic batching, configured by TF Serving's batching parameters file.
 
-A :class:`Batcher` serves one signature of one model version. Requests join the newest open batch
-when it has room (same trailing shapes and dtypes), or open a new one; a full queue
-(``max_enqueued_batches`` waiting) is refused at once with RESOURCE_EXHAUSTED. Each of
-``num_batch_threads`` workers takes the oldest batch once it is full, its ``batch_timeout_micros``
-have passed, or a newer batch has opened behind it; so under load batches grow while every worker
-is busy, and an idle server answers a lone request after the timeout at most. A batch is padded
-up to the next ``allowed_batch_sizes`` entry (copies of its first row, as TF Serving does), run
-once, and split back by rows. Needs no TensorFlow.
+A :class:`Batcher` serves one signature of one model version with a queue of its own. Requests join
+the newest open batch when it has room (same trailing shapes and dtypes), or open a new one; a full
+queue (``max_enqueued_batches`` waiting) is refused at once with RESOURCE_EXHAUSTED. The threads of
+one :class:`BatchScheduler` (``num_batch_threads`` of them) serve every batcher of a server, as TF
+Serving's shared batch scheduler does: they visit the queues round-robin and take a queue's oldest
+batch once it is full, its ``batch_timeout_micros`` have passed, or a newer batch has opened behind
+it; so under load batches grow while every thread is busy, and an idle server answers a lone request
+after the timeout at most. Threads do not multiply with models, versions and signatures. A batch is
+padded up to the next ``allowed_batch_sizes`` entry (copies of its first row, as TF Serving does),
+run once, and split back by rows. Needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -136,19 +138,98 @@ def batch_rows(inputs: Arrays) -> int:
     return rows.pop()
 
 
-class Batcher:
-    """Merges concurrent requests to one signature into batches; see the module docstring."""
+class BatchScheduler:
+    """A pool of threads that runs the ready batches of every batcher registered with it, round-robin
+    over their queues (TF Serving's ``SharedBatchScheduler``)."""
 
-    def __init__(self, run: Callable[[Arrays], Arrays], params: BatchingParameters, name: str = "",
-                 on_batch: Callable[[int, int], None] | None = None):
-        self._run, self.params, self.name, self._on_batch = run, params, name, on_batch
-        self._cv = threading.Condition()
-        self._queue: collections.deque[_Batch] = collections.deque()
-        self._stopping = False
-        self._threads = [threading.Thread(target=self._work, name=f"batch-{name}-{i}", daemon=True)
-                         for i in range(params.num_batch_threads)]
+    def __init__(self, num_threads: int, name: str = "batch"):
+        if num_threads < 1:
+            raise ValueError(f"num_batch_threads must be at least 1, got {num_threads}")
+        self.cv = threading.Condition()
+        self._batchers: list[Batcher] = []
+        self._next = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(num_threads)]
         for t in self._threads:
             t.start()
+
+    @property
+    def num_threads(self) -> int:
+        return len(self._threads)
+
+    def add(self, batcher: Batcher) -> None:
+        with self.cv:
+            if self._closed:
+                raise Unavailable("the server is stopping")
+            self._batchers.append(batcher)
+
+    def remove(self, batcher: Batcher) -> None:
+        with self.cv:
+            if batcher in self._batchers:
+                index = self._batchers.index(batcher)
+                del self._batchers[index]
+                if index < self._next:
+                    self._next -= 1
+
+    def _take(self) -> tuple[Batcher, _Batch] | None:
+        """Under the lock: the next ready batch, round-robin from where the last one was taken; None when
+        the scheduler is closed and every queue is empty."""
+        while True:
+            wait: float | None = None
+            count = len(self._batchers)
+            for step in range(count):
+                index = (self._next + step) % count
+                batcher = self._batchers[index]
+                if not batcher._queue:
+                    continue
+                ready_in = batcher._ready_in(batcher._queue[0])
+                if ready_in <= 0:
+                    self._next = (index + 1) % count
+                    batcher._running += 1
+                    return batcher, batcher._queue.popleft()
+                wait = ready_in if wait is None else min(wait, ready_in)
+            if self._closed and wait is None:
+                return None
+            self.cv.wait(wait)
+
+    def _work(self) -> None:
+        while True:
+            with self.cv:
+                taken = self._take()
+            if taken is None:
+                return
+            batcher, batch = taken
+            try:
+                batcher._process(batch)
+            finally:
+                with self.cv:
+                    batcher._running -= 1
+                    self.cv.notify_all()
+
+    def close(self) -> None:
+        """Run what is queued, then end the threads."""
+        with self.cv:
+            self._closed = True
+            self.cv.notify_all()
+        for t in self._threads:
+            t.join()
+
+
+class Batcher:
+    """Merges concurrent requests to one signature into batches; see the module docstring. Without a
+    ``scheduler`` the batcher has one of its own with ``params.num_batch_threads`` threads."""
+
+    def __init__(self, run: Callable[[Arrays], Arrays], params: BatchingParameters, name: str = "",
+                 on_batch: Callable[[int, int], None] | None = None, scheduler: BatchScheduler | None = None):
+        self._run, self.params, self.name, self._on_batch = run, params, name, on_batch
+        self._own_scheduler = scheduler is None
+        self._scheduler = scheduler or BatchScheduler(params.num_batch_threads, f"batch-{name}")
+        self._cv = self._scheduler.cv  # one lock for the scheduler and all its queues
+        self._queue: collections.deque[_Batch] = collections.deque()
+        self._running = 0  # batches of this batcher being run now
+        self._stopping = False
+        self._scheduler.add(self)
 
     def queue_depth(self) -> tuple[int, int]:
         """(batches, requests) waiting for a batch thread."""
@@ -183,22 +264,6 @@ class Batcher:
             return 0.0
         return batch.created + self.params.batch_timeout_micros / 1e6 - time.monotonic()
 
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                while True:
-                    if not self._queue:
-                        if self._stopping:
-                            return
-                        self._cv.wait()
-                        continue
-                    wait = self._ready_in(self._queue[0])
-                    if wait <= 0:
-                        batch = self._queue.popleft()
-                        break
-                    self._cv.wait(wait)
-            self._process(batch)
-
     def _process(self, batch: _Batch) -> None:
         tasks = [t for t in batch.tasks if t.future.set_running_or_notify_cancel()]  # drop timed-out requests
         if not tasks:
@@ -229,9 +294,12 @@ class Batcher:
             start += t.rows
 
     def stop(self) -> None:
-        """Finish what is queued, then end the workers."""
+        """Take no more requests, let the scheduler run what is queued, then leave it."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
-        for t in self._threads:
-            t.join()
+            while self._queue or self._running:
+                self._cv.wait()
+        self._scheduler.remove(self)
+        if self._own_scheduler:
+            self._scheduler.close()

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.export.serve.batching import Batcher, BatchingParameters
+from zoo.export.serve.batching import Batcher, BatchingParameters, BatchScheduler
 from zoo.export.serve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from zoo.export.serve.lifecycle import Seen, State, next_actions, retry_due
 from zoo.export.serve.tensors import Signature
@@ -212,6 +212,8 @@ class ModelManager:
         self.base, self.config_file, self.batching = base, config_file, batching
         self._loader, self._warmup, self._on_batch = loader, warmup, on_batch
         self.max_load_retries, self.load_retry_interval = max_load_retries, load_retry_interval
+        # One pool of batch threads for every model, version and signature (TF Serving's shared scheduler).
+        self._scheduler = BatchScheduler(batching.num_batch_threads) if batching is not None else None
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._models: dict[str, dict[int, Version]] = {}
@@ -393,6 +395,8 @@ class ModelManager:
                 v.batchers.clear()
             for b in batchers:
                 b.stop()
+        if self._scheduler is not None:
+            self._scheduler.close()
 
     # -- requests
 
@@ -441,7 +445,7 @@ class ModelManager:
                         self._on_batch(v.model, v.number, signature, rows, size)
 
                 batcher = Batcher(lambda inputs: servable.run(signature, inputs), self.batching,
-                                  f"{version.model}-{version.number}-{signature}", on_batch)
+                                  f"{version.model}-{version.number}-{signature}", on_batch, self._scheduler)
                 version.batchers[signature] = batcher
             return batcher
 

@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -376,6 +377,63 @@ def test_batcher_refuses_what_it_cannot_take():
     gate.released.set()
     assert running.result(5)["x"].shape == (2, 3) and queued.result(5)["x"].shape == (2, 3)
     batcher.stop()
+
+
+def test_one_pool_of_batch_threads_serves_every_batcher_round_robin():
+    """Two batchers on a one-thread scheduler: while one holds the thread the other's request waits, and
+    the ready batches are then taken from the two queues in turn."""
+    from zoo.export.serve.batching import BatchScheduler
+
+    before = {t.ident for t in threading.enumerate()}
+    scheduler = BatchScheduler(1)
+    pool = [t for t in threading.enumerate() if t.ident not in before]
+    assert [t.name for t in pool] == ["batch-0"]
+    gate, order = Gate(), []
+
+    def runner(name):
+        def run(inputs):
+            if not gate.started.is_set():
+                gate.started.set()
+                assert gate.released.wait(120)
+            order.append(name)
+            return inputs
+        return run
+
+    params = BatchingParameters(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=10)
+    a, b = (Batcher(runner(n), params, n, scheduler=scheduler) for n in ("a", "b"))
+    x = np.zeros((1, 3), np.float32)
+    first = a.submit({"x": x})
+    gate.wait_started()  # the only thread holds a's first batch
+    waiting = [a.submit({"x": x}) for _ in range(3)] + [b.submit({"x": x}) for _ in range(3)]
+    assert a.queue_depth() == (3, 3) and b.queue_depth() == (3, 3)  # b's requests wait: no thread of its own
+    gate.released.set()
+    for f in [first, *waiting]:
+        assert f.result(120)["x"].shape == (1, 3)
+    assert order == ["a", "b", "a", "b", "a", "b", "a"], order  # a's first, then the queues in turn
+    a.stop()
+    b.stop()
+    assert pool[0].is_alive()  # the pool outlives its batchers
+    scheduler.close()
+    assert not pool[0].is_alive()
+
+
+def test_the_manager_runs_every_model_on_one_batch_thread_pool(tmp_path):
+    make_versions(tmp_path, "a", [1])
+    make_versions(tmp_path, "b", [1, 2])
+    params = BatchingParameters(max_batch_size=4, batch_timeout_micros=0, num_batch_threads=2)
+    before = {t.ident for t in threading.enumerate()}
+    manager, _ = start_manager(tmp_path, batching=params,
+                               configs=[ModelConfig("a", str(tmp_path / "a")), ModelConfig("b", str(tmp_path / "b"),
+                                                                                          "all")])
+    x = {"x": np.ones((1, 3), np.float32)}
+    for name, version in (("a", None), ("b", 1), ("b", 2)):
+        with manager.acquire(name, version) as held:
+            for sig in ("serving_default", "single"):
+                assert manager.submit(held, sig, x).result(120)["y"].shape == (1, 3)
+    assert len(manager.queued()) == 6  # six batchers...
+    new = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("batch")]
+    assert len(new) == 2, [t.name for t in new]  # ...on the scheduler's two threads
+    manager.stop()
 
 
 def test_a_failing_batch_fails_each_request_and_the_worker_lives_on():
