@@ -97,7 +97,7 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
         text_format.Parse(text, msg)
     except text_format.ParseError as exc:
         raise ValueError(f"{source}: {exc} (expected TF Serving's BatchingParameters text format, e.g. "
-                         "'max_batch_size { value: 32 }')") from None
+                         "'max_batch_size { value: 32 }')") from exc
     for ignored in ("thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size"):
         if msg.HasField(ignored):
             log.warning("%s: %s is not used by zoo serve (TF Serving reads it)", source, ignored)
@@ -110,7 +110,7 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
     try:
         return BatchingParameters(**values, allowed_batch_sizes=tuple(msg.allowed_batch_sizes))
     except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+        raise ValueError(f"{source}: {exc}") from exc
 
 
 @dataclasses.dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import time
 from typing import Any
 
@@ -22,9 +21,9 @@ from tensorflow_serving.apis import (
 )
 
 from zoo.export.serve import examples, tensors
-from zoo.export.serve.errors import DeadlineExceeded, InvalidArgument, ServingError
+from zoo.export.serve.dataplane import DataPlane
+from zoo.export.serve.errors import InvalidArgument, ServingError
 from zoo.export.serve.manager import ModelManager, configs_from_proto
-from zoo.export.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +38,16 @@ def _version_request(spec: Any) -> tuple[int | None, str | None]:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: Metrics, limits: tensors.Limits, timeout: float):
-        self.manager, self.metrics, self.limits, self.timeout = manager, metrics, limits, timeout
+    def __init__(self, plane: DataPlane, limits: tensors.Limits):
+        self.plane, self.manager, self.limits = plane, plane.manager, limits
 
     def _fail(self, context: Any, exc: ServingError, model: str, api: str, start: float) -> None:
-        self._observe(model, api, exc.code, start)
+        self.plane.failed(exc, model, api)
+        self.plane.observe(model, api, exc.code, start)
         context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
 
-    def _observe(self, model: str, api: str, code: str, start: float) -> None:
-        known = model in self.manager.model_names()
-        self.metrics.observe(model if known else "-", api, code, time.perf_counter() - start)
+    def _run(self, held: Any, signature: str, inputs: dict[str, Any], context: Any) -> dict[str, Any]:
+        return self.plane.run(held, signature, inputs, context.time_remaining())
 
     def Predict(self, request: Any, context: Any) -> Any:
         start, spec = time.perf_counter(), request.model_spec
@@ -63,7 +62,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if unknown:
                     raise InvalidArgument(f"output_filter names {', '.join(unknown)}, which signature '{sig.name}' "
                                           f"does not have (outputs: {', '.join(sorted(sig.outputs))})")
-                outputs = self._wait(self.manager.submit(held, sig.name, inputs), context)
+                outputs = self._run(held, sig.name, inputs, context)
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = spec.name
                 response.model_spec.version.value = held.number
@@ -72,7 +71,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     response.outputs[name].CopyFrom(tensors.array_to_proto(outputs[name]))
         except ServingError as exc:
             self._fail(context, exc, spec.name, "grpc_predict", start)
-        self._observe(spec.name, "grpc_predict", "OK", start)
+        self.plane.observe(spec.name, "grpc_predict", "OK", start)
         return response
 
     def GetModelMetadata(self, request: Any, context: Any) -> Any:
@@ -92,7 +91,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata["signature_def"].Pack(held.signature_def_map())
         except ServingError as exc:
             self._fail(context, exc, spec.name, "grpc_metadata", start)
-        self._observe(spec.name, "grpc_metadata", "OK", start)
+        self.plane.observe(spec.name, "grpc_metadata", "OK", start)
         return response
 
     def _examples(self, request: Any, context: Any, verb: str) -> Any:
@@ -103,7 +102,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 sig = held.signature(spec.signature_name or "serving_default")
                 key = examples.check_signature(sig, verb)
                 serialized = examples.proto_examples(request.input, self.limits)
-                outputs = self._wait(self.manager.submit(held, sig.name, {key: serialized}), context)
+                outputs = self._run(held, sig.name, {key: serialized}, context)
                 if verb == "classify":
                     response = classification_pb2.ClassificationResponse()
                     for row in examples.classifications(outputs, len(serialized)):
@@ -119,17 +118,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.model_spec.signature_name = sig.name
         except ServingError as exc:
             self._fail(context, exc, spec.name, f"grpc_{verb}", start)
-        self._observe(spec.name, f"grpc_{verb}", "OK", start)
+        self.plane.observe(spec.name, f"grpc_{verb}", "OK", start)
         return response
-
-    def _wait(self, future: Any, context: Any) -> Any:
-        remaining = context.time_remaining()
-        limit = min(x for x in (remaining, self.timeout or math.inf) if x is not None)
-        try:
-            return future.result(None if math.isinf(limit) else max(limit, 0.0))
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise DeadlineExceeded("Deadline exceeded waiting for the model") from None
 
     def Classify(self, request: Any, context: Any) -> Any:
         return self._examples(request, context, "classify")
@@ -167,8 +157,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def build_server(manager: ModelManager, metrics: Metrics, limits: tensors.Limits, timeout: float,
-                 max_message_bytes: int, workers: int = 32) -> tuple[Any, Any]:
+def build_server(plane: DataPlane, limits: tensors.Limits, max_message_bytes: int,
+                 workers: int = 32) -> tuple[Any, Any]:
     """A grpc.Server with the services added (not started yet) and its health servicer."""
     from grpc_health.v1 import health, health_pb2_grpc
 
@@ -178,8 +168,8 @@ def build_server(manager: ModelManager, metrics: Metrics, limits: tensors.Limits
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, metrics, limits, timeout), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+        PredictionService(plane, limits), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(plane.manager), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -69,7 +68,7 @@ def parse_model_config(text: str, source: str) -> list[ModelConfig]:
         text_format.Parse(text, msg)
     except text_format.ParseError as exc:
         raise ConfigFileError(f"{source}: {exc} (expected TF Serving's ModelServerConfig text format: "
-                              "model_config_list { config { name: 'x' base_path: '/models/x' } })") from None
+                              "model_config_list { config { name: 'x' base_path: '/models/x' } })") from exc
     return configs_from_proto(msg, source, os.path.dirname(os.path.abspath(source)))
 
 
@@ -239,7 +238,7 @@ class ModelManager:
                 configs = parse_model_config(fh.read(), self.config_file)
         except (OSError, ConfigFileError) as exc:
             if initial:
-                raise ConfigFileError(str(exc)) from None
+                raise ConfigFileError(str(exc)) from exc
             log.error("keeping the previous model config: %s", exc)
             self._config_mtime = mtime
             return
@@ -448,18 +447,6 @@ class ModelManager:
                                   f"{version.model}-{version.number}-{signature}", on_batch, self._scheduler)
                 version.batchers[signature] = batcher
             return batcher
-
-    def submit(self, handle: Handle, signature: str, inputs: dict[str, np.ndarray]) -> Future:
-        """Run through the batcher when batching is on; else at once in this thread."""
-        batcher = handle.batcher(signature)
-        if batcher is not None:
-            return batcher.submit(inputs)
-        future: Future = Future()
-        try:
-            future.set_result(handle.run(signature, inputs))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
 
     # -- status
 

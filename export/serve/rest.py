@@ -1,20 +1,18 @@
 """The REST side: TF Serving's /v1 API, KServe's v2 protocol and Prometheus metrics, as a Starlette app.
 
 Request bodies are read with a size cap (413 beyond it), decoded by ``tensors`` against the
-signature, run through the manager (the batcher or a worker thread) under a deadline (504), and
+signature, run by the data plane (the batcher or a worker thread) under its deadline (504), and
 answered with TF Serving's JSON shapes; every failure is ``{"error": "..."}`` with TF Serving's
 status code. One access-log line per request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,9 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from zoo.export.serve import examples, tensors
-from zoo.export.serve.errors import DeadlineExceeded, NotFound, ServingError
-from zoo.export.serve.manager import Handle, ModelManager
-from zoo.export.serve.metrics import Metrics
+from zoo.export.serve.dataplane import DataPlane
+from zoo.export.serve.errors import NotFound, ServingError
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("zoo.serve.access")
@@ -39,7 +36,6 @@ V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+)
 @dataclasses.dataclass(frozen=True)
 class RestOptions:
     max_body_bytes: int = 32 << 20
-    request_timeout: float = 30.0  # seconds; 0: none
     limits: tensors.Limits = tensors.Limits()
     cors: bool = False
     server_version: str = ""
@@ -64,9 +60,8 @@ class BodyTooLarge(ServingError):
 
 
 class RestApi:
-    def __init__(self, manager: ModelManager, metrics: Metrics, options: RestOptions):
-        self.manager, self.metrics, self.options = manager, metrics, options
-        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="rest-run")
+    def __init__(self, plane: DataPlane, options: RestOptions):
+        self.plane, self.manager, self.options = plane, plane.manager, options
 
     # -- plumbing
 
@@ -86,26 +81,7 @@ class RestApi:
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise tensors.InvalidArgument(f"JSON Parse error: {exc}") from None
-
-    async def infer(self, handle: Handle, signature: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Run the inputs through the batcher or a worker thread, within the deadline."""
-        timeout = self.options.request_timeout or None
-        batcher = handle.batcher(signature)
-        loop = asyncio.get_running_loop()
-        if batcher is not None:
-            pending = asyncio.wrap_future(batcher.submit(inputs))
-        else:
-            pending = loop.run_in_executor(self.executor, handle.run, signature, inputs)
-        try:
-            return await asyncio.wait_for(pending, timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(f"Deadline exceeded: no answer within {self.options.request_timeout:g} s "
-                                   "(zoo serve --request-timeout)") from None
-
-    def _observe(self, model: str, api: str, status: int, start: float) -> None:
-        known = model in self.manager.model_names()
-        self.metrics.observe(model if known else "-", api, status, time.perf_counter() - start)
+            raise tensors.InvalidArgument(f"JSON Parse error: {exc}") from exc
 
     # -- TF Serving /v1
 
@@ -126,8 +102,9 @@ class RestApi:
             else:
                 response = await self.predict(request, name, version, label, api)
         except ServingError as exc:
+            self.plane.failed(exc, name, f"rest_{api}")
             response = error_response(exc)
-        self._observe(name, f"rest_{api}", response.status_code, start)
+        self.plane.observe(name, f"rest_{api}", response.status_code, start)
         return response
 
     def status(self, name: str, version: int | None, label: str | None) -> Response:
@@ -160,7 +137,7 @@ class RestApi:
             if verb != "predict":
                 key = examples.check_signature(sig, verb)
                 serialized = examples.json_examples(body, self.options.limits)
-                outputs = await self.infer(held, sig.name, {key: serialized})
+                outputs = await self.plane.run_async(held, sig.name, {key: serialized})
                 if verb == "classify":
                     results: Any = [[[label, score] for label, score in row]
                                     for row in examples.classifications(outputs, len(serialized))]
@@ -169,7 +146,7 @@ class RestApi:
                 return json_response({"results": results})
             sig = held.predict_signature(sig.name)
             inputs, row_format = tensors.rest_request(body, sig, self.options.limits)
-            outputs = await self.infer(held, sig.name, inputs)
+            outputs = await self.plane.run_async(held, sig.name, inputs)
             return json_response(tensors.rest_response(outputs, sig, row_format))
 
     # -- KServe v2
@@ -201,8 +178,9 @@ class RestApi:
                 response = self.v2_metadata(name, version)
         except ServingError as exc:
             # KServe answers unknown models with 404 and every other failure with 400 (or the TF Serving code).
+            self.plane.failed(exc, name, api)
             response = error_response(exc)
-        self._observe(name, api, response.status_code, start)
+        self.plane.observe(name, api, response.status_code, start)
         return response
 
     def v2_model_ready(self, name: str, version: int | None) -> Response:
@@ -230,7 +208,7 @@ class RestApi:
             sig_name = params.get("signature_name") if isinstance(params, dict) else None
             sig = held.signature(sig_name if isinstance(sig_name, str) else "serving_default")
             inputs, requested = tensors.v2_request(body, sig, self.options.limits)
-            outputs = await self.infer(held, sig.name, inputs)
+            outputs = await self.plane.run_async(held, sig.name, inputs)
             answer: dict[str, Any] = {"model_name": name, "model_version": str(held.number),
                                       "outputs": tensors.v2_outputs(outputs, sig, requested)}
             if isinstance(body.get("id"), str):
@@ -240,7 +218,7 @@ class RestApi:
     # -- the rest
 
     async def prometheus(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(self.plane.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return json_response({"error": f"Malformed request: {request.method} {request.url.path}"}, 404)
@@ -280,8 +258,8 @@ class AccessLog:
                             seen["bytes"], (time.perf_counter() - start) * 1e3)
 
 
-def build_app(manager: ModelManager, metrics: Metrics, options: RestOptions) -> Any:
-    api = RestApi(manager, metrics, options)
+def build_app(plane: DataPlane, options: RestOptions) -> Any:
+    api = RestApi(plane, options)
     routes = [
         Route("/v1/models/{rest:path}", api.v1, methods=["GET", "POST"]),
         Route("/v2", api.v2_server, methods=["GET"]),

@@ -70,9 +70,9 @@ class Servable:
             out = self._fns[sig.name](**{k: tf.constant(v, dtype=sig.inputs[k].dtype) for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InvalidArgument(f"the model refused the input: {first}") from None
+            raise InvalidArgument(f"the model refused the input: {first}") from exc
         except tf.errors.OpError as exc:
-            raise ServingError(f"the model failed: {exc.message.splitlines()[0]}") from None
+            raise ServingError(f"the model failed: {exc.message.splitlines()[0]}") from exc
         return {k: v.numpy() for k, v in out.items()}
 
 

@@ -60,9 +60,9 @@ def _batching(options: ServeOptions) -> BatchingParameters | None:
             with open(options.batching_parameters_file, encoding="utf-8") as fh:
                 return parse_batching_parameters(fh.read(), options.batching_parameters_file)
         except OSError as exc:
-            raise ServeError(f"cannot read --batching-parameters-file: {exc}") from None
+            raise ServeError(f"cannot read --batching-parameters-file: {exc}") from exc
         except ValueError as exc:
-            raise ServeError(str(exc)) from None
+            raise ServeError(str(exc)) from exc
     return BatchingParameters() if options.enable_batching else None
 
 
@@ -100,7 +100,7 @@ def _bind(host: str, port: int, what: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}; choose another port "
-                         f"(port 0 picks a free one)") from None
+                         f"(port 0 picks a free one)") from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -126,6 +126,7 @@ def serve(options: ServeOptions) -> int:
     from grpc_health.v1 import health_pb2
 
     import zoo
+    from zoo.export.serve.dataplane import DataPlane
     from zoo.export.serve.grpc_service import build_server
     from zoo.export.serve.metrics import Metrics
     from zoo.export.serve.rest import RestOptions, build_app
@@ -140,15 +141,15 @@ def serve(options: ServeOptions) -> int:
                                on_batch=on_batch, max_load_retries=options.max_num_load_retries,
                                load_retry_interval=options.load_retry_interval_micros / 1e6)
     except ConfigFileError as exc:
-        raise ServeError(str(exc)) from None
+        raise ServeError(str(exc)) from exc
     metrics = Metrics(manager.queued,
                       lambda: {n: manager.status(n) for n in manager.model_names() if _has_status(manager, n)})
     holder["metrics"] = metrics
     limits = Limits(options.max_instances, options.max_string_bytes)
 
     rest_sock = _bind(options.host, options.rest_api_port, "REST")
-    grpc_server, health = build_server(manager, metrics, limits, options.request_timeout,
-                                       options.grpc_max_message_bytes)
+    plane = DataPlane(manager, metrics, options.request_timeout)
+    grpc_server, health = build_server(plane, limits, options.grpc_max_message_bytes)
     try:
         grpc_port = grpc_server.add_insecure_port(f"[{options.host}]:{options.port}" if ":" in options.host
                                                   else f"{options.host}:{options.port}")
@@ -174,8 +175,7 @@ def serve(options: ServeOptions) -> int:
     health_thread.start()
     grpc_server.start()
 
-    app = build_app(manager, metrics, RestOptions(options.max_body_bytes, options.request_timeout, limits,
-                                                  options.cors, zoo.__version__))
+    app = build_app(plane, RestOptions(options.max_body_bytes, limits, options.cors, zoo.__version__))
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=30,
                             server_header=False)
     grpc_stopped: list[Any] = []
@@ -201,6 +201,7 @@ def serve(options: ServeOptions) -> int:
         grpc_stopped[0].wait()
         stop_health.set()
         manager.stop()
+        plane.close()
     print("zoo serve: stopped", file=sys.stderr)
     return 0
 

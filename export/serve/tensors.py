@@ -121,7 +121,7 @@ def _decode_b64(value: dict[str, Any], name: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidArgument(f"input '{name}': invalid base64 ({exc})") from None
+        raise InvalidArgument(f"input '{name}': invalid base64 ({exc})") from exc
 
 
 def _strings(value: Any, name: str) -> Any:
@@ -353,7 +353,7 @@ def proto_to_array(proto: Any, name: str) -> np.ndarray:
     try:
         arr = tf.make_ndarray(proto)
     except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"input '{name}': cannot read the TensorProto ({exc})") from None
+        raise InvalidArgument(f"input '{name}': cannot read the TensorProto ({exc})") from exc
     if arr.dtype.kind == "S":
         arr = arr.astype(object)
     return arr

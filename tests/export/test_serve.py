@@ -18,6 +18,7 @@ import pytest
 from tests.export.serve_fakes import FakeServable, Gate
 from tests.waits import wait_until
 from zoo.export.serve.batching import Batcher, BatchingParameters, parse_batching_parameters
+from zoo.export.serve.dataplane import DataPlane
 from zoo.export.serve.errors import InvalidArgument, ResourceExhausted
 from zoo.export.serve.manager import ConfigFileError, ModelConfig, ModelManager, parse_model_config
 from zoo.export.serve.metrics import Metrics
@@ -50,14 +51,19 @@ def start_manager(base, *, batching=None, gate=None, configs=None, config_file=N
     return manager, metrics
 
 
+def rest_app(manager, metrics, request_timeout=30.0, **options):
+    """The REST app on a data plane of its own, as zoo serve builds it."""
+    return build_app(DataPlane(manager, metrics, request_timeout), RestOptions(**options))
+
+
 @pytest.fixture
 def served(tmp_path):
     from starlette.testclient import TestClient
 
     make_versions(tmp_path, "dbl", [1, 2])
     manager, metrics = start_manager(tmp_path, configs=[ModelConfig("dbl", str(tmp_path / "dbl"), "all")])
-    options = RestOptions(max_body_bytes=4096, request_timeout=5, limits=Limits(max_instances=8, max_string_bytes=64))
-    with TestClient(build_app(manager, metrics, options)) as client:
+    app = rest_app(manager, metrics, 5, max_body_bytes=4096, limits=Limits(max_instances=8, max_string_bytes=64))
+    with TestClient(app) as client:
         yield client, manager
     manager.stop()
 
@@ -99,7 +105,7 @@ def test_status_metadata_and_labels(tmp_path):
     make_versions(tmp_path, "dbl", [1, 2, 3])
     cfg = ModelConfig("dbl", str(tmp_path / "dbl"), "all", labels=(("canary", 3), ("stable", 2)))
     manager, metrics = start_manager(tmp_path, configs=[cfg])
-    with TestClient(build_app(manager, metrics, RestOptions())) as client:
+    with TestClient(rest_app(manager, metrics)) as client:
         status = client.get("/v1/models/dbl").json()
         assert [s["version"] for s in status["model_version_status"]] == ["3", "2", "1"]
         assert status["model_version_status"][0] == {"version": "3", "state": "AVAILABLE",
@@ -193,7 +199,7 @@ def test_deadline_and_unavailable(tmp_path):
     make_versions(tmp_path, "slow", [1])
     gate = Gate()  # the model holds the request until after the answer: the deadline must pass first
     manager, metrics = start_manager(tmp_path, gate=gate)
-    with TestClient(build_app(manager, metrics, RestOptions(request_timeout=0.05))) as client:
+    with TestClient(rest_app(manager, metrics, 0.05)) as client:
         r = client.post("/v1/models/slow:predict", json={"instances": [[1, 2, 3]]})
         assert r.status_code == 504 and "Deadline exceeded" in r.json()["error"]
         assert gate.started.is_set()  # the model was running it when the deadline answered
@@ -202,7 +208,7 @@ def test_deadline_and_unavailable(tmp_path):
     # A configured model with no loadable version: 503, and the status says why.
     make_versions(tmp_path, "broken", [1], saved_model=True)
     manager, metrics = start_manager(tmp_path)
-    with TestClient(build_app(manager, metrics, RestOptions())) as client:
+    with TestClient(rest_app(manager, metrics)) as client:
         r = client.post("/v1/models/broken:predict", json={"instances": [[1, 2, 3]]})
         assert r.status_code == 503 and "no version is AVAILABLE" in r.json()["error"]
         entry = client.get("/v1/models/broken").json()["model_version_status"][0]
@@ -213,6 +219,38 @@ def test_deadline_and_unavailable(tmp_path):
     manager.stop()
 
 
+def test_a_model_failure_is_answered_500_and_logged_once_with_its_cause(tmp_path, caplog):
+    import logging
+
+    from starlette.testclient import TestClient
+
+    from zoo.export.serve.errors import ServingError
+
+    class Breaking(FakeServable):
+        def run(self, signature, inputs):
+            if signature == "single":
+                try:
+                    raise RuntimeError("kernel crashed")
+                except RuntimeError as exc:
+                    raise ServingError("the model failed: kernel crashed") from exc
+            return super().run(signature, inputs)
+
+    make_versions(tmp_path, "m", [1])
+    manager = ModelManager(base=str(tmp_path), loader=Breaking, warmup=lambda s: 0)
+    manager.start(poll_seconds=0)
+    metrics = Metrics(manager.queued, lambda: {})
+    with TestClient(rest_app(manager, metrics)) as client, caplog.at_level(logging.INFO):
+        r = client.post("/v1/models/m:predict", json={"signature_name": "single", "instances": [[1, 2, 3]]})
+        assert (r.status_code, r.json()) == (500, {"error": "the model failed: kernel crashed"})
+        bad = client.post("/v1/models/m:predict", json={"instances": [[1, 2]]})
+        assert bad.status_code == 400  # the client's mistake: answered, not logged as a failure
+    failures = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(failures) == 1, [rec.getMessage() for rec in failures]
+    assert failures[0].getMessage() == "rest_predict on m failed: the model failed: kernel crashed"
+    assert isinstance(failures[0].exc_info[1].__cause__, RuntimeError)  # the traceback keeps the cause
+    manager.stop()
+
+
 def test_queue_full_is_429_at_once(tmp_path):
     from starlette.testclient import TestClient
 
@@ -220,7 +258,7 @@ def test_queue_full_is_429_at_once(tmp_path):
     params = BatchingParameters(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1)
     gate = Gate()
     manager, metrics = start_manager(tmp_path, batching=params, gate=gate)
-    with TestClient(build_app(manager, metrics, RestOptions())) as client, \
+    with TestClient(rest_app(manager, metrics)) as client, \
             concurrent.futures.ThreadPoolExecutor(2) as pool:
         def post():
             return client.post("/v1/models/dbl:predict", json={"instances": [[1, 2, 3]]})
@@ -422,14 +460,13 @@ def test_the_manager_runs_every_model_on_one_batch_thread_pool(tmp_path):
     make_versions(tmp_path, "b", [1, 2])
     params = BatchingParameters(max_batch_size=4, batch_timeout_micros=0, num_batch_threads=2)
     before = {t.ident for t in threading.enumerate()}
-    manager, _ = start_manager(tmp_path, batching=params,
-                               configs=[ModelConfig("a", str(tmp_path / "a")), ModelConfig("b", str(tmp_path / "b"),
-                                                                                          "all")])
+    configs = [ModelConfig("a", str(tmp_path / "a")), ModelConfig("b", str(tmp_path / "b"), "all")]
+    manager, metrics = start_manager(tmp_path, batching=params, configs=configs)
     x = {"x": np.ones((1, 3), np.float32)}
     for name, version in (("a", None), ("b", 1), ("b", 2)):
         with manager.acquire(name, version) as held:
             for sig in ("serving_default", "single"):
-                assert manager.submit(held, sig, x).result(120)["y"].shape == (1, 3)
+                assert DataPlane(manager, metrics, 0).run(held, sig, x)["y"].shape == (1, 3)
     assert len(manager.queued()) == 6  # six batchers...
     new = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("batch")]
     assert len(new) == 2, [t.name for t in new]  # ...on the scheduler's two threads
@@ -598,7 +635,7 @@ def test_grpc_services_in_process(tmp_path):
     make_versions(tmp_path, "dbl", [1, 2])
     manager, metrics = start_manager(tmp_path, batching=BatchingParameters(max_batch_size=8, num_batch_threads=1),
                                      configs=[ModelConfig("dbl", str(tmp_path / "dbl"), "all")])
-    server, health = build_server(manager, metrics, Limits(max_instances=100), timeout=5, max_message_bytes=1 << 20)
+    server, health = build_server(DataPlane(manager, metrics, 5), Limits(max_instances=100), max_message_bytes=1 << 20)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -649,6 +686,46 @@ def test_grpc_services_in_process(tmp_path):
     finally:
         server.stop(0)
         manager.stop()
+
+
+def test_grpc_and_rest_share_one_deadline_batched_or_not(tmp_path):
+    """The data plane's deadline holds on gRPC for unbatched requests too (they used to run inline in the
+    handler, beyond any timeout), with the same message as REST."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from zoo.export.serve.grpc_service import build_server
+
+    make_versions(tmp_path, "slow", [1])
+    gate = Gate()
+    manager, metrics = start_manager(tmp_path, gate=gate)
+    server, _ = build_server(DataPlane(manager, metrics, 0.05), Limits(), max_message_bytes=1 << 20)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "slow"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3), np.float32)))
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(request, timeout=120)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no answer within 0.05 s (zoo serve --request-timeout)" in err.value.details()
+        assert gate.started.is_set()  # the model was running it
+    finally:
+        gate.released.set()
+        server.stop(0)
+        manager.stop()
+    from starlette.testclient import TestClient
+
+    gate = Gate()
+    manager, metrics = start_manager(tmp_path, gate=gate)
+    with TestClient(rest_app(manager, metrics, 0.05)) as client:
+        r = client.post("/v1/models/slow:predict", json={"instances": [[1, 2, 3]]})
+        assert r.json()["error"] == "Deadline exceeded: no answer within 0.05 s (zoo serve --request-timeout)"
+    gate.released.set()
+    manager.stop()
 
 
 def test_base_path_mode_serves_savedmodel_versions_only(tmp_path):
@@ -722,7 +799,7 @@ def test_classify_and_regress_on_example_signatures(tmp_path):
     metrics = Metrics(manager.queued, lambda: {})
     x = np.array([[1.0, 2.0], [0.5, -3.0]], np.float32)
     want = tf.nn.softmax(x @ np.array([[1.0, -1.0], [2.0, 0.5]], np.float32)).numpy()
-    with TestClient(build_app(manager, metrics, RestOptions())) as client:
+    with TestClient(rest_app(manager, metrics)) as client:
         r = client.post("/v1/models/est:classify", json={"examples": [{"x": [1.0, 2.0]}, {"x": [0.5, -3.0]}]})
         assert r.status_code == 200, r.text
         results = r.json()["results"]
@@ -735,7 +812,7 @@ def test_classify_and_regress_on_example_signatures(tmp_path):
         assert r.status_code == 400 and "not a predict one" in r.json()["error"]
         r = client.post("/v1/models/est:classify", json={"examples": [{"y": [1.0]}]})
         assert r.status_code == 400 and "the model refused the input" in r.json()["error"]  # feature x missing
-    server, _ = build_server(manager, metrics, Limits(), timeout=30, max_message_bytes=1 << 20)
+    server, _ = build_server(DataPlane(manager, metrics, 30), Limits(), max_message_bytes=1 << 20)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
