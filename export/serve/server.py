@@ -3,7 +3,8 @@
 Start-up loads every configured version (as TF Serving does before it opens its ports), binds both
 ports (127.0.0.1 unless ``--host`` says otherwise; port 0 picks a free one), prints the models,
 versions and URLs, then serves until SIGTERM or Ctrl-C: no new connections, in-flight requests
-finish (REST and gRPC), then the process exits 0.
+finish (REST and gRPC), then the process exits 0. :class:`ModelServer` is the same server as an object,
+started and stopped from Python (the tests serve with it in their own process).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,90 +120,137 @@ def describe(manager: ModelManager) -> list[str]:
     return lines or ["  (no models yet: exports appear as they are published)"]
 
 
+class ModelServer:
+    """``zoo serve`` as an object. Constructing it checks the options, binds both ports (``rest_port``,
+    ``grpc_port``; 0 picks free ones) and builds the manager, the data plane and both servers;
+    ``start()`` loads the models and serves from background threads until ``stop()``, which stops both
+    sides taking requests, finishes the ones in flight and unloads (``with ModelServer(o) as s:`` does
+    both); ``run()`` serves in this (main) thread until SIGTERM / Ctrl-C, as the command does."""
+
+    def __init__(self, options: ServeOptions):
+        _check(options)  # before TensorFlow is imported: a mistyped path is answered at once
+        self.options, self.batching = options, _batching(options)
+        import uvicorn
+
+        import zoo
+        from zoo.export.serve.dataplane import DataPlane
+        from zoo.export.serve.grpc_service import build_server
+        from zoo.export.serve.metrics import Metrics
+        from zoo.export.serve.rest import RestOptions, build_app
+
+        try:
+            self.manager = ModelManager(base=options.base, config_file=options.model_config_file,
+                                        batching=self.batching, on_batch=self._on_batch,
+                                        max_load_retries=options.max_num_load_retries,
+                                        load_retry_interval=options.load_retry_interval_micros / 1e6)
+        except ConfigFileError as exc:
+            raise ServeError(str(exc)) from exc
+        manager = self.manager
+        self.metrics = Metrics(manager.queued, lambda: {n: manager.status(n) for n in manager.model_names()
+                                                        if _has_status(manager, n)})
+        limits = Limits(options.max_instances, options.max_string_bytes)
+        self.plane = DataPlane(manager, self.metrics, options.request_timeout)
+        self._rest_sock = _bind(options.host, options.rest_api_port, "REST")
+        self._grpc, self._health = build_server(self.plane, limits, options.grpc_max_message_bytes)
+        try:
+            grpc_port = self._grpc.add_insecure_port(f"[{options.host}]:{options.port}" if ":" in options.host
+                                                     else f"{options.host}:{options.port}")
+        except RuntimeError:
+            grpc_port = 0
+        if grpc_port == 0:
+            self._rest_sock.close()
+            raise ServeError(f"cannot listen on {options.host}:{options.port} for gRPC (in use, or not an address "
+                             "of this machine); choose another --port (0 picks a free one)")
+        self.rest_port, self.grpc_port = self._rest_sock.getsockname()[1], grpc_port
+        shown = f"[{options.host}]" if ":" in options.host else options.host
+        self.rest_url, self.grpc_address = f"http://{shown}:{self.rest_port}", f"{shown}:{self.grpc_port}"
+        app = build_app(self.plane, RestOptions(options.max_body_bytes, limits, options.cors, zoo.__version__))
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=30,
+                                server_header=False)
+        self._rest = _Server(config, on_exit=self._stop_grpc)
+        self._grpc_stopped: list[Any] = []
+        self._stop_health = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _on_batch(self, *args: Any) -> None:
+        self.metrics.on_batch(*args)
+
+    def _begin(self) -> None:
+        """Load what is configured (before answering anything, as TF Serving), then open the gRPC side."""
+        from grpc_health.v1 import health_pb2
+
+        self.manager.start(self.options.file_system_poll_wait_seconds)
+
+        def update_health() -> None:
+            serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+            while not self._stop_health.is_set():
+                state = serving if self.manager.ready() else not_serving
+                for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
+                    self._health.set(service, state)
+                self._stop_health.wait(0.5)
+
+        threading.Thread(target=update_health, name="health", daemon=True).start()
+        self._grpc.start()
+
+    def _stop_grpc(self) -> None:  # both sides stop taking requests at the same moment
+        if not self._grpc_stopped:
+            log.info("stopping: no new requests; finishing the ones in flight")
+            self._grpc_stopped.append(self._grpc.stop(grace=30))
+
+    def _finish(self) -> None:
+        self._stop_grpc()
+        self._grpc_stopped[0].wait()
+        self._stop_health.set()
+        self.manager.stop()
+        self.plane.close()
+
+    def start(self) -> ModelServer:
+        """Serve from background threads; returns once the REST side accepts connections."""
+        self._begin()
+        self._thread = threading.Thread(target=self._rest.run, kwargs={"sockets": [self._rest_sock]}, name="rest",
+                                        daemon=True)
+        self._thread.start()
+        while not self._rest.started and self._thread.is_alive():
+            time.sleep(0.01)
+        if not self._rest.started:
+            self._finish()
+            raise ServeError("the REST server did not start (see the log above)")
+        return self
+
+    def stop(self) -> None:
+        """Stop taking requests, finish those in flight (REST and gRPC), unload every version."""
+        if self._thread is None:
+            return
+        self._stop_grpc()
+        self._rest.should_exit = True
+        self._thread.join()
+        self._thread = None
+        self._finish()
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def run(self) -> None:
+        """Serve in this thread until SIGTERM / Ctrl-C, printing the models and addresses first."""
+        self._begin()
+        print("zoo serve: models", *describe(self.manager), sep="\n")
+        print(f"REST  {self.rest_url}  (TF Serving /v1/models/NAME[:predict], KServe /v2, "
+              "/monitoring/prometheus/metrics)")
+        print(f"gRPC  {self.grpc_address}  (tensorflow.serving.PredictionService, ModelService, grpc.health.v1)")
+        print("batching: " + (str(dataclasses.asdict(self.batching)) if self.batching else "off (--enable-batching)"))
+        print("Ctrl-C or SIGTERM stops after the requests in flight.", flush=True)
+        try:
+            self._rest.run(sockets=[self._rest_sock])
+        finally:
+            self._finish()
+
+
 def serve(options: ServeOptions) -> int:
     """Run the server until SIGTERM / Ctrl-C; returns the exit code."""
-    _check(options)  # before TensorFlow is imported: a mistyped path is answered at once
-    batching = _batching(options)
-    import uvicorn
-    from grpc_health.v1 import health_pb2
-
-    import zoo
-    from zoo.export.serve.dataplane import DataPlane
-    from zoo.export.serve.grpc_service import build_server
-    from zoo.export.serve.metrics import Metrics
-    from zoo.export.serve.rest import RestOptions, build_app
-
-    holder: dict[str, Any] = {}
-
-    def on_batch(*args: Any) -> None:
-        holder["metrics"].on_batch(*args)
-
-    try:
-        manager = ModelManager(base=options.base, config_file=options.model_config_file, batching=batching,
-                               on_batch=on_batch, max_load_retries=options.max_num_load_retries,
-                               load_retry_interval=options.load_retry_interval_micros / 1e6)
-    except ConfigFileError as exc:
-        raise ServeError(str(exc)) from exc
-    metrics = Metrics(manager.queued,
-                      lambda: {n: manager.status(n) for n in manager.model_names() if _has_status(manager, n)})
-    holder["metrics"] = metrics
-    limits = Limits(options.max_instances, options.max_string_bytes)
-
-    rest_sock = _bind(options.host, options.rest_api_port, "REST")
-    plane = DataPlane(manager, metrics, options.request_timeout)
-    grpc_server, health = build_server(plane, limits, options.grpc_max_message_bytes)
-    try:
-        grpc_port = grpc_server.add_insecure_port(f"[{options.host}]:{options.port}" if ":" in options.host
-                                                  else f"{options.host}:{options.port}")
-    except RuntimeError:
-        grpc_port = 0
-    if grpc_port == 0:
-        rest_sock.close()
-        raise ServeError(f"cannot listen on {options.host}:{options.port} for gRPC (in use, or not an address of "
-                         "this machine); choose another --port (0 picks a free one)")
-
-    manager.start(options.file_system_poll_wait_seconds)
-    stop_health = threading.Event()
-
-    def update_health() -> None:
-        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-        while not stop_health.is_set():
-            state = serving if manager.ready() else not_serving
-            for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
-                health.set(service, state)
-            stop_health.wait(0.5)
-
-    health_thread = threading.Thread(target=update_health, name="health", daemon=True)
-    health_thread.start()
-    grpc_server.start()
-
-    app = build_app(plane, RestOptions(options.max_body_bytes, limits, options.cors, zoo.__version__))
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=30,
-                            server_header=False)
-    grpc_stopped: list[Any] = []
-
-    def stop_grpc() -> None:  # both servers stop taking requests at the same moment
-        if not grpc_stopped:
-            log.info("stopping: no new requests; finishing the ones in flight")
-            grpc_stopped.append(grpc_server.stop(grace=30))
-
-    server = _Server(config, on_exit=stop_grpc)
-    rest_port = rest_sock.getsockname()[1]
-    shown = f"[{options.host}]" if ":" in options.host else options.host
-    print("zoo serve: models", *describe(manager), sep="\n")
-    print(f"REST  http://{shown}:{rest_port}  (TF Serving /v1/models/NAME[:predict], KServe /v2, "
-          "/monitoring/prometheus/metrics)")
-    print(f"gRPC  {shown}:{grpc_port}  (tensorflow.serving.PredictionService, ModelService, grpc.health.v1)")
-    print("batching: " + (str(dataclasses.asdict(batching)) if batching else "off (--enable-batching)"))
-    print("Ctrl-C or SIGTERM stops after the requests in flight.", flush=True)
-    try:
-        server.run(sockets=[rest_sock])
-    finally:
-        stop_grpc()
-        grpc_stopped[0].wait()
-        stop_health.set()
-        manager.stop()
-        plane.close()
+    ModelServer(options).run()
     print("zoo serve: stopped", file=sys.stderr)
     return 0
 
@@ -220,6 +269,9 @@ def _server_class() -> Any:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():  # ModelServer.start(): stop() stops it
+                yield
+                return
             previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 yield

@@ -13,13 +13,13 @@ import time
 
 
 class ServerProcess:
-    """``with ServerProcess([...args], cwd, log_path) as server:`` -> ``server.rest`` (http://host:port) and
-    ``server.grpc`` (host:port); leaving the block sends SIGTERM (unless ``send`` sent one already), waits for
+    """``with ServerProcess([...args], cwd, log_path) as server:`` -> ``server.rest_url`` (http://host:port) and
+    ``server.grpc_address`` (host:port); leaving the block sends SIGTERM (unless ``send`` sent one already), waits for
     the exit and records ``returncode`` and ``log``."""
 
     def __init__(self, args: list[str], cwd: str, log_path: str, startup_timeout: float = 300):
         self.args, self.cwd, self.log_path, self.timeout = args, str(cwd), log_path, startup_timeout
-        self.rest = self.grpc = ""
+        self.rest_url = self.grpc_address = ""
         self.stdout: list[str] = []
         self.returncode: int | None = None
         self.log = ""
@@ -43,9 +43,9 @@ class ServerProcess:
                 break
             self.stdout.append(line)
             if m := re.match(r"REST\s+(http://\S+)", line):
-                self.rest = m.group(1)
+                self.rest_url = m.group(1)
             if m := re.match(r"gRPC\s+(\S+)", line):
-                self.grpc = m.group(1)
+                self.grpc_address = m.group(1)
             if line.startswith("Ctrl-C"):
                 return self
         self.proc.kill()

@@ -1,5 +1,7 @@
-"""A real `zoo serve` process on real exports (digits CNN, MiniLM sentiment classifier on raw strings,
-transformer translator), queried with an HTTP client and TF Serving's official gRPC client: every wire
+"""A real `zoo serve` on real exports (digits CNN, MiniLM sentiment classifier on raw strings,
+transformer translator), run in this process by ModelServer (what the command runs; the command itself
+starts and stops on SIGTERM in a fresh process at the end), queried over its real ports with an HTTP
+client and TF Serving's official gRPC client: every wire
 gives what calling the SavedModel directly gives; batching merges and splits correctly; a new version
 swaps in under load with no failed request; a broken version is reported and never served. Where a test
 needs a request to be running (merging, SIGTERM), a gate model holds it until the test releases it."""
@@ -45,11 +47,33 @@ def base(digits_run, minilm_run, translate_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(base):
-    with ServerProcess(["exports", "--port", "0", "--rest-api-port", "0", "--batching-parameters-file",
-                        "batching.txt"], base, str(base / "serve.log")) as running:
-        yield running
-    assert running.returncode == 0, running.log[-3000:]  # SIGTERM: finish in flight, exit 0
-    assert "zoo serve: stopped" in running.log and "Traceback" not in running.log
+    """``zoo serve exports --batching-parameters-file batching.txt`` in this process (ModelServer: what the
+    command runs, on background threads); its log goes to serve.log. The command's own start-up, SIGTERM
+    and exit code are tested in a fresh process below."""
+    import logging
+
+    from zoo.export.serve.server import ModelServer, ServeOptions
+
+    handler = logging.FileHandler(base / "serve.log")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("zoo")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    options = ServeOptions(base=str(base / "exports"), port=0, rest_api_port=0,
+                           batching_parameters_file=str(base / "batching.txt"))
+    try:
+        with ModelServer(options) as running:
+            yield running
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+    with pytest.raises(OSError):  # stopped: the port no longer answers
+        import socket
+
+        socket.create_connection(("127.0.0.1", running.rest_port), timeout=5).close()
+    assert "Traceback" not in (base / "serve.log").read_text()
 
 
 def write_gate_model(path):
@@ -137,8 +161,8 @@ def test_every_wire_gives_the_saved_models_own_outputs(server, base):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
-    with httpx.Client(base_url=server.rest, timeout=60) as http:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_address))
+    with httpx.Client(base_url=server.rest_url, timeout=60) as http:
         for name, arrays, as_json in samples(base):
             want = direct(str(base / "exports" / name / "1"), arrays)
             rows = len(next(iter(arrays.values())))
@@ -193,7 +217,7 @@ def test_concurrent_requests_are_batched_and_split_back_exactly(server, base, tm
 
     def call(span):
         a, b = span
-        with httpx.Client(base_url=server.rest, timeout=60) as http:
+        with httpx.Client(base_url=server.rest_url, timeout=60) as http:
             r = http.post("/v1/models/digits:predict", json={"inputs": x[a:b].tolist()})
             assert r.status_code == 200, r.text
             return span, r.json()["outputs"]
@@ -208,17 +232,17 @@ def test_concurrent_requests_are_batched_and_split_back_exactly(server, base, tm
     rows = np.arange(sum(sizes) * 3, dtype=np.float32).reshape(-1, 3)
     spans = [(a, a + n) for a, n in zip(np.cumsum([0, *sizes[:-1]]), sizes)]
     with concurrent.futures.ThreadPoolExecutor(len(spans) + 1) as pool:
-        first = pool.submit(gate_request, server.rest, [[0.0, 0.0, 0.0]], release)
+        first = pool.submit(gate_request, server.rest_url, [[0.0, 0.0, 0.0]], release)
         wait_until(lambda: os.path.exists(release + ".started"), "the gate model to run the first request")
-        pending = [(span, pool.submit(gate_request, server.rest, rows[span[0]:span[1]].tolist(), release))
+        pending = [(span, pool.submit(gate_request, server.rest_url, rows[span[0]:span[1]].tolist(), release))
                    for span in spans]
-        queued = wait_until(lambda: scrape(server.rest, "zoo_serve_queued_requests", "gate") == len(spans)
-                            and scrape(server.rest, "zoo_serve_queued_batches", "gate"), "every request to queue")
+        queued = wait_until(lambda: scrape(server.rest_url, "zoo_serve_queued_requests", "gate") == len(spans)
+                            and scrape(server.rest_url, "zoo_serve_queued_batches", "gate"), "every request to queue")
         open(release, "w").close()
         assert first.result() == [[0.0, 0.0, 0.0]]
         for (a, b), future in pending:
             assert future.result() == (rows[a:b] * 2).tolist(), (a, b)  # each request got its own rows back
-    assert scrape(server.rest, "zoo_serve_batch_size_count", "gate") == 1 + queued < 1 + len(spans)  # merged
+    assert scrape(server.rest_url, "zoo_serve_batch_size_count", "gate") == 1 + queued < 1 + len(spans)  # merged
 
 
 def _run_dir(base, name):
@@ -238,11 +262,11 @@ def test_a_new_version_swaps_in_under_load_and_a_broken_one_is_never_served(serv
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "digits"
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.asarray(x[:2], np.float32)))
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_address))
     stop, failures, versions, sent = threading.Event(), [], set(), [0]
 
     def client():
-        with httpx.Client(base_url=server.rest, timeout=60) as http:
+        with httpx.Client(base_url=server.rest_url, timeout=60) as http:
             while not stop.is_set() and sent[0] < 5000:  # bounded
                 sent[0] += 2
                 r = http.post("/v1/models/digits:predict", json=body)
@@ -257,7 +281,7 @@ def test_a_new_version_swaps_in_under_load_and_a_broken_one_is_never_served(serv
     for t in threads:
         t.start()
     def states():
-        status = httpx.get(f"{server.rest}/v1/models/digits", timeout=60).json()["model_version_status"]
+        status = httpx.get(f"{server.rest_url}/v1/models/digits", timeout=60).json()["model_version_status"]
         return [(s["version"], s["state"]) for s in status]
 
     try:
@@ -277,7 +301,7 @@ def test_a_new_version_swaps_in_under_load_and_a_broken_one_is_never_served(serv
     with open(broken / "saved_model.pb", "wb") as fh:
         fh.write(b"not a protobuf")
     wait_until(lambda: states()[0] == ("3", "END"), "the broken version 3 to be reported")
-    status = httpx.get(f"{server.rest}/v1/models/digits", timeout=60).json()["model_version_status"]
+    status = httpx.get(f"{server.rest_url}/v1/models/digits", timeout=60).json()["model_version_status"]
     assert status[0]["state"] == "END" and status[0]["status"]["error_message"], status
     assert stub.Predict(request, timeout=60).model_spec.version.value == 2
     shutil.rmtree(broken)
@@ -304,7 +328,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path):
     release = str(tmp_path / "go")
     with ServerProcess(["exports", "--port", "0", "--rest-api-port", "0"], tmp_path, str(tmp_path / "s.log")) as server:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(gate_request, server.rest, [[1.0, 2.0, 3.0]], release)
+            in_flight = pool.submit(gate_request, server.rest_url, [[1.0, 2.0, 3.0]], release)
             wait_until(lambda: os.path.exists(release + ".started"), "the request to be running")
             server.send(signal.SIGTERM)
             wait_until(lambda: "stopping: no new requests" in server.log_so_far(), "the server to start stopping")
@@ -313,4 +337,4 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path):
             assert in_flight.result() == [[2.0, 4.0, 6.0]]  # answered although SIGTERM came first
     assert server.returncode == 0 and "zoo serve: stopped" in server.log
     with pytest.raises(httpx.ConnectError):
-        httpx.get(server.rest + "/v2/health/live", timeout=5)
+        httpx.get(server.rest_url + "/v2/health/live", timeout=5)

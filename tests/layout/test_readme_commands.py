@@ -253,7 +253,7 @@ def test_serving_block(work):
     COVERED.add("zoo serve exports")
     with ServerProcess(["exports", "--port", "0", "--rest-api-port", "0"], work, str(work / "serve1.log")) as server:
         assert any(line.split()[:2] == ["sentiment", "1"] for line in server.stdout), server.stdout
-        with httpx.Client(base_url=server.rest, timeout=60) as http:
+        with httpx.Client(base_url=server.rest_url, timeout=60) as http:
             pred = http.post("/v1/models/sentiment:predict", json={"instances": ["a great film"]})
             assert pred.status_code == 200, pred.text
             assert pred.json()["predictions"][0]["class_name"] in ("positive", "negative")
@@ -270,7 +270,7 @@ def test_serving_block(work):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "mt"
         request.inputs["text"].CopyFrom(tf.make_tensor_proto(np.array([b"342"], dtype=object)))
-        reply = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc)).Predict(
+        reply = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_address)).Predict(
             request, timeout=60)
         assert tf.make_ndarray(reply.outputs["translation"]).shape == (1,)
     assert server.returncode == 0 and "zoo serve: stopped" in server.log
@@ -282,7 +282,7 @@ def test_serving_block(work):
                         "--port", "0", "--rest-api-port", "0"], work, str(work / "serve2.log")) as server:
         assert any("'max_batch_size': 32" in line for line in server.stdout), server.stdout
         x = np.zeros((1, 8, 8, 1), np.float32).tolist()
-        r = httpx.post(f"{server.rest}/v1/models/digits:predict", json={"instances": x}, timeout=60)
+        r = httpx.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": x}, timeout=60)
         assert r.status_code == 200, r.text
     assert server.returncode == 0
 
