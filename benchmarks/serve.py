@@ -151,7 +151,7 @@ def main() -> int:
                            os.path.join(work, f"serve-{batching}.log")) as server:
             for model in models:
                 for clients in (1, 8, 32):
-                    result = asyncio.run(load(f"{server.rest}/v1/models/{model}:predict", samples[model], clients,
+                    result = asyncio.run(load(f"{server.rest_url}/v1/models/{model}:predict", samples[model], clients,
                                               seconds))
                     rows.append({"model": model, "batching": batching, "clients": clients, **result})
                     print(f"{model:7} batching={'on ' if batching else 'off'} clients={clients:2}  "
