@@ -154,10 +154,6 @@ class BatchScheduler:
         for t in self._threads:
             t.start()
 
-    @property
-    def num_threads(self) -> int:
-        return len(self._threads)
-
     def add(self, batcher: Batcher) -> None:
         with self.cv:
             if self._closed:
