@@ -25,16 +25,19 @@ demo: $(STAMP)
 		--formats saved_model,tflite,tflite_dynamic,tflite_int8 --report demo-out/report.json
 
 # Two pytest processes side by side, one per core: the tests that start fresh `zoo` and benchmark
-# processes, and everything else in one process (its session fixtures, trained runs, built once).
-# The fresh-process half's output follows the other's; either half failing fails the target.
-# (pytest-xdist's loadgroup would do this, but 3.8 cannot group tests under pytest 9.2.)
-FRESH := tests/layout/test_readme_commands.py tests/benchmarks
+# processes plus the question-answering tests (their MiniLM trainings even out the halves' times), and
+# everything else in one process (its session fixtures, trained runs, built once). The second half's output
+# follows the first's; either half failing fails the target. Each half lists its 25 slowest steps, and any
+# test over 5 s not marked slow. (pytest-xdist's loadgroup would do this, but 3.8 cannot group tests under
+# pytest 9.2.)
+SECOND := tests/layout/test_readme_commands.py tests/benchmarks tests/recipes/test_bert_qa.py \
+	tests/export/test_qa_export.py
 test: $(STAMP)
-	@$(PY) -m pytest -q $(FRESH) > .test-fresh.log 2>&1 & fresh=$$!; \
-	$(PY) -m pytest -q $(addprefix --ignore=,$(FRESH)) tests; rest=$$?; \
-	wait $$fresh; fresh_rc=$$?; echo "--- fresh-process tests ($(FRESH)):"; cat .test-fresh.log; \
-	echo "in-process tests: exit $$rest; fresh-process tests: exit $$fresh_rc"; \
-	test $$rest -eq 0 -a $$fresh_rc -eq 0
+	@$(PY) -m pytest -q --durations=25 $(SECOND) > .test-second.log 2>&1 & second=$$!; \
+	$(PY) -m pytest -q --durations=25 $(addprefix --ignore=,$(SECOND)) tests; first=$$?; \
+	wait $$second; second_rc=$$?; echo "--- second half ($(SECOND)):"; cat .test-second.log; \
+	echo "first half: exit $$first; second half: exit $$second_rc"; \
+	test $$first -eq 0 -a $$second_rc -eq 0
 
 # The whole suite with every core kept busy by another process (a shared CI machine's neighbours): tests
 # must wait on events, never on elapsed time. Not part of CI; run it before resolving timing-related work.

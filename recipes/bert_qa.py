@@ -118,6 +118,7 @@ def prepare_data(cfg: BertQAConfig, explicit: frozenset) -> tuple[BertQAConfig, 
         val_examples = eval_examples
     corpus = lambda: [e.question for e in train_examples] + sorted({e.context for e in train_examples})  # noqa: E731
     cfg, pre, state = resolve_backbone(cfg, explicit, corpus)
+    state["span_heads"] = span_heads_of(cfg.init)
     train_f, val_f = featurize(cfg, pre, train_examples), featurize(cfg, pre, val_examples)
     eval_f = val_f if eval_examples is val_examples else featurize(cfg, pre, eval_examples)
     batch = cfg.train.batch_size
@@ -143,7 +144,26 @@ def build_model(cfg: BertQAConfig, data: Datasets) -> Any:
     # The [CLS] pooler feeds no span logit: frozen, it is not trained, decayed, or warned about by the
     # optimizer ("Gradients do not exist for variables ['pooled_dense/kernel', ...]") on every run.
     backbone.pooled_dense.trainable = False
-    return BertQuestionAnswerer(backbone, name="bert_question_answerer")
+    model = BertQuestionAnswerer(backbone, name="bert_question_answerer")
+    for name, weights in data.state["span_heads"].items():
+        model.get_layer(name).set_weights(weights)
+    return model
+
+
+SPAN_HEADS = ("start_dense", "end_dense")
+
+
+def span_heads_of(init: str) -> dict[str, list[Any]]:
+    """The start and end heads of an earlier bert_qa run given as --init (fine-tuning SQuAD 1.1 -> 2.0
+    keeps them, as it keeps the backbone); nothing for any other starting point."""
+    import os
+
+    from zoo.rundir import QuestionAnsweringInfo, RunDir
+
+    if not init or not os.path.isdir(init) or not isinstance(RunDir.open(init).info, QuestionAnsweringInfo):
+        return {}
+    model = RunDir.open(init).load_model()
+    return {name: model.get_layer(name).get_weights() for name in SPAN_HEADS}
 
 
 def compile_args(cfg: BertQAConfig) -> dict[str, Any]:
@@ -210,7 +230,7 @@ RECIPE = Recipe(
 FLAGS = {
     "--data": ("data.source", "training questions: SQuAD JSON or JSON Lines"),
     "--eval-data": ("data.eval_source", "evaluation questions of the same kind (e.g. SQuAD dev)"),
-    "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to start from"),
+    "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to start from (a bert_qa run: its span heads too)"),
 }
 
 

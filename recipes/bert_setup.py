@@ -1,4 +1,4 @@
-"""What the BERT recipes (bert_pretrain, bert_classify) share: where the backbone and its
+"""What the BERT recipes (bert_pretrain, bert_classify, bert_qa) share: where the backbone and its
 vocabulary come from (``--init``: a Hugging Face directory, a local keras-hub preset, an earlier
 run, or nothing: a vocabulary learned from the data) and building it with those weights."""
 
@@ -29,10 +29,10 @@ def load_init(init: str) -> tuple[Any, list[str], list[Any], bool]:
         backbone, pre = import_keras_hub_bert(init[len("keras_hub:"):], sequence_length=8)
         return backbone.config, pre.vocabulary, backbone.get_weights(), pre.lowercase
     if os.path.isdir(init):
-        from zoo.rundir import MaskedLMInfo, RunDir, TextClassificationInfo
+        from zoo.rundir import MaskedLMInfo, QuestionAnsweringInfo, RunDir, TextClassificationInfo
 
         run = RunDir.open(init)
-        info = run.expect(MaskedLMInfo, TextClassificationInfo, purpose="--init")
+        info = run.expect(MaskedLMInfo, TextClassificationInfo, QuestionAnsweringInfo, purpose="--init")
         backbone = getattr(run.load_model(), "backbone", None)
         if backbone is None:
             raise ConfigError(f"--init {init!r}: its model has no BERT backbone")

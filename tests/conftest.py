@@ -105,3 +105,21 @@ def qa_run(tmp_path_factory):
         **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
         "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
         "train.epochs": 5, "train.optimizer.learning_rate": 1e-4}, verbose=0)
+
+
+# Marker honesty: a test whose own run (fixtures excluded) takes over 5 s without the slow marker is listed
+# at the end, so `-m "not slow"` stays a fast loop.
+SLOW_SECONDS = 5.0
+_unmarked_slow: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.duration > SLOW_SECONDS and "slow" not in report.keywords:
+        _unmarked_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unmarked_slow:
+        terminalreporter.section(f"tests over {SLOW_SECONDS:.0f} s without @pytest.mark.slow (mark them)")
+        for nodeid, seconds in sorted(_unmarked_slow, key=lambda t: -t[1]):
+            terminalreporter.write_line(f"{seconds:7.1f}s {nodeid}")

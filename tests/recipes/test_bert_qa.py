@@ -187,24 +187,31 @@ def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(qa_run):
 
 
 @pytest.mark.slow
-def test_squad_v2_learns_to_abstain_and_the_graph_abstains_alike(tmp_path):
+def test_squad_v2_learns_to_abstain_and_the_graph_abstains_alike(qa_run, tmp_path):
     """With unanswerable questions in the data the no-answer rule is on end to end: the model learns to
     put them on [CLS], held-out ones come back empty, answerable ones still get their span, and the
-    exported graph gives the same answers (empty, offsets -1) as the Python side."""
+    exported graph gives the same answers (empty, offsets -1) as the Python side. It fine-tunes the
+    SQuAD 1.1-style run (--init a bert_qa run: backbone and span heads), as SQuAD 2.0 models usually start."""
     import tensorflow as tf
 
     from tests.conftest import FAST
     from zoo.answerer import Answerer
+    from zoo.recipes.bert_qa import span_heads_of
     from zoo.recipes.engine.run import train
     from zoo.rundir import QuestionAnsweringInfo, RunDir
 
     train_path = write_people_v2(tmp_path / "train.json", 120, PEOPLE, CITIES, 0)
     dev_path = write_people_v2(tmp_path / "dev.json", 24, HELD_PEOPLE, HELD_CITIES, 1)
     result = train("bert_qa", str(tmp_path / "run"), {
-        **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
+        **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": qa_run.run_dir,
         "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
-        "train.epochs": 5, "train.optimizer.learning_rate": 1e-4}, verbose=0)
+        "train.epochs": 3, "train.optimizer.learning_rate": 1e-4}, verbose=0)
     print("bert_qa v2:", result.metrics["final"])
+    # The span heads the run started from are the 1.1 run's (only a bert_qa run has any to give).
+    heads = span_heads_of(qa_run.run_dir)
+    assert sorted(heads) == ["end_dense", "start_dense"] and all(
+        np.array_equal(a, b) for name in heads for a, b in zip(heads[name], qa_run.model.get_layer(name).get_weights()))
+    assert span_heads_of(f"hf:{MINILM}") == {}
     run = RunDir.open(result.run_dir)
     assert run.expect(QuestionAnsweringInfo, purpose="a test").null_threshold == 0.0
     assert result.metrics["final"]["eval_exact_match"] >= 75.0
