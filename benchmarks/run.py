@@ -69,10 +69,10 @@ def bench_pipeline(steps: int, augment: bool) -> dict:
     import keras
     import tensorflow as tf
 
-    from zoo.recipes import get_recipe_module
+    from zoo.recipes import get_recipe
     from zoo.recipes.engine.run import resolve_config
 
-    recipe = get_recipe_module("image_classify").RECIPE
+    recipe = get_recipe("image_classify")
     overrides = {"train.tensorboard": False}
     if augment:
         overrides.update({"augment.flip": "horizontal", "augment.rotation": 0.05, "augment.zoom": 0.1})

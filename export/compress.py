@@ -33,7 +33,8 @@ import numpy as np
 from zoo.atomic import write_json_atomic
 from zoo.config import from_dict
 from zoo.errors import ConfigError, ExportError, ZooError
-from zoo.rundir import ImageClassificationInfo, RunDir
+from zoo.rundir import RunDir
+from zoo.tasks.image_classification import ImageClassificationInfo
 
 KINDS = ("qat", "prune")
 CNN_MODELS = ("small_cnn", "resnet")

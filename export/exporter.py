@@ -7,8 +7,8 @@ writes ``exports/digits/<version>/`` holding the SavedModel (``serving_default``
 differences from Keras, size, latency). The version appears only once everything in it is
 written and verified.
 
-One exporter per task (:data:`EXPORTERS`, keyed by the run's ``run.json`` type): image
-classifiers, text classifiers (raw strings in every file) and translation models (strings to
+One exporter per task (each task plugin in ``zoo.tasks`` names its own): image classifiers, text
+classifiers (raw strings in every file), question answering and translation models (strings to
 strings). Classifier exporters share the verify-and-publish flow of :class:`ClassifierExporter`.
 """
 
@@ -32,13 +32,9 @@ from zoo.export import publish, verify
 from zoo.export import saved_model as sm
 from zoo.export import tflite as tfl
 from zoo.export.warmup import sample_batches, write_warmup_requests
-from zoo.rundir import (
-    ImageClassificationInfo,
-    QuestionAnsweringInfo,
-    RunDir,
-    TextClassificationInfo,
-    TranslationInfo,
-)
+from zoo.rundir import RunDir
+from zoo.tasks.question_answering import QuestionAnsweringInfo
+from zoo.tasks.translation import TranslationInfo
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +138,8 @@ class ClassifierExporter(abc.ABC):
         self._scale = max(1.0, float(np.abs(self.reference).max()))
         self.latency_runs, self.name = latency_runs, name
         self.report = {
-            "run_dir": os.path.abspath(self.run.path), "model": self.info.model, "examples": int(len(self.x)),
+            "run_dir": os.path.abspath(self.run.path), "model": self.info.model, "task": self.info.task,
+            "examples": int(len(self.x)),
             "input": self.input_description,
             "keras": {"accuracy": keras_scores["accuracy"],
                       "latency_ms": verify.latency_ms(self.keras_logits, self.x[:1], latency_runs)},
@@ -318,6 +315,8 @@ class TextClassifierExporter(ClassifierExporter):
 
 class TranslationExporter:
     """A string-to-string SavedModel, published only if it translates the eval sample exactly as Keras does."""
+
+    takes_decoding = True  # exporter_for hands it the decoding options (--beam)
 
     def __init__(self, run: RunDir, info: TranslationInfo, decode: dict[str, Any] | None = None):
         from zoo.translator import Translator
@@ -509,25 +508,18 @@ class QuestionAnsweringExporter:
             "latency_ms": verify.latency_ms(lambda b: call([qs[0]], [cs[0]]), [0], self.latency_runs), **extra}
 
 
-# run.json type -> its exporter
-EXPORTERS: dict[type, type] = {
-    ImageClassificationInfo: ImageClassifierExporter,
-    TextClassificationInfo: TextClassifierExporter,
-    TranslationInfo: TranslationExporter,
-    QuestionAnsweringInfo: QuestionAnsweringExporter,
-}
-
-
 def exporter_for(run: RunDir, fmts: list[str], decode: dict[str, Any] | None = None) -> Any:
-    """The exporter of a finished run's task, after checking the formats suit it (before any model is
-    loaded); an error for tasks that have none."""
+    """The exporter its task plugin names for a finished run, after checking the formats suit it (before any
+    model is loaded); an error for tasks that have none."""
+    from zoo import tasks
+
     info = run.info
-    cls = EXPORTERS.get(type(info))
+    cls = tasks.owner_of(info).exporter_class()
     if cls is None:
-        exportable = ", ".join(sorted(c.TASK for c in EXPORTERS))
+        exportable = ", ".join(sorted(t.name for t in tasks.all_tasks() if t.exporter is not None))
         raise ExportError(f"{run.path!r} is a {info.task} run; export handles {exportable} runs")
     cls.check_formats(run, fmts)
-    if cls is TranslationExporter:
+    if getattr(cls, "takes_decoding", False):
         return cls(run, info, decode)
     if decode:
         raise ExportError("decoding options (--beam) apply to translation runs only")

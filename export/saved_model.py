@@ -44,7 +44,7 @@ def classification_outputs(logits: Any, class_names: Any = None) -> dict[str, An
 
 
 def input_signature(spec: Any) -> Any:
-    """The ``tf.TensorSpec`` of a run's raw input (a ``zoo.rundir.InputSpec``)."""
+    """The ``tf.TensorSpec`` of a run's raw input (a ``zoo.rundir.SignatureTensor``)."""
     import tensorflow as tf
 
     return tf.TensorSpec(tuple(spec.shape), tf.dtypes.as_dtype(spec.dtype), name=spec.name)

@@ -1,42 +1,42 @@
-"""Recipes: one module per task, each a config dataclass plus the steps the shared engine runs,
-and ``configs/``: one YAML file per shipped experiment (``--config NAME`` or a path)."""
+"""Recipes: one module per recipe, each a config dataclass plus the steps the shared engine runs,
+and ``configs/``: one YAML file per shipped experiment (``--config NAME`` or a path).
+
+Which recipes there are is the task plugins' to say (``zoo.tasks``: each task names its recipes); a
+recipe module is imported only when it is used (it imports TensorFlow).
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
 from zoo.errors import ConfigError, unknown_name
 
-# name -> module; modules are imported only when a recipe is used (they import TensorFlow).
-RECIPES = {
-    "image_classify": "zoo.recipes.image_classify",
-    "bert_classify": "zoo.recipes.bert_classify",
-    "bert_qa": "zoo.recipes.bert_qa",
-    "bert_pretrain": "zoo.recipes.bert_pretrain",
-    "translate": "zoo.recipes.translate",
-    "distill": "zoo.recipes.distill",
-}
-
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 
 
 def list_recipes() -> list[str]:
-    """Names of the recipes there are."""
-    return sorted(RECIPES)
+    """Names of the recipes there are (every task's)."""
+    from zoo.tasks import recipe_refs
+
+    return sorted(recipe_refs())
 
 
 def check_recipe(name: str) -> None:
     """UnknownNameError (with a suggestion) unless ``name`` is a recipe; imports nothing."""
-    if name not in RECIPES:
-        raise unknown_name("recipe", name, RECIPES)
+    from zoo.tasks import recipe_refs
+
+    if name not in recipe_refs():
+        raise unknown_name("recipe", name, recipe_refs())
 
 
-def get_recipe_module(name: str) -> Any:
-    """The module of recipe ``name`` (it has ``RECIPE`` and ``main``)."""
+def get_recipe(name: str) -> Any:
+    """The ``Recipe`` called ``name`` (its module's ``RECIPE``, or the object a task registered)."""
+    from zoo.tasks import recipe_refs, resolve
+
     check_recipe(name)
-    return importlib.import_module(RECIPES[name])
+    found = resolve(recipe_refs()[name])
+    return getattr(found, "RECIPE", found)
 
 
 def list_configs() -> list[str]:

@@ -28,7 +28,8 @@ from zoo.recipes.text_data import (
     text_classification_info,
     text_dataset,
 )
-from zoo.rundir import RunDir, TextClassificationInfo
+from zoo.rundir import RunDir
+from zoo.tasks.text_classification import TextClassificationInfo
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,26 @@ class BertClassifyConfig:
         schedule=ScheduleConfig(name="linear", warmup_epochs=0.3)))
 
 
+@dataclass(frozen=True)
+class ClassifyState:
+    """What prepare_data hands build_model and evaluate."""
+
+    preprocessor: Any
+    initial_weights: list[Any] | None  # the backbone's, from --init
+    x_eval: Any
+    y_eval: Any
+
+
 def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClassifyConfig, Datasets]:
     import math
 
     d = cfg.data
     splits = read_splits(d, cfg.train.seed)
-    cfg, pre, state = resolve_backbone(cfg, explicit, lambda: splits.train_corpus)
+    cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: splits.train_corpus)
     batch = cfg.train.batch_size
     train_ds = text_dataset(splits.x_train, splits.y_train, pre, batch, shuffle_seed=cfg.train.seed)
     val_ds = text_dataset(splits.x_val, splits.y_val, pre, batch)
-    state.update({"preprocessor": pre, "x_eval": splits.x_eval, "y_eval": splits.y_eval})
+    state = ClassifyState(pre, weights, splits.x_eval, splits.y_eval)
     n_eval = min(d.eval_sample_size, len(splits.x_eval))
     info = {"class_names": splits.class_names, "pair": splits.pair, "counts": splits.counts}
     return cfg, Datasets(
@@ -67,7 +78,7 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
 def build_model(cfg: BertClassifyConfig, data: Datasets) -> Any:
     from zoo.models.bert import BertClassifier
 
-    return BertClassifier(build_backbone(cfg, data.state), num_classes=len(data.info["class_names"]),
+    return BertClassifier(build_backbone(cfg, data.state.initial_weights), num_classes=len(data.info["class_names"]),
                           dropout=cfg.classifier_dropout, name="bert_classifier")
 
 
@@ -79,8 +90,8 @@ def compile_args(cfg: BertClassifyConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: BertClassifyConfig, model: Any, data: Datasets) -> dict[str, float]:
-    x_eval, y_eval = data.state["x_eval"], data.state["y_eval"]
-    pred = predict_texts(model, x_eval, data.state["preprocessor"], cfg.train.batch_size).argmax(-1)
+    x_eval, y_eval = data.state.x_eval, data.state.y_eval
+    pred = predict_texts(model, x_eval, data.state.preprocessor, cfg.train.batch_size).argmax(-1)
     return {"eval_accuracy": float((pred == y_eval).mean()),
             "eval_macro_f1": macro_f1(y_eval, pred, len(data.info["class_names"]))}
 
@@ -89,22 +100,21 @@ def run_info(cfg: BertClassifyConfig, data: Datasets) -> TextClassificationInfo:
     return text_classification_info(RECIPE.name, "bert_classifier", cfg, data, backbone=cfg.model.name, init=cfg.init)
 
 
-RECIPE = Recipe(
-    name="bert_classify",
-    description="Fine-tune a BERT classifier on labelled texts or text pairs (CSV/TSV/JSONL).",
-    config_class=BertClassifyConfig, prepare_data=prepare_data, build_model=build_model,
-    compile_args=compile_args, run_info=run_info, evaluate=evaluate)
-
-
 FLAGS = {
     "--data": ("data.source", "training file: CSV, TSV (header row) or JSONL"),
     "--eval-data": ("data.eval_source", "evaluation file of the same kind"),
     "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to start from"),
 }
 
+RECIPE = Recipe(
+    name="bert_classify",
+    description="Fine-tune a BERT classifier on labelled texts or text pairs (CSV/TSV/JSONL).",
+    config_class=BertClassifyConfig, prepare_data=prepare_data, build_model=build_model,
+    compile_args=compile_args, run_info=run_info, evaluate=evaluate, flags=FLAGS)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, FLAGS)
+    return main_for(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_ba
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from zoo.recipes.engine.run import Datasets, Recipe
-from zoo.rundir import MaskedLMInfo, RunDir, WordPieceSpec
+from zoo.rundir import RunDir, WordPieceSpec
+from zoo.tasks.masked_lm import MaskedLMInfo
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     val_lines = [lines[i] for i in val_idx]
     train_lines = [lines[i] for i in train_idx]
     test_lines = read(d.eval_source) if d.eval_source else []
-    cfg, pre, state = resolve_backbone(cfg, explicit, lambda: train_lines)
+    cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: train_lines)
     vocab = pre.vocabulary
     continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
     special = [pre.pad_id, pre.cls_id, pre.sep_id, pre.mask_id, pre.unk_id]
@@ -177,13 +178,13 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
                        "eval_lines": len(test_lines)}, "vocab_size": len(vocab)}
     return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(len(train_lines) / batch)),
                          validation=fixed_masks(val_lines), test=fixed_masks(test_lines) if test_lines else None,
-                         info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"}, state=state)
+                         info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"}, state=weights)
 
 
 def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:
     from zoo.models.bert import BertMaskedLM
 
-    return BertMaskedLM(build_backbone(cfg, data.state), name="bert_masked_lm")
+    return BertMaskedLM(build_backbone(cfg, data.state), name="bert_masked_lm")  # state: the initial weights
 
 
 def compile_args(cfg: BertPretrainConfig) -> dict[str, Any]:
@@ -201,22 +202,21 @@ def run_info(cfg: BertPretrainConfig, data: Datasets) -> MaskedLMInfo:
                         data=data.info)
 
 
-RECIPE = Recipe(
-    name="bert_pretrain",
-    description="Masked-LM pretraining of a BERT from plain text (dynamic 80/10/10 masking, optional whole words).",
-    config_class=BertPretrainConfig, prepare_data=prepare_data, build_model=build_model,
-    compile_args=compile_args, run_info=run_info)
-
-
 FLAGS = {
     "--data": ("data.source", "plain-text file(s) or globs, comma-separated"),
     "--eval-data": ("data.eval_source", "held-out plain-text file(s)"),
     "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to continue from"),
 }
 
+RECIPE = Recipe(
+    name="bert_pretrain",
+    description="Masked-LM pretraining of a BERT from plain text (dynamic 80/10/10 masking, optional whole words).",
+    config_class=BertPretrainConfig, prepare_data=prepare_data, build_model=build_model,
+    compile_args=compile_args, run_info=run_info, flags=FLAGS)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, FLAGS)
+    return main_for(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_ba
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from zoo.recipes.engine.run import Datasets, Recipe
-from zoo.rundir import QuestionAnsweringInfo, RunDir, WordPieceSpec
+from zoo.rundir import RunDir, WordPieceSpec
+from zoo.tasks.question_answering import QuestionAnsweringInfo
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,18 @@ def _dataset(features: Any, batch: int, seed: int | None) -> Any:
                                 {"start_logits": y[0], "end_logits": y[1]})).prefetch(tf.data.AUTOTUNE)
 
 
+@dataclass(frozen=True)
+class QAState:
+    """What prepare_data hands build_model, the per-epoch scoring and evaluate."""
+
+    preprocessor: Any
+    initial_weights: list[Any] | None  # the backbone's, from --init
+    span_heads: dict[str, list[Any]]   # the start and end heads' weights, from a bert_qa run given as --init
+    val: tuple[list[Any], Any]         # (examples, features)
+    eval: tuple[list[Any], Any]
+    null_threshold: float | None       # set for SQuAD 2.0 data
+
+
 def prepare_data(cfg: BertQAConfig, explicit: frozenset) -> tuple[BertQAConfig, Datasets]:
     from zoo.data.squad import read_squad
 
@@ -117,14 +130,13 @@ def prepare_data(cfg: BertQAConfig, explicit: frozenset) -> tuple[BertQAConfig, 
     if not val_examples:
         val_examples = eval_examples
     corpus = lambda: [e.question for e in train_examples] + sorted({e.context for e in train_examples})  # noqa: E731
-    cfg, pre, state = resolve_backbone(cfg, explicit, corpus)
-    state["span_heads"] = span_heads_of(cfg.init)
+    cfg, pre, weights = resolve_backbone(cfg, explicit, corpus)
     train_f, val_f = featurize(cfg, pre, train_examples), featurize(cfg, pre, val_examples)
     eval_f = val_f if eval_examples is val_examples else featurize(cfg, pre, eval_examples)
     batch = cfg.train.batch_size
     version_2 = any(e.impossible for e in train_examples)
-    state.update({"preprocessor": pre, "val": (val_examples, val_f), "eval": (eval_examples, eval_f),
-                  "null_threshold": d.null_threshold if version_2 else None})
+    state = QAState(pre, weights, span_heads_of(cfg.init), (val_examples, val_f), (eval_examples, eval_f),
+                    d.null_threshold if version_2 else None)
     n = min(d.eval_sample_size, len(eval_examples))
     sample_x = np.array([[e.question, e.context] for e in eval_examples[:n]], dtype=str)
     sample_y = np.array([e.answers[0] if e.answers else "" for e in eval_examples[:n]], dtype=str)
@@ -140,12 +152,12 @@ def prepare_data(cfg: BertQAConfig, explicit: frozenset) -> tuple[BertQAConfig, 
 def build_model(cfg: BertQAConfig, data: Datasets) -> Any:
     from zoo.models.bert import BertQuestionAnswerer
 
-    backbone = build_backbone(cfg, data.state)
+    backbone = build_backbone(cfg, data.state.initial_weights)
     # The [CLS] pooler feeds no span logit: frozen, it is not trained, decayed, or warned about by the
     # optimizer ("Gradients do not exist for variables ['pooled_dense/kernel', ...]") on every run.
     backbone.pooled_dense.trainable = False
     model = BertQuestionAnswerer(backbone, name="bert_question_answerer")
-    for name, weights in data.state["span_heads"].items():
+    for name, weights in data.state.span_heads.items():
         model.get_layer(name).set_weights(weights)
     return model
 
@@ -157,8 +169,6 @@ def span_heads_of(init: str) -> dict[str, list[Any]]:
     """The start and end heads of an earlier bert_qa run given as --init (fine-tuning SQuAD 1.1 -> 2.0
     keeps them, as it keeps the backbone); nothing for any other starting point."""
     import os
-
-    from zoo.rundir import QuestionAnsweringInfo, RunDir
 
     if not init or not os.path.isdir(init) or not isinstance(RunDir.open(init).info, QuestionAnsweringInfo):
         return {}
@@ -201,7 +211,7 @@ def callbacks(cfg: BertQAConfig, data: Datasets) -> list[Any]:
         """SQuAD exact match and F1 on the validation questions after every epoch."""
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            scores = score(cfg, self.model, data.state["val"], data.state["null_threshold"])
+            scores = score(cfg, self.model, data.state.val, data.state.null_threshold)
             if logs is not None:
                 logs.update({f"val_{k}": v for k, v in scores.items()})
 
@@ -209,7 +219,7 @@ def callbacks(cfg: BertQAConfig, data: Datasets) -> list[Any]:
 
 
 def evaluate(cfg: BertQAConfig, model: Any, data: Datasets) -> dict[str, float]:
-    return {f"eval_{k}": v for k, v in score(cfg, model, data.state["eval"], data.state["null_threshold"]).items()}
+    return {f"eval_{k}": v for k, v in score(cfg, model, data.state.eval, data.state.null_threshold).items()}
 
 
 def run_info(cfg: BertQAConfig, data: Datasets) -> QuestionAnsweringInfo:
@@ -218,14 +228,8 @@ def run_info(cfg: BertQAConfig, data: Datasets) -> QuestionAnsweringInfo:
         recipe=RECIPE.name, model="bert_question_answerer", data=data.info,
         preprocessor=WordPieceSpec(RunDir.VOCAB, d.sequence_length, d.lowercase), doc_stride=d.doc_stride,
         max_query_length=d.query_limit, max_answer_length=d.max_answer_length,
-        null_threshold=data.state["null_threshold"], backbone=cfg.model.name, init=cfg.init)
+        null_threshold=data.state.null_threshold, backbone=cfg.model.name, init=cfg.init)
 
-
-RECIPE = Recipe(
-    name="bert_qa",
-    description="Fine-tune BERT for extractive question answering (SQuAD v1.1 / v2.0 JSON or JSON Lines).",
-    config_class=BertQAConfig, prepare_data=prepare_data, build_model=build_model,
-    compile_args=compile_args, run_info=run_info, evaluate=evaluate, callbacks=callbacks)
 
 FLAGS = {
     "--data": ("data.source", "training questions: SQuAD JSON or JSON Lines"),
@@ -233,9 +237,15 @@ FLAGS = {
     "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to start from (a bert_qa run: its span heads too)"),
 }
 
+RECIPE = Recipe(
+    name="bert_qa",
+    description="Fine-tune BERT for extractive question answering (SQuAD v1.1 / v2.0 JSON or JSON Lines).",
+    config_class=BertQAConfig, prepare_data=prepare_data, build_model=build_model,
+    compile_args=compile_args, run_info=run_info, evaluate=evaluate, callbacks=callbacks, flags=FLAGS)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, FLAGS)
+    return main_for(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ def load_init(init: str) -> tuple[Any, list[str], list[Any], bool]:
         backbone, pre = import_keras_hub_bert(init[len("keras_hub:"):], sequence_length=8)
         return backbone.config, pre.vocabulary, backbone.get_weights(), pre.lowercase
     if os.path.isdir(init):
-        from zoo.rundir import MaskedLMInfo, QuestionAnsweringInfo, RunDir, TextClassificationInfo
+        from zoo.rundir import RunDir
+        from zoo.tasks.masked_lm import MaskedLMInfo
+        from zoo.tasks.question_answering import QuestionAnsweringInfo
+        from zoo.tasks.text_classification import TextClassificationInfo
 
         run = RunDir.open(init)
         info = run.expect(MaskedLMInfo, TextClassificationInfo, QuestionAnsweringInfo, purpose="--init")
@@ -41,22 +44,21 @@ def load_init(init: str) -> tuple[Any, list[str], list[Any], bool]:
     raise ConfigError(f"--init {init!r} is not hf:DIR, keras_hub:DIR or an existing run dir")
 
 
-def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[str]]) -> tuple[Any, Any, dict]:
+def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[str]]) -> tuple[Any, Any, Any]:
     """The backbone config, the preprocessor and the initial weights of a BERT recipe run.
 
     With ``cfg.init`` they come from the checkpoint or run it names (``model.dropout`` still applies
     if the user set it); otherwise the vocabulary is learned from ``corpus()``. Returns
-    ``(cfg with model and data.lowercase resolved, BertPreprocessor, state for build_backbone)``.
+    ``(cfg with model and data.lowercase resolved, BertPreprocessor, initial weights or None)``.
     """
     from zoo.tokenizers import BertPreprocessor, build_vocabulary
 
     d = cfg.data
-    state: dict[str, Any] = {}
+    weights = None
     if cfg.init:
         model_cfg, vocab, weights, lowercase = load_init(cfg.init)
         if "model.dropout" in explicit:
             model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout)
-        state["weights"] = weights
     else:
         vocab = build_vocabulary(corpus(), d.vocab_size, lowercase=d.lowercase)
         model_cfg, lowercase = dataclasses.replace(cfg.model, vocab_size=len(vocab)), d.lowercase
@@ -64,14 +66,14 @@ def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[st
         raise ConfigError(f"data.sequence_length={d.sequence_length} exceeds the model's "
                           f"max_sequence_length={model_cfg.max_sequence_length}")
     cfg = dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(d, lowercase=lowercase))
-    return cfg, BertPreprocessor(vocab, sequence_length=d.sequence_length, lowercase=lowercase), state
+    return cfg, BertPreprocessor(vocab, sequence_length=d.sequence_length, lowercase=lowercase), weights
 
 
-def build_backbone(cfg: Any, state: dict[str, Any]) -> Any:
+def build_backbone(cfg: Any, weights: list[Any] | None) -> Any:
     """The run's BertBackbone, with the initial weights ``resolve_backbone`` loaded, if any."""
     from zoo.models.bert import build_bert
 
     backbone = build_bert(cfg.model)  # not via the registry: an imported checkpoint has its own name
-    if "weights" in state:
-        backbone.set_weights(state["weights"])
+    if weights is not None:
+        backbone.set_weights(weights)
     return backbone

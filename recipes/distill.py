@@ -30,7 +30,8 @@ from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, TrainConfig
 from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.recipes.text_data import TextDataConfig, predict_texts, read_splits, text_classification_info, text_dataset
-from zoo.rundir import RunDir, RunDirError, TextClassificationInfo
+from zoo.rundir import RunDir, RunDirError
+from zoo.tasks.text_classification import TextClassificationInfo
 
 
 def student_config(name: str) -> Any:
@@ -71,6 +72,17 @@ def load_teacher(run_dir: str) -> tuple[Any, Any, TextClassificationInfo]:
     return run.load_model(), run.preprocessor(), info
 
 
+@dataclass(frozen=True)
+class DistillState:
+    """What prepare_data hands evaluate: the teacher, and the eval set with the teacher's logits on it."""
+
+    preprocessor: Any
+    teacher: Any
+    x_eval: Any
+    y_eval: Any
+    teacher_eval_logits: Any
+
+
 def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig, Datasets]:
     d = cfg.data
     teacher, pre, info = load_teacher(cfg.teacher)
@@ -100,8 +112,7 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
                                  predict_texts(teacher, splits.x_val, pre)], axis=1)
     batch = cfg.train.batch_size
     n_eval = min(d.eval_sample_size, len(x_eval))
-    state = {"preprocessor": pre, "teacher": teacher, "x_eval": x_eval, "y_eval": y_eval,
-             "teacher_eval_logits": predict_texts(teacher, x_eval, pre)}
+    state = DistillState(pre, teacher, x_eval, y_eval, predict_texts(teacher, x_eval, pre))
     return cfg, Datasets(
         train=text_dataset(x_train, packed, pre, batch, shuffle_seed=cfg.train.seed),
         steps_per_epoch=max(1, math.ceil(len(x_train) / batch)),
@@ -141,29 +152,23 @@ def _latency_ms(model: Any, x1: dict[str, Any], runs: int = 30) -> float:
 
 
 def evaluate(cfg: DistillConfig, model: Any, data: Datasets) -> dict[str, float]:
-    x_eval, y_eval = data.state["x_eval"], data.state["y_eval"]
-    pre = data.state["preprocessor"]
+    x_eval, y_eval = data.state.x_eval, data.state.y_eval
+    pre = data.state.preprocessor
     student = float((predict_texts(model, x_eval, pre, cfg.train.batch_size).argmax(-1) == y_eval).mean())
-    teacher = float((data.state["teacher_eval_logits"].argmax(-1) == y_eval).mean())
+    teacher = float((data.state.teacher_eval_logits.argmax(-1) == y_eval).mean())
     x1 = pre(tuple(list(c) for c in x_eval[:1].T) if x_eval.ndim == 2 else list(x_eval[:1]))
-    student_ms, teacher_ms = _latency_ms(model, x1), _latency_ms(data.state["teacher"], x1)
+    student_ms, teacher_ms = _latency_ms(model, x1), _latency_ms(data.state.teacher, x1)
     return {"eval_accuracy": student, "teacher_eval_accuracy": teacher,
             "accuracy_vs_teacher": student / teacher if teacher else 0.0,
             "student_latency_ms": student_ms, "teacher_latency_ms": teacher_ms,
             "latency_vs_teacher": student_ms / teacher_ms, "student_parameters": float(model.count_params()),
-            "teacher_parameters": float(data.state["teacher"].count_params())}
+            "teacher_parameters": float(data.state.teacher.count_params())}
 
 
 def run_info(cfg: DistillConfig, data: Datasets) -> TextClassificationInfo:
     return text_classification_info(RECIPE.name, f"distilled_{cfg.model.name}", cfg, data,
                                     teacher=data.info["teacher"])
 
-
-RECIPE = Recipe(
-    name="distill",
-    description="Distill a trained text classifier (e.g. BERT) into a smaller student (text_cnn or a BERT preset).",
-    config_class=DistillConfig, prepare_data=prepare_data, build_model=build_model, compile_args=compile_args,
-    run_info=run_info, evaluate=evaluate)
 
 FLAGS = {
     "--teacher": ("teacher", "run dir of the teacher (a bert_classify run)"),
@@ -172,9 +177,15 @@ FLAGS = {
     "--eval-data": ("data.eval_source", "evaluation file of the same kind"),
 }
 
+RECIPE = Recipe(
+    name="distill",
+    description="Distill a trained text classifier (e.g. BERT) into a smaller student (text_cnn or a BERT preset).",
+    config_class=DistillConfig, prepare_data=prepare_data, build_model=build_model, compile_args=compile_args,
+    run_info=run_info, evaluate=evaluate, flags=FLAGS)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, FLAGS)
+    return main_for(RECIPE, argv)
 
 
 if __name__ == "__main__":

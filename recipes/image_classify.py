@@ -22,7 +22,8 @@ from zoo.errors import ConfigError, DataError
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, TrainConfig
 from zoo.recipes.engine.run import Datasets, Recipe
-from zoo.rundir import ImageClassificationInfo, InputSpec
+from zoo.rundir import SignatureTensor
+from zoo.tasks.image_classification import ImageClassificationInfo
 
 
 def _image_model_config(name: str) -> Any:
@@ -121,20 +122,9 @@ def compile_args(cfg: ImageClassifyConfig) -> dict[str, Any]:
 def run_info(cfg: ImageClassifyConfig, data: Datasets) -> ImageClassificationInfo:
     return ImageClassificationInfo(
         recipe=RECIPE.name, model=cfg.model.name, data=data.info,
-        input=InputSpec("images", "float32", (None, *cfg.model.input_shape),
+        input=SignatureTensor("images", "float32", (None, *cfg.model.input_shape),
                         pixel_range=(0.0, 1.0 / cfg.model.rescale)),
         class_names=tuple(data.info["class_names"]))
-
-
-RECIPE = Recipe(
-    name="image_classify",
-    description="Train a CNN baseline (small_cnn, resnet18/34/50/101/152) on digits, an image folder or TFRecords.",
-    config_class=ImageClassifyConfig,
-    prepare_data=prepare_data,
-    build_model=build_model,
-    compile_args=compile_args,
-    run_info=run_info,
-)
 
 
 FLAGS = {
@@ -143,9 +133,18 @@ FLAGS = {
     "--model": ("model.name", "shortcut for --set model.name=... (small_cnn, resnet18, ...)"),
 }
 
+RECIPE = Recipe(
+    name="image_classify",
+    description="Train a CNN baseline (small_cnn, resnet18/34/50/101/152) on digits, an image folder or TFRecords.",
+    config_class=ImageClassifyConfig,
+    prepare_data=prepare_data,
+    build_model=build_model,
+    compile_args=compile_args,
+    run_info=run_info, flags=FLAGS)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, FLAGS)
+    return main_for(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import numpy as np
 
 from zoo.config import check_choice, check_range
 from zoo.errors import DataError
-from zoo.rundir import InputSpec, RunDir, TextClassificationInfo, WordPieceSpec
+from zoo.rundir import RunDir, SignatureTensor, WordPieceSpec
+from zoo.tasks.text_classification import TextClassificationInfo
 
 
 @dataclass(frozen=True)
@@ -121,5 +122,5 @@ def text_classification_info(recipe: str, model: str, cfg: Any, data: Any, **ext
     """run.json of a classifier on raw strings (this recipe and distill)."""
     return TextClassificationInfo(
         recipe=recipe, model=model, data=data.info, class_names=tuple(data.info["class_names"]),
-        input=InputSpec("text", "string", (None,), pair_name="text_pair" if data.info["pair"] else None),
+        input=SignatureTensor("text", "string", (None,), pair_name="text_pair" if data.info["pair"] else None),
         preprocessor=WordPieceSpec(RunDir.VOCAB, cfg.data.sequence_length, cfg.data.lowercase), **extra)

@@ -28,7 +28,8 @@ from zoo.models.decoding import DecodeConfig
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from zoo.recipes.engine.run import Datasets, Recipe
-from zoo.rundir import InputSpec, RunDir, Seq2SeqTextSpec, TranslationInfo
+from zoo.rundir import RunDir, Seq2SeqTextSpec, SignatureTensor
+from zoo.tasks.translation import TranslationInfo
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, end: bool) ->
     truncated = int((ragged.row_lengths().numpy() > budget).sum())
     ids, _ = pad_ids(ragged, max_length, tokenizer.pad_id, tokenizer.end_id if end else None)
     return ids.numpy(), truncated
+
+
+@dataclass(frozen=True)
+class TranslateState:
+    """What prepare_data hands the decoding callbacks and evaluate: tokenizers and (sources, references)."""
+
+    source_tokenizer: Any
+    target_tokenizer: Any
+    val_pairs: tuple[list[str], list[str]]
+    eval_pairs: tuple[list[str], list[str]]
 
 
 def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateConfig, Datasets]:
@@ -178,8 +189,7 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
         train=train_ds, steps_per_epoch=steps, validation=val_ds, test=None,
         eval_sample=(np.asarray(eval_src[:n_sample], dtype=str), np.asarray(eval_tgt[:n_sample], dtype=str)),
         calibration=None, info=info, files=files,
-        state={"source_tokenizer": src_tok, "target_tokenizer": tgt_tok, "val_pairs": (val_src, val_tgt),
-               "eval_pairs": (eval_src, eval_tgt)})
+        state=TranslateState(src_tok, tgt_tok, (val_src, val_tgt), (eval_src, eval_tgt)))
 
 
 def build_model(cfg: TranslateConfig, data: Datasets) -> Any:
@@ -202,7 +212,7 @@ def translator_for(cfg: TranslateConfig, model: Any, data: Datasets) -> Any:
 
     # The plain graph (no XLA): the run's BLEU and exact match are then those of the graph the
     # export publishes and checks, not of an XLA build that may break a near-tie differently.
-    return Translator(model, data.state["source_tokenizer"], data.state["target_tokenizer"],
+    return Translator(model, data.state.source_tokenizer, data.state.target_tokenizer,
                       cfg.data.max_source_length, cfg.decode, jit_compile=False)
 
 
@@ -219,7 +229,7 @@ def callbacks(cfg: TranslateConfig, data: Datasets) -> list[Any]:
         return []
     import keras
 
-    sources, references = data.state["val_pairs"]
+    sources, references = data.state.val_pairs
     n = cfg.data.eval_sample_size
 
     class EvalTranslations(keras.callbacks.Callback):
@@ -238,7 +248,7 @@ def callbacks(cfg: TranslateConfig, data: Datasets) -> list[Any]:
 
 
 def evaluate(cfg: TranslateConfig, model: Any, data: Datasets) -> dict[str, float]:
-    sources, references = data.state["eval_pairs"]
+    sources, references = data.state.eval_pairs
     return {f"eval_{k}": v for k, v in score(translator_for(cfg, model, data), sources, references).items()}
 
 
@@ -246,26 +256,26 @@ def run_info(cfg: TranslateConfig, data: Datasets) -> TranslationInfo:
     d = cfg.data
     return TranslationInfo(
         recipe=RECIPE.name, model=cfg.model.name, data=data.info,
-        input=InputSpec("text", "string", (None,)), output=InputSpec("translation", "string", (None,)),
+        input=SignatureTensor("text", "string", (None,)), output=SignatureTensor("translation", "string", (None,)),
         preprocessor=Seq2SeqTextSpec(RunDir.VOCAB, RunDir.VOCAB if d.shared_vocabulary else RunDir.TARGET_VOCAB,
                                      d.max_source_length, d.max_target_length, d.lowercase),
         decode=dataclasses.asdict(cfg.decode))
 
-
-RECIPE = Recipe(
-    name="translate",
-    description="Train a Transformer encoder-decoder on source<TAB>target pairs (translation, summarization...).",
-    config_class=TranslateConfig, prepare_data=prepare_data, build_model=build_model,
-    compile_args=compile_args, run_info=run_info, evaluate=evaluate, callbacks=callbacks)
 
 FLAGS = {
     "--data": ("data.source", "training TSV: source<TAB>target per line"),
     "--eval-data": ("data.eval_source", "evaluation TSV of the same kind"),
 }
 
+RECIPE = Recipe(
+    name="translate",
+    description="Train a Transformer encoder-decoder on source<TAB>target pairs (translation, summarization...).",
+    config_class=TranslateConfig, prepare_data=prepare_data, build_model=build_model,
+    compile_args=compile_args, run_info=run_info, evaluate=evaluate, callbacks=callbacks, flags=FLAGS)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for(RECIPE, argv, FLAGS)
+    return main_for(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ class Answerer:
 
     @classmethod
     def from_run(cls, run_dir: str) -> Answerer:
-        from zoo.rundir import QuestionAnsweringInfo, RunDir
+        from zoo.rundir import RunDir
+        from zoo.tasks.question_answering import QuestionAnsweringInfo
 
         run = RunDir.open(run_dir)
         info = run.expect(QuestionAnsweringInfo, purpose="question answering")

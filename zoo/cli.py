@@ -82,8 +82,12 @@ def cmd_list(args: argparse.Namespace) -> int:
             trainable = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
         rows.append({"name": name, "task": entry.task, "trainable_parameters": trainable, "parameters": params,
                      "description": entry.description})
+    from zoo.tasks import all_tasks
+
+    tasks = {t.name: {"description": t.description, "recipes": sorted(t.recipes)} for t in all_tasks()}
     if args.json:
-        print(json.dumps({"models": rows, "recipes": list_recipes(), "configs": list_configs()}, indent=2))
+        print(json.dumps({"models": rows, "tasks": tasks, "recipes": list_recipes(), "configs": list_configs()},
+                         indent=2))
         return 0
     width = max(len(r["name"]) for r in rows)
     print(f"{'model':<{width}}  {'task':<20}  {'trainable':>12}  {'all weights':>12}  description")
@@ -92,6 +96,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         params = f"{r['parameters']:,}" if r["parameters"] is not None else "-"
         print(f"{r['name']:<{width}}  {r['task']:<20}  {trainable:>12}  {params:>12}  {r['description']}")
     print("\n(trainable = the published parameter count; all weights adds BatchNorm's moving statistics)")
+    print("\ntasks (zoo train RECIPE):")
+    for name, t in tasks.items():
+        print(f"  {name:<21} {', '.join(t['recipes']):<15} {t['description']}")
     print("recipes: " + ", ".join(list_recipes()))
     print("experiment configs (zoo train RECIPE --config NAME): " + ", ".join(list_configs()))
     return 0
@@ -107,13 +114,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        from zoo.tasks import get_task
+
         print(f"published {version_dir}")
-        if report.get("task") == "translation":
-            print(f"{report['examples']} held-out sources, decoding: {report['decode']['method']}\n")
-        elif report.get("task") == "question_answering":
-            print(f"{report['examples']} held-out questions; exact match and F1 (SQuAD, 0-100) against their answers\n")
-        else:
-            print(f"keras accuracy {report['keras']['accuracy']:.4f} on {report['examples']} held-out examples\n")
+        summary = get_task(report["task"]).export_summary
+        if summary is not None:
+            print(summary(report) + "\n")
         print(format_table(report))
     return 0
 
@@ -366,14 +372,16 @@ def _main(argv: list[str]) -> int:
                   + "\n(zoo train RECIPE --help shows a recipe's options)")
             return 0 if any(a in ("-h", "--help") for a in argv[1:]) else 2
         try:
-            from zoo.recipes import check_recipe, get_recipe_module
+            from zoo.recipes import check_recipe, get_recipe
 
             check_recipe(argv[1])  # before TensorFlow is imported: a typo is answered at once
-            module = get_recipe_module(argv[1])
+            recipe = get_recipe(argv[1])
         except ZooError as exc:
             print(format_error(exc, "--debug" in argv), file=sys.stderr)
             return 2
-        return module.main(argv[2:])
+        from zoo.recipes.engine.cli import main_for
+
+        return main_for(recipe, argv[2:])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not getattr(args, "json", False) else logging.WARNING,

@@ -14,7 +14,8 @@ A run directory holds::
     calibration.npz   training inputs for int8 calibration
     model.keras       the final model, written last (its presence marks a finished run)
 
-``run.json`` is one dataclass per task (:data:`TASKS`) plus a schema version; :class:`RunDir` is
+``run.json`` is one dataclass per task (each task plugin in ``zoo.tasks`` declares its own) plus a
+schema version; :class:`RunDir` is
 the only code that joins paths inside a run directory or reads its keys. A reader gets typed
 fields and the objects it needs (``load_model``, ``eval_sample``, ``preprocessor``...), and a
 clear error for an unfinished run, a missing file, an unknown task or a newer schema.
@@ -44,8 +45,8 @@ class RunDirError(ZooError, ValueError):
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One raw model input as the serving signature takes it."""
+class SignatureTensor:
+    """One raw tensor of the serving signature, an input as it takes it or an output as it gives it."""
 
     name: str
     dtype: str
@@ -88,65 +89,6 @@ class RunInfo:
         return self.TASK
 
 
-@dataclass(frozen=True)
-class ImageClassificationInfo(RunInfo):
-    TASK: ClassVar[str] = "image_classification"
-    input: InputSpec = InputSpec("images", "float32")
-    class_names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TextClassificationInfo(RunInfo):
-    """A classifier on raw strings (``bert_classify``, a distilled student)."""
-
-    TASK: ClassVar[str] = "text_classification"
-    input: InputSpec = InputSpec("text", "string")
-    preprocessor: WordPieceSpec = WordPieceSpec("vocab.txt", 128, True)
-    class_names: tuple[str, ...] = ()
-    backbone: str = ""
-    init: str = ""
-    teacher: str = ""
-
-
-@dataclass(frozen=True)
-class MaskedLMInfo(RunInfo):
-    TASK: ClassVar[str] = "masked_lm"
-    preprocessor: WordPieceSpec = WordPieceSpec("vocab.txt", 128, True)
-    backbone: str = ""
-    init: str = ""
-
-
-@dataclass(frozen=True)
-class TranslationInfo(RunInfo):
-    """A text-to-text model (translation, summarization...)."""
-
-    TASK: ClassVar[str] = "translation"
-    input: InputSpec = InputSpec("text", "string")
-    output: InputSpec = InputSpec("translation", "string")
-    preprocessor: Seq2SeqTextSpec = Seq2SeqTextSpec("vocab.txt", "vocab.txt", 64, 64, False)
-    decode: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class QuestionAnsweringInfo(RunInfo):
-    """Span extraction from raw (question, context) strings (``bert_qa``): how features are cut and how the
-    answer is chosen."""
-
-    TASK: ClassVar[str] = "question_answering"
-    preprocessor: WordPieceSpec = WordPieceSpec("vocab.txt", 384, True)
-    doc_stride: int = 128
-    max_query_length: int = 64
-    max_answer_length: int = 30
-    null_threshold: float | None = None  # set for SQuAD 2.0 data: answer "" when [CLS] wins by more
-    backbone: str = ""
-    init: str = ""
-
-
-# task name -> its run.json dataclass
-TASKS: dict[str, type[RunInfo]] = {cls.TASK: cls for cls in (
-    ImageClassificationInfo, TextClassificationInfo, MaskedLMInfo, TranslationInfo, QuestionAnsweringInfo)}
-
-
 def info_to_json(info: RunInfo) -> dict[str, Any]:
     """run.json content: the task, the schema version, then the dataclass fields."""
     return {"schema_version": SCHEMA_VERSION, "task": info.task, **_plain(dataclasses.asdict(info))}
@@ -158,13 +100,16 @@ def info_from_json(data: dict[str, Any], where: str = "run.json") -> RunInfo:
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise RunDirError(f"{where} has schema version {version!r}, newer than this kzoo reads ({SCHEMA_VERSION}); "
                           "upgrade kzoo to read this run")
+    from zoo.tasks import run_info_classes
+
+    classes = run_info_classes()
     task = data.get("task")
-    if task not in TASKS:
+    if task not in classes:
         raise RunDirError(f"{where} is for task {task!r}, which this kzoo does not know; known tasks: "
-                          + ", ".join(sorted(TASKS)))
+                          + ", ".join(sorted(classes)))
     fields = {k: v for k, v in data.items() if k not in ("schema_version", "task")}
     try:
-        return _build(TASKS[task], fields, where)
+        return _build(classes[task], fields, where)
     except RunDirError:
         raise
     except (TypeError, ValueError) as exc:
@@ -420,6 +365,8 @@ class RunDir:
 
     def preprocessor(self) -> Any:
         """The ``BertPreprocessor`` a text classifier or masked LM was trained with."""
+        from zoo.tasks.masked_lm import MaskedLMInfo
+        from zoo.tasks.text_classification import TextClassificationInfo
         from zoo.tokenizers import BertPreprocessor, load_vocabulary
 
         info = self.expect(TextClassificationInfo, MaskedLMInfo, purpose="a BERT preprocessor")
@@ -429,6 +376,9 @@ class RunDir:
 
     def vocabulary(self) -> list[str]:
         """The WordPiece vocabulary of a BERT run."""
+        from zoo.tasks.masked_lm import MaskedLMInfo
+        from zoo.tasks.question_answering import QuestionAnsweringInfo
+        from zoo.tasks.text_classification import TextClassificationInfo
         from zoo.tokenizers import load_vocabulary
 
         info = self.expect(TextClassificationInfo, MaskedLMInfo, QuestionAnsweringInfo, purpose="a vocabulary")
@@ -436,6 +386,7 @@ class RunDir:
 
     def tokenizers(self) -> tuple[Any, Any]:
         """(source, target) ``TextTokenizer`` of a translation run (the same object when shared)."""
+        from zoo.tasks.translation import TranslationInfo
         from zoo.tokenizers import TextTokenizer, load_vocabulary
 
         p = self.expect(TranslationInfo, purpose="seq2seq tokenizers").preprocessor
@@ -453,6 +404,5 @@ class RunDir:
                 shutil.copy2(self.file(name), target.file(name))
 
 
-__all__ = ["SCHEMA_VERSION", "RunDir", "RunDirError", "RunInfo", "InputSpec", "WordPieceSpec", "Seq2SeqTextSpec",
-           "ImageClassificationInfo", "TextClassificationInfo", "MaskedLMInfo", "TranslationInfo", "TASKS",
+__all__ = ["SCHEMA_VERSION", "RunDir", "RunDirError", "RunInfo", "SignatureTensor", "WordPieceSpec", "Seq2SeqTextSpec",
            "info_to_json", "info_from_json"]

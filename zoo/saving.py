@@ -1,9 +1,10 @@
-"""Loading ``.keras`` files: every Keras-serializable class of the zoo is registered here, in one place.
+"""Loading ``.keras`` files: every Keras-serializable class of the zoo is registered before a load.
 
 A ``.keras`` file names its custom classes (``zoo>BertClassifier``, ``zoo>WarmupDecay``...); Keras
-finds them only if the module defining them was imported. :data:`SERIALIZABLE_MODULES` lists
-every such module (a test checks that no other module registers a class), and :func:`load_model`
-imports them all first, so a model of any family loads in a fresh process.
+finds them only if the module defining them was imported. :func:`serializable_modules` lists every
+such module: the engine's own (optimizers, schedules, losses) and those each task plugin names
+(``zoo.tasks``); a test checks that no other module registers a class. :func:`load_model` imports
+them all first, so a model of any family loads in a fresh process.
 """
 
 from __future__ import annotations
@@ -14,20 +15,23 @@ from typing import Any
 
 from zoo.errors import ZooError
 
-SERIALIZABLE_MODULES = (
-    "zoo.models.bert",      # BertBackbone, BertClassifier, BertMaskedLM
-    "zoo.models.encoder",   # FastTransformerEncoder
-    "zoo.models.fused",     # gelu_approximate (an activation a saved layer may name)
-    "zoo.models.seq2seq",   # Seq2SeqTransformer
-    "zoo.tokenizers",       # BertPreprocessor
+# What any training run's compiled model may name, whatever its task.
+ENGINE_MODULES = (
     "zoo.optimizers",       # WarmupDecay, FusedAdam, FusedAdamW
     "zoo.losses",           # LabelSmoothedCrossEntropy, DistillationLoss, packed_label_accuracy
 )
 
 
+def serializable_modules() -> tuple[str, ...]:
+    """Every module whose import registers Keras-serializable classes: the engine's and every task's."""
+    from zoo import tasks
+
+    return tuple(dict.fromkeys((*ENGINE_MODULES, *tasks.serializable_modules())))
+
+
 def register_serializables() -> None:
     """Import every module that registers Keras-serializable classes (idempotent)."""
-    for name in SERIALIZABLE_MODULES:
+    for name in serializable_modules():
         importlib.import_module(name)
 
 

@@ -81,7 +81,8 @@ class Translator:
     @classmethod
     def from_run(cls, run_dir: str, jit_compile: bool | None = None, **decode_options: Any) -> Translator:
         """Load a finished ``translate`` run; ``decode_options`` are DecodeConfig fields (method, beam_width...)."""
-        from zoo.rundir import RunDir, TranslationInfo
+        from zoo.rundir import RunDir
+        from zoo.tasks.translation import TranslationInfo
 
         run = RunDir.open(run_dir)
         info = run.expect(TranslationInfo, purpose="translation (text-to-text decoding)")

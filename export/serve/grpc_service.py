@@ -23,7 +23,8 @@ from tensorflow_serving.apis import (
 from zoo.export.serve import examples, tensors
 from zoo.export.serve.dataplane import DataPlane
 from zoo.export.serve.errors import InvalidArgument, ServingError
-from zoo.export.serve.manager import ModelManager, configs_from_proto
+from zoo.export.serve.manager import ModelManager
+from zoo.export.serve.source import configs_from_proto
 
 log = logging.getLogger(__name__)
 

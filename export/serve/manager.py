@@ -1,8 +1,8 @@
-"""Which models and versions are served: TF Serving's model config and version lifecycle.
+"""Which versions are served: TF Serving's Manager (version lifecycle, reference counts, batchers).
 
-Models come from a base path (every ``NAME/<int>`` holding a SavedModel, rescanned at every poll so
-new exports appear) or a ``models.config`` (text-format ``ModelServerConfig``, re-read when it
-changes). Each poll asks the version policy (``zoo.export.serve.lifecycle.next_actions``, a pure
+At every poll the manager asks its source (``zoo.export.serve.source``: a base path rescanned so new
+exports appear, a ``models.config`` re-read when it changes, or a fixed list) which models to serve, then
+asks the version policy (``zoo.export.serve.lifecycle.next_actions``, a pure
 function) what to do with the versions the config aspires to (``latest {num_versions}``, ``all``,
 ``specific``) and carries it out: new versions are loaded, warmed up and marked AVAILABLE, and only
 then are the versions they replace retired; a retired version is UNLOADING until its last in-flight
@@ -28,116 +28,10 @@ import numpy as np
 from zoo.export.serve.batching import Batcher, BatchingParameters, BatchScheduler
 from zoo.export.serve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from zoo.export.serve.lifecycle import Seen, State, next_actions, retry_due
+from zoo.export.serve.source import ModelConfig, StaticSource, modified_time, source_for, versions_on_disk
 from zoo.export.serve.tensors import Signature
 
 log = logging.getLogger(__name__)
-
-
-class ConfigFileError(ValueError):
-    """A models.config that cannot be used, with the reason."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """One ``model_config_list`` entry."""
-
-    name: str
-    base_path: str
-    policy: str = "latest"  # latest | all | specific
-    num_versions: int = 1
-    versions: tuple[int, ...] = ()
-    labels: tuple[tuple[str, int], ...] = ()
-    saved_model_only: bool = False  # base-path mode: TFLite-only versions are not candidates
-
-    def aspired(self, on_disk: list[int]) -> list[int]:
-        if self.policy == "all":
-            return list(on_disk)
-        if self.policy == "specific":
-            return [v for v in on_disk if v in self.versions]
-        return list(on_disk[-self.num_versions:])
-
-
-def parse_model_config(text: str, source: str) -> list[ModelConfig]:
-    """TF Serving's ``model_config_list { config { ... } }`` -> ModelConfigs (relative base paths are
-    taken from the config file's folder)."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    msg = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, msg)
-    except text_format.ParseError as exc:
-        raise ConfigFileError(f"{source}: {exc} (expected TF Serving's ModelServerConfig text format: "
-                              "model_config_list { config { name: 'x' base_path: '/models/x' } })") from exc
-    return configs_from_proto(msg, source, os.path.dirname(os.path.abspath(source)))
-
-
-def configs_from_proto(msg: Any, source: str, folder: str) -> list[ModelConfig]:
-    """ModelConfigs of a ``ModelServerConfig`` message (a file's, or a ReloadConfigRequest's)."""
-    if msg.WhichOneof("config") != "model_config_list":
-        raise ConfigFileError(f"{source}: needs a model_config_list (custom_model_config is not supported)")
-    out, seen = [], set()
-    for c in msg.model_config_list.config:
-        if not c.name or not c.base_path:
-            raise ConfigFileError(f"{source}: every config needs a name and a base_path")
-        if c.name in seen:
-            raise ConfigFileError(f"{source}: model '{c.name}' is configured twice")
-        seen.add(c.name)
-        if c.model_platform not in ("", "tensorflow"):
-            raise ConfigFileError(f"{source}: model '{c.name}' has model_platform '{c.model_platform}'; "
-                                  "zoo serve serves 'tensorflow' SavedModels")
-        kind = c.model_version_policy.WhichOneof("policy_choice") or "latest"
-        num = c.model_version_policy.latest.num_versions if kind == "latest" else 1
-        versions = tuple(c.model_version_policy.specific.versions) if kind == "specific" else ()
-        if kind == "specific" and not versions:
-            raise ConfigFileError(f"{source}: model '{c.name}': a specific policy needs at least one version")
-        base = c.base_path if os.path.isabs(c.base_path) else os.path.join(folder, c.base_path)
-        out.append(ModelConfig(c.name, base, kind, max(1, num), versions,
-                               tuple(sorted((k, int(v)) for k, v in c.version_labels.items()))))
-    return out
-
-
-def scan_base(base: str, reported: set[str]) -> list[ModelConfig]:
-    """Every ``NAME`` directory under ``base`` (hidden ones excepted) with a SavedModel version, latest
-    version served. A model whose versions hold TFLite files only is left out, said once in the log
-    (``reported``: the caller's names already said)."""
-    try:
-        names = sorted(d for d in os.listdir(base) if not d.startswith(".") and os.path.isdir(os.path.join(base, d)))
-    except OSError as exc:
-        log.warning("cannot list %s: %s", base, exc)
-        return []
-    configs = []
-    for name in names:
-        cfg = ModelConfig(name, os.path.join(base, name), saved_model_only=True)
-        if versions_on_disk(cfg):
-            configs.append(cfg)
-        elif name not in reported and versions_on_disk(dataclasses.replace(cfg, saved_model_only=False)):
-            reported.add(name)
-            log.info("not serving %s: its versions hold TFLite files only, no SavedModel", name)
-    return configs
-
-
-def versions_on_disk(cfg: ModelConfig) -> list[int]:
-    """Integer version directories (staging dirs ``.tmp-*`` and other names are not versions)."""
-    try:
-        names = os.listdir(cfg.base_path)
-    except OSError:
-        return []
-    found = []
-    for d in names:
-        path = os.path.join(cfg.base_path, d)
-        if d.isdigit() and os.path.isdir(path):
-            if cfg.saved_model_only and not os.path.isfile(os.path.join(path, "saved_model.pb")):
-                continue
-            found.append(int(d))
-    return sorted(found)
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return -1.0
 
 
 @dataclasses.dataclass
@@ -201,14 +95,15 @@ class ModelManager:
     """Loads, serves and retires versions; see the module docstring. Thread-safe."""
 
     def __init__(self, *, base: str | None = None, config_file: str | None = None,
-                 configs: list[ModelConfig] | None = None,
+                 configs: list[ModelConfig] | None = None, source: Any = None,
                  batching: BatchingParameters | None = None, loader: Callable[[str], Any] | None = None,
                  warmup: Callable[[Any], int] | None = None,
                  on_batch: Callable[[str, int, str, int, int], None] | None = None,
                  max_load_retries: int = 5, load_retry_interval: float = 60.0):
-        if sum(x is not None for x in (base, config_file, configs)) != 1:
-            raise ValueError("serve one of: a base path, a model config file, a list of model configs")
-        self.base, self.config_file, self.batching = base, config_file, batching
+        # Where the models come from (a base path, a models.config, a list; or any object with configs()).
+        self.source = source if source is not None else source_for(base=base, config_file=config_file,
+                                                                    configs=configs)
+        self.batching = batching
         self._loader, self._warmup, self._on_batch = loader, warmup, on_batch
         self.max_load_retries, self.load_retry_interval = max_load_retries, load_retry_interval
         # One pool of batch threads for every model, version and signature (TF Serving's shared scheduler).
@@ -216,47 +111,17 @@ class ModelManager:
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._models: dict[str, dict[int, Version]] = {}
-        self._configs: dict[str, ModelConfig] = {}
-        self._config_mtime = -2.0
-        self._tflite_only_reported: set[str] = set()  # base-path models said once not to be served
+        self._configs: dict[str, ModelConfig] = {c.name: c for c in self.source.configs()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if config_file is not None:
-            self._read_config_file(initial=True)
-        if configs is not None:
-            self.set_configs(configs)
 
     # -- configuration
-
-    def _read_config_file(self, initial: bool = False) -> None:
-        assert self.config_file is not None
-        mtime = _mtime(self.config_file)
-        if mtime == self._config_mtime:
-            return
-        try:
-            with open(self.config_file, encoding="utf-8") as fh:
-                configs = parse_model_config(fh.read(), self.config_file)
-        except (OSError, ConfigFileError) as exc:
-            if initial:
-                raise ConfigFileError(str(exc)) from exc
-            log.error("keeping the previous model config: %s", exc)
-            self._config_mtime = mtime
-            return
-        self.set_configs(configs)
-        self._config_mtime = mtime
-        if not initial:
-            log.info("model config reloaded from %s", self.config_file)
-
-    def set_configs(self, configs: list[ModelConfig]) -> None:
-        with self._lock:
-            self._configs = {c.name: c for c in configs}
 
     def reload(self, configs: list[ModelConfig]) -> None:
         """Serve exactly these models from now on (ModelService.HandleReloadConfigRequest): the base path
         and config file are no longer watched. Applied by a poll before returning."""
         with self._lock:
-            self.base = self.config_file = None
-            self.set_configs(configs)
+            self.source = StaticSource(configs)
         self.poll()
 
     def configs(self) -> list[ModelConfig]:
@@ -285,10 +150,11 @@ class ModelManager:
             self._poll()
 
     def _poll(self) -> None:
-        if self.config_file is not None:
-            self._read_config_file()
-        elif self.base is not None:
-            self.set_configs(scan_base(self.base, self._tflite_only_reported))
+        with self._lock:
+            source = self.source
+        fresh = source.configs()
+        with self._lock:
+            self._configs = {c.name: c for c in fresh}
         configs = self.configs()
         for cfg in configs:
             self._poll_model(cfg)
@@ -327,13 +193,13 @@ class ModelManager:
         """A failed version may load again: its directory changed, or a retry's wait has passed."""
         if version.state != State.END or not version.error:
             return False
-        return version.mtime != _mtime(version.path) or retry_due(
+        return version.mtime != modified_time(version.path) or retry_due(
             version.failures, version.failed_at, time.monotonic(), self.max_load_retries, self.load_retry_interval)
 
     def _load(self, model: str, number: int, path: str) -> None:
         with self._lock:
             previous = self._models[model].get(number)
-            mtime = _mtime(path)
+            mtime = modified_time(path)
             # Retries of the same directory content count up; a changed directory starts again.
             failures = previous.failures if previous is not None and previous.mtime == mtime else 0
             version = Version(model, number, path, state=State.LOADING, mtime=mtime, failures=failures)

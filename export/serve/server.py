@@ -24,7 +24,8 @@ from typing import Any
 from zoo.errors import ZooError
 from zoo.export.serve.batching import BatchingParameters, parse_batching_parameters
 from zoo.export.serve.errors import ServingError
-from zoo.export.serve.manager import ConfigFileError, ModelManager
+from zoo.export.serve.manager import ModelManager
+from zoo.export.serve.source import ConfigFileError
 from zoo.export.serve.tensors import Limits
 
 log = logging.getLogger(__name__)

@@ -242,13 +242,22 @@ def choose_resume_state(out: RunDir, peers: Sequence[RunDir] = ()) -> tuple[int,
 
 def build_callbacks(out: RunDir, early: EarlyStoppingConfig, *, tensorboard: bool = True,
                     checkpoint_every_epoch: bool = True, keep_checkpoints: int = 2,
-                    resume_from: str | None = None, seed: int = 0) -> list[Any]:
-    """The standard callback list; order matters: the state is restored before anything else runs."""
+                    resume_from: str | None = None, seed: int = 0,
+                    recipe_callbacks: Sequence[Any] = ()) -> list[Any]:
+    """The callback list, in the order they must run:
+
+    1. the resume state is restored, before anything else runs;
+    2. each epoch's data order and dropout seeds are set;
+    3. the recipe's own callbacks (per-epoch BLEU, EM...), after the state is restored and before the
+       metrics log, so what they add to an epoch's logs lands in metrics.json, TensorBoard and early stopping;
+    4. metrics.json, then the resume state of the same epoch: a kill between the two leaves the metrics
+       ahead of the state (the resumed run redoes and rewrites that epoch), never behind (the resumed run
+       would start after an epoch the metrics never recorded);
+    5. NaN stop, epoch checkpoints, early stopping, TensorBoard.
+    """
     callbacks: list[Any] = [RestoreState(resume_from)] if resume_from else []
     callbacks.append(EpochSeeds(seed))
-    # metrics.json is written before the resume state of the same epoch: a kill between the two then
-    # leaves the metrics ahead of the state (the resumed run redoes and rewrites that epoch), never behind
-    # (the resumed run would start after an epoch the metrics never recorded).
+    callbacks += list(recipe_callbacks)
     callbacks += [
         MetricsLog(out.metrics_path),
         CrashSafeBackup(out),

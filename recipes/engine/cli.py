@@ -83,16 +83,12 @@ def print_summary(result: RunResult, *, as_json: bool = False, stream: Any = Non
     stream.write("\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n")
 
 
-def main_for(recipe: Recipe, argv: Sequence[str] | None = None,
-             flags: dict[str, tuple[str, str]] | None = None) -> int:
-    """A recipe's command line: parse, resolve config, train, print the summary.
-
-    ``flags`` maps a recipe's own shortcut options to config keys, e.g.
-    ``{"--data": ("data.source", "training file")}``.
-    """
+def main_for(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
+    """A recipe's command line (``zoo train NAME``, ``python -m zoo.recipes.NAME``): parse, resolve config,
+    train, print the summary. ``recipe.flags`` adds its own shortcut options."""
     parser = argparse.ArgumentParser(prog=f"zoo train {recipe.name}", description=recipe.description)
     add_train_args(parser)
-    flags = flags or {}
+    flags = recipe.flags
     for flag, (_, help_text) in flags.items():
         parser.add_argument(flag, help=help_text)
     args = parser.parse_args(argv)

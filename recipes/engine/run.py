@@ -40,7 +40,9 @@ class Datasets:
     calibration: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # text files for the run dir, by RunDir name (RunDir.VOCAB)
-    state: dict[str, Any] = field(default_factory=dict)  # handed from prepare_data to build_model, not saved
+    # The recipe's own typed state (a dataclass of the recipe's), handed from prepare_data to build_model,
+    # evaluate and callbacks; not saved.
+    state: Any = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Recipe:
     # Optional: callbacks of the recipe's own (e.g. per-epoch BLEU); they run before the metrics
     # log, so what they add to the epoch's logs lands in metrics.json, TensorBoard and early stopping.
     callbacks: Callable[[Any, Datasets], list[Any]] | None = None
+    # The recipe's own command-line shortcuts: flag -> (config key, help), e.g. {"--data": ("data.source", ...)}.
+    flags: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,118 +115,186 @@ def _write_run_files(out: RunDir, cfg: Any, info: RunInfo, data: Datasets) -> No
         out.write_calibration(data.calibration)
 
 
+class Runner:
+    """One training run, in phases: :meth:`prepare` -> :meth:`build` -> :meth:`plan_resume` -> :meth:`fit`
+    -> :meth:`evaluate` -> :meth:`finalize` (:meth:`run` calls them in that order). Each reads and sets
+    attributes of the run (``cfg``, ``data``, ``strategy``, ``model``, ``out``, ``resume``...); a recipe
+    that needs a phase done differently subclasses Runner and overrides that method, as Model Garden's
+    OrbitExperimentRunner is extended.
+    """
+
+    def __init__(self, recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozenset(),
+                 extra_callbacks: Sequence[Any] = (), verbose: int | str = "auto"):
+        self.recipe, self.cfg, self.run_dir, self.explicit = recipe, cfg, run_dir, explicit
+        self.extra_callbacks, self.verbose = list(extra_callbacks), verbose
+        self.strategy: Any = None
+        self.data: Datasets | None = None
+        self.model: Any = None
+        self.chief = True
+        self.out = RunDir(run_dir)
+        self.resume: tuple[int, str] | None = None
+        self.history: Any = None
+        self.train_seconds = 0.0
+        self.final: dict[str, Any] = {}
+
+    def run(self) -> RunResult:
+        with _callers_random_state_kept():
+            self.prepare()
+            self.build()
+            self.plan_resume()
+            self.fit()
+            self.evaluate()
+        return self.finalize()
+
+    def prepare(self) -> None:
+        """Devices, strategy and precision checks (before any op runs: MultiWorkerMirroredStrategy configures
+        collectives at startup only), then the recipe's data."""
+        import keras
+        import tensorflow as tf
+
+        from zoo.recipes.engine.optim import check_optimizer_support
+        from zoo.recipes.engine.precision import warn_if_slow_bfloat16, warn_if_xla_bfloat16
+        from zoo.recipes.engine.strategy import build_strategy, check_xla, is_chief, split_cpu, task_name
+
+        train = self.cfg.train
+        if train.cpu_devices:
+            split_cpu(train.cpu_devices)
+        self.strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
+        check_xla(self.strategy, train.jit_compile)
+        check_optimizer_support(train.optimizer)
+        device_types = {d.device_type for d in tf.config.list_logical_devices()}
+        warn_if_slow_bfloat16(train.precision, device_types)
+        warn_if_xla_bfloat16(train.precision, train.jit_compile, device_types)
+        # The run's seed for everything it draws: Python, NumPy, TensorFlow and Keras initializers.
+        keras.utils.set_random_seed(train.seed)
+        self.cfg, self.data = self.recipe.prepare_data(self.cfg, self.explicit)
+        # In a multi-worker job only the chief writes the run dir; the other workers keep their own
+        # resume state under .workers/<task> (stable across restarts) and drop it when done.
+        self.chief = train.strategy != "multi_worker" or is_chief()
+        self.out = RunDir(self.run_dir) if self.chief else RunDir(self.run_dir).worker_dir(task_name())
+        _check_resumable(self.out, self.cfg)
+
+    def build(self) -> None:
+        """Model, schedule, optimizer and compile, inside the strategy and precision scopes. Everything that
+        can refuse the config is built here, before the run dir is written: a refused run leaves nothing."""
+        from zoo.recipes.engine.optim import build_optimizer, build_schedule
+        from zoo.recipes.engine.precision import precision_scope
+
+        train, data = self.cfg.train, self.data
+        with precision_scope(train.precision), self.strategy.scope():
+            self.model = self.recipe.build_model(self.cfg, data)
+            k = train.gradient_accumulation_steps
+            lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs, k)
+            self.model.compile(optimizer=build_optimizer(train.optimizer, lr, k), jit_compile=train.jit_compile,
+                               steps_per_execution=train.steps_per_execution, **self.recipe.compile_args(self.cfg))
+
+    def plan_resume(self) -> None:
+        """The epoch to resume after (every worker of a multi-worker job agrees on one), then the run files."""
+        from zoo.recipes.engine.callbacks import choose_resume_state
+        from zoo.recipes.engine.strategy import cluster_tasks, task_name
+
+        os.makedirs(self.out.path, exist_ok=True)
+        peers: list[RunDir] = []
+        if self.cfg.train.strategy == "multi_worker":
+            chief_task, others = cluster_tasks()
+            me = task_name()
+            peers = [RunDir(self.run_dir) if t == chief_task else RunDir(self.run_dir).worker_dir(t)
+                     for t in [chief_task, *others] if t != me]
+        self.resume = choose_resume_state(self.out, peers)
+        _write_run_files(self.out, self.cfg, self.recipe.run_info(self.cfg, self.data), self.data)
+        if self.resume is not None:
+            log.info("resuming the unfinished run in %s after epoch %d (%s)", self.out.path, *self.resume)
+
+    def callbacks(self) -> list[Any]:
+        """The engine's callbacks with the recipe's in their declared place, then the caller's extras."""
+        from zoo.recipes.engine.callbacks import build_callbacks
+
+        train = self.cfg.train
+        own = self.recipe.callbacks(self.cfg, self.data) if self.recipe.callbacks is not None else []
+        return [*build_callbacks(self.out, train.early_stopping, tensorboard=train.tensorboard,
+                                 checkpoint_every_epoch=train.checkpoint_every_epoch,
+                                 keep_checkpoints=train.keep_checkpoints,
+                                 resume_from=self.resume[1] if self.resume else None, seed=train.seed,
+                                 recipe_callbacks=own), *self.extra_callbacks]
+
+    def fit(self) -> None:
+        train, data = self.cfg.train, self.data
+        initial_epoch, train_data = 0, data.train
+        if self.resume is not None:
+            initial_epoch = self.resume[0]
+            # Each epoch's order is a function of (seed, epoch): skipping the batches of the epochs done
+            # gives the resumed epochs the order an uninterrupted run would have seen.
+            train_data = data.train.skip(initial_epoch * data.steps_per_epoch)
+        callbacks = self.callbacks()
+        with _fit_scope(train.strategy, self.model):
+            start = time.perf_counter()
+            self.history = self.model.fit(
+                train_data, validation_data=data.validation, epochs=train.epochs, initial_epoch=initial_epoch,
+                steps_per_epoch=data.steps_per_epoch, callbacks=callbacks, verbose=self.verbose, shuffle=False)
+            self.train_seconds = time.perf_counter() - start
+
+    def evaluate(self) -> None:
+        """Test-set scores (``test_*``) and the recipe's own final metrics."""
+        with _fit_scope(self.cfg.train.strategy, self.model):
+            if self.data.test is not None:
+                scores = self.model.evaluate(self.data.test, verbose=0, return_dict=True)
+                self.final = {f"test_{k}": float(v) for k, v in scores.items()}
+            if self.recipe.evaluate is not None:
+                self.final.update(self.recipe.evaluate(self.cfg, self.model, self.data))
+
+    def finalize(self) -> RunResult:
+        """metrics.json and curves.png complete, then model.keras (written last: it marks a finished run)."""
+        from zoo.recipes.engine.plots import plot_curves
+        from zoo.recipes.engine.precision import has_loss_scaling
+
+        train, out, history = self.cfg.train, self.out, self.history
+        with open(out.metrics_path, encoding="utf-8") as fh:
+            metrics = json.load(fh)
+        metrics.update({
+            "final": self.final,
+            "epochs_completed": len(metrics.get("epochs", [])),
+            "stopped_early": len(history.epoch) > 0 and history.epoch[-1] + 1 < train.epochs,
+            "train_seconds_this_process": round(self.train_seconds, 2),
+            "replicas": self.strategy.num_replicas_in_sync,
+            "precision": train.precision,
+            "loss_scaling": has_loss_scaling(self.model),
+            "parameters": int(self.model.count_params()),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        })
+        write_json_atomic(out.metrics_path, metrics)
+        plot_curves(metrics, out.curves_path)
+        if self.chief:
+            tmp = out.file(RunDir.MODEL_TMP)
+            self.model.save(tmp)
+            os.replace(tmp, out.model_path)
+            shutil.rmtree(out.backup_dir, ignore_errors=True)  # a finished run resumes nothing; checkpoints stay
+        else:
+            shutil.rmtree(out.path, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last worker to finish removes .workers/
+                os.rmdir(RunDir(self.run_dir).workers_root)
+        return RunResult(self.run_dir, metrics, self.model)
+
+
+@contextlib.contextmanager
+def _callers_random_state_kept() -> Any:
+    """A run seeds Python, NumPy and TensorFlow with its own seed; afterwards the caller's Python and NumPy
+    random streams continue where they were, as if no run had drawn from them."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozenset(),
         extra_callbacks: Sequence[Any] = (), verbose: int | str = "auto") -> RunResult:
     """Train ``recipe`` with ``cfg`` into ``run_dir`` (resuming if it holds an unfinished run)."""
-    import keras
-    import tensorflow as tf
-
-    from zoo.recipes.engine.callbacks import MetricsLog, build_callbacks, choose_resume_state
-    from zoo.recipes.engine.optim import build_optimizer, build_schedule, check_optimizer_support
-    from zoo.recipes.engine.plots import plot_curves
-    from zoo.recipes.engine.precision import (
-        has_loss_scaling,
-        precision_scope,
-        warn_if_slow_bfloat16,
-        warn_if_xla_bfloat16,
-    )
-    from zoo.recipes.engine.strategy import (
-        build_strategy,
-        check_xla,
-        cluster_tasks,
-        is_chief,
-        split_cpu,
-        task_name,
-    )
-
-    train = cfg.train
-    if train.cpu_devices:
-        split_cpu(train.cpu_devices)
-    # Before any op runs: MultiWorkerMirroredStrategy configures collectives at startup only.
-    strategy = build_strategy(train.strategy, train.devices or None, tpu=train.tpu or None)
-    check_xla(strategy, train.jit_compile)
-    check_optimizer_support(train.optimizer)
-    device_types = {d.device_type for d in tf.config.list_logical_devices()}
-    warn_if_slow_bfloat16(train.precision, device_types)
-    warn_if_xla_bfloat16(train.precision, train.jit_compile, device_types)
-    keras.utils.set_random_seed(train.seed)
-    cfg, data = recipe.prepare_data(cfg, explicit)
-    # In a multi-worker job only the chief writes the run dir; the other workers keep their own
-    # resume state under .workers/<task> (stable across restarts) and drop it when done.
-    chief = train.strategy != "multi_worker" or is_chief()
-    out = RunDir(run_dir) if chief else RunDir(run_dir).worker_dir(task_name())
-    _check_resumable(out, cfg)
-    # Everything that can refuse the config (the model, the schedule's warm-up, the optimizer) is
-    # built before the run dir is written, so a refused run leaves nothing behind.
-    with precision_scope(train.precision), strategy.scope():
-        model = recipe.build_model(cfg, data)
-        k = train.gradient_accumulation_steps
-        lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs, k)
-        optimizer = build_optimizer(train.optimizer, lr, k)
-        model.compile(optimizer=optimizer, jit_compile=train.jit_compile,
-                      steps_per_execution=train.steps_per_execution, **recipe.compile_args(cfg))
-    os.makedirs(out.path, exist_ok=True)
-    peers: list[RunDir] = []
-    if train.strategy == "multi_worker":  # every worker resumes at the same epoch
-        chief_task, others = cluster_tasks()
-        me = task_name()
-        peers = [RunDir(run_dir) if t == chief_task else RunDir(run_dir).worker_dir(t)
-                 for t in [chief_task, *others] if t != me]
-    resume = choose_resume_state(out, peers)
-    _write_run_files(out, cfg, recipe.run_info(cfg, data), data)
-    initial_epoch, train_data = 0, data.train
-    if resume is not None:
-        initial_epoch = resume[0]
-        # Each epoch's order is a function of (seed, epoch): skipping the batches of the epochs done
-        # gives the resumed epochs the order an uninterrupted run would have seen.
-        train_data = data.train.skip(initial_epoch * data.steps_per_epoch)
-        log.info("resuming the unfinished run in %s after epoch %d (%s)", out.path, initial_epoch, resume[1])
-    callbacks = build_callbacks(out, train.early_stopping, tensorboard=train.tensorboard,
-                                checkpoint_every_epoch=train.checkpoint_every_epoch,
-                                keep_checkpoints=train.keep_checkpoints,
-                                resume_from=resume[1] if resume else None, seed=train.seed)
-    if recipe.callbacks is not None:
-        # After the state is restored and saved, before the metrics log (so what they log lands in it).
-        at = next(i for i, c in enumerate(callbacks) if isinstance(c, MetricsLog))
-        callbacks[at:at] = recipe.callbacks(cfg, data)
-    callbacks.extend(extra_callbacks)
-    with _fit_scope(train.strategy, model):
-        start = time.perf_counter()
-        history = model.fit(train_data, validation_data=data.validation, epochs=train.epochs,
-                            initial_epoch=initial_epoch, steps_per_epoch=data.steps_per_epoch, callbacks=callbacks,
-                            verbose=verbose, shuffle=False)
-        train_seconds = time.perf_counter() - start
-        final: dict[str, Any] = {}
-        if data.test is not None:
-            scores = model.evaluate(data.test, verbose=0, return_dict=True)
-            final = {f"test_{k}": float(v) for k, v in scores.items()}
-        if recipe.evaluate is not None:
-            final.update(recipe.evaluate(cfg, model, data))
-    with open(out.metrics_path, encoding="utf-8") as fh:
-        metrics = json.load(fh)
-    metrics.update({
-        "final": final,
-        "epochs_completed": len(metrics.get("epochs", [])),
-        "stopped_early": len(history.epoch) > 0 and history.epoch[-1] + 1 < train.epochs,
-        "train_seconds_this_process": round(train_seconds, 2),
-        "replicas": strategy.num_replicas_in_sync,
-        "precision": train.precision,
-        "loss_scaling": has_loss_scaling(model),
-        "parameters": int(model.count_params()),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-    })
-    write_json_atomic(out.metrics_path, metrics)
-    plot_curves(metrics, out.curves_path)
-    if chief:
-        tmp = out.file(RunDir.MODEL_TMP)
-        model.save(tmp)
-        os.replace(tmp, out.model_path)
-        shutil.rmtree(out.backup_dir, ignore_errors=True)  # a finished run resumes nothing; the checkpoints stay
-    else:
-        shutil.rmtree(out.path, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the last worker to finish removes .workers/
-            os.rmdir(RunDir(run_dir).workers_root)
-    return RunResult(run_dir, metrics, model)
+    return Runner(recipe, cfg, run_dir, explicit=explicit, extra_callbacks=extra_callbacks, verbose=verbose).run()
 
 
 def _fit_scope(strategy: str, model: Any) -> Any:
@@ -249,11 +321,12 @@ def resolve_config(config_class: type, overrides: dict[str, Any] | None = None) 
 
 def train(recipe_name: str, run_dir: str, overrides: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
     """Run a recipe by name from Python: ``train("image_classify", "runs/x", {"train.epochs": 3})``."""
-    from zoo.recipes import get_recipe_module
+    from zoo.recipes import get_recipe
 
-    recipe = get_recipe_module(recipe_name).RECIPE
+    recipe = get_recipe(recipe_name)
     cfg, explicit = resolve_config(recipe.config_class, overrides)
     return run(recipe, cfg, run_dir, explicit=explicit, **kwargs)
 
 
-__all__ = ["TrainConfig", "Datasets", "Recipe", "RunResult", "run", "train", "resolve_config", "default_run_dir"]
+__all__ = ["TrainConfig", "Datasets", "Recipe", "RunResult", "Runner", "run", "train", "resolve_config",
+           "default_run_dir"]

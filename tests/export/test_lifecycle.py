@@ -64,3 +64,42 @@ def test_retries_wait_twice_as_long_each_time_and_stop(failures, now, due):
 def test_states_are_the_wire_names():
     assert [s.value for s in State] == ["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
     assert f"{State.AVAILABLE}" == "AVAILABLE" and State.END == "END"
+
+
+def test_sources_say_which_models_to_serve_at_each_poll(tmp_path, caplog):
+    """The Source alone (TF Serving's, apart from the manager): a base path is rescanned, so a new export's
+    model appears at the next call; a models.config is re-read when it changes, and a broken rewrite keeps
+    the models it had (logged); a bad file at start-up is an error."""
+    import os
+
+    from zoo.export.serve.source import BasePathSource, ConfigFileError, ConfigFileSource, StaticSource, source_for
+
+    base = tmp_path / "exports"
+    (base / "a" / "1").mkdir(parents=True)
+    (base / "a" / "1" / "saved_model.pb").write_bytes(b"")
+    (base / "b" / "1").mkdir(parents=True)
+    (base / "b" / "1" / "model_float32.tflite").write_bytes(b"")  # TFLite only: not served
+    source = BasePathSource(str(base))
+    assert [c.name for c in source.configs()] == ["a"]
+    (base / "c" / "7").mkdir(parents=True)
+    (base / "c" / "7" / "saved_model.pb").write_bytes(b"")
+    assert [(c.name, c.base_path) for c in source.configs()] == [("a", str(base / "a")), ("c", str(base / "c"))]
+
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list { config { name: 'a' base_path: 'exports/a' } }")
+    source = ConfigFileSource(str(config))
+    assert [(c.name, c.base_path) for c in source.configs()] == [("a", str(base / "a"))]
+    config.write_text("model_config_list { config { name: 'a' base_path: 'exports/a' } "
+                      "config { name: 'c' base_path: 'exports/c' model_version_policy { all {} } } }")
+    os.utime(config, (1, 1))  # a different modification time, however fast the rewrite
+    assert [(c.name, c.policy) for c in source.configs()] == [("a", "latest"), ("c", "all")]
+    config.write_text("model_config_list { config { name: 'a' ")  # cut off mid-write
+    os.utime(config, (2, 2))
+    with caplog.at_level("ERROR"):
+        assert [c.name for c in source.configs()] == ["a", "c"]  # the previous models stay
+    assert "keeping the previous model config" in caplog.text
+    with pytest.raises(ConfigFileError, match="ModelServerConfig text format"):
+        ConfigFileSource(str(config))
+    assert StaticSource([]).configs() == [] and isinstance(source_for(base=str(base)), BasePathSource)
+    with pytest.raises(ValueError, match="serve one of"):
+        source_for(base=str(base), config_file=str(config))

@@ -20,9 +20,10 @@ from tests.waits import wait_until
 from zoo.export.serve.batching import Batcher, BatchingParameters, parse_batching_parameters
 from zoo.export.serve.dataplane import DataPlane
 from zoo.export.serve.errors import InvalidArgument, ResourceExhausted
-from zoo.export.serve.manager import ConfigFileError, ModelConfig, ModelManager, parse_model_config
+from zoo.export.serve.manager import ModelManager
 from zoo.export.serve.metrics import Metrics
 from zoo.export.serve.rest import RestOptions, build_app
+from zoo.export.serve.source import ConfigFileError, ModelConfig, parse_model_config
 from zoo.export.serve.tensors import Limits
 
 
@@ -834,6 +835,7 @@ def test_classify_and_regress_on_example_signatures(tmp_path):
         manager.stop()
 
 
+@pytest.mark.slow
 def test_command_line_mistakes_are_one_line_errors(tmp_path):
     """Fresh `zoo serve` processes fed what a careless user types: one `error:` line, exit 2, no traceback."""
     import socket

@@ -81,6 +81,7 @@ def _softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_pair_models_export_a_two_string_signature(tmp_path):
     import json
 

@@ -25,6 +25,7 @@ def test_fine_tuned_minilm_reaches_90_percent_on_unseen_words(minilm_run):
     assert os.path.getsize(os.path.join(minilm_run.run_dir, "vocab.txt")) > 200_000  # the checkpoint's vocab
 
 
+@pytest.mark.slow
 def test_from_scratch_with_a_learned_vocabulary_and_pairs(tmp_path):
     rng = random.Random(3)
     words = ["red", "green", "blue", "cat", "dog", "fish", "tree", "house", "car", "road"]
@@ -85,6 +86,7 @@ def test_empty_and_very_long_texts_are_fine(minilm_run):
     {"train.strategy": "mirrored", "train.devices": ["cpu:0", "cpu:1"], "train.precision": "mixed_bfloat16"},
     {"train.precision": "mixed_float16", "train.jit_compile": True},
 ], ids=["mirrored-bf16", "fp16-xla"])
+@pytest.mark.slow
 def test_bert_trains_under_strategies_and_precisions(overrides, sentiment_files, tmp_path):
     import keras
 

@@ -131,6 +131,7 @@ def test_mlm_loss_is_the_mean_over_masked_tokens():
     assert abs(got - expected) < 1e-5 and abs(got - (nll * weights).sum() / 8) > 0.1
 
 
+@pytest.mark.slow
 def test_eval_data_is_scored_once_and_validation_comes_from_training(tmp_path):
     rng = random.Random(1)
     words = ["cat", "dog", "bird", "ran", "sat", "the", "a", "on", "mat", "tree"]

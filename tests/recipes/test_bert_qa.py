@@ -152,7 +152,8 @@ def test_minilm_learns_to_answer_held_out_entities_and_the_graph_agrees(qa_run):
 
     import zoo
     from zoo.answerer import Answerer
-    from zoo.rundir import QuestionAnsweringInfo, RunDir
+    from zoo.rundir import RunDir
+    from zoo.tasks.question_answering import QuestionAnsweringInfo
 
     m = qa_run.metrics
     print("bert_qa:", m["final"], [round(e["val_exact_match"], 1) for e in m["epochs"]])
@@ -198,7 +199,8 @@ def test_squad_v2_learns_to_abstain_and_the_graph_abstains_alike(qa_run, tmp_pat
     from zoo.answerer import Answerer
     from zoo.recipes.bert_qa import span_heads_of
     from zoo.recipes.engine.run import train
-    from zoo.rundir import QuestionAnsweringInfo, RunDir
+    from zoo.rundir import RunDir
+    from zoo.tasks.question_answering import QuestionAnsweringInfo
 
     train_path = write_people_v2(tmp_path / "train.json", 120, PEOPLE, CITIES, 0)
     dev_path = write_people_v2(tmp_path / "dev.json", 24, HELD_PEOPLE, HELD_CITIES, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zoo.errors import ConfigError, UnknownNameError
-from zoo.recipes import get_recipe_module, list_configs
+from zoo.recipes import get_recipe, list_configs
 from zoo.recipes.engine.cli import load_experiment_config
 from zoo.recipes.engine.run import resolve_config
 
@@ -27,7 +27,7 @@ def _get(cfg, dotted):
 def test_shipped_config_resolves(name):
     recipe, key, value = EXPECTED[name]
     overrides = load_experiment_config(name, recipe)
-    cfg, explicit = resolve_config(get_recipe_module(recipe).RECIPE.config_class, overrides)
+    cfg, explicit = resolve_config(get_recipe(recipe).config_class, overrides)
     assert _get(cfg, key) == value and key in explicit
 
 
@@ -48,12 +48,12 @@ def test_configs_resolve_and_refuse_without_importing_tensorflow():
 
     code = ("import sys\n"
             "from zoo.errors import ConfigError\n"
-            "from zoo.recipes import RECIPES, get_recipe_module\n"
+            "from zoo.recipes import get_recipe, list_recipes\n"
             "from zoo.recipes.engine.run import resolve_config\n"
-            "for name in RECIPES:\n"
-            "    resolve_config(get_recipe_module(name).RECIPE.config_class, {})\n"
+            "for name in list_recipes():\n"
+            "    resolve_config(get_recipe(name).config_class, {})\n"
             "try:\n"
-            "    resolve_config(get_recipe_module('image_classify').RECIPE.config_class,\n"
+            "    resolve_config(get_recipe('image_classify').config_class,\n"
             "                   {'train.optimizer.name': 'adamm'})\n"
             "except ConfigError as exc:\n"
             "    print('refused:', exc)\n"

@@ -269,6 +269,7 @@ def test_bfloat16_with_xla_on_cpu_warns(caplog):
     assert caplog.text == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_trains_with_float32_logits(precision, compute, tmp_path, caplog, monkeypatch):
     from zoo.recipes.engine import precision as precision_module
@@ -294,6 +295,7 @@ def test_mixed_precision_trains_with_float32_logits(precision, compute, tmp_path
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.slow
 def test_xla_training_matches_accuracy(tmp_path):
     result = train("image_classify", str(tmp_path / "run"), {**FAST, "train.jit_compile": True, "train.epochs": 3},
                    verbose=0)
@@ -301,6 +303,7 @@ def test_xla_training_matches_accuracy(tmp_path):
     assert result.metrics["final"]["test_accuracy"] > 0.85
 
 
+@pytest.mark.slow
 def test_mirrored_two_replicas_equal_default_strategy(tmp_path):
     """Same global batch, same data order: 2 replicas must give the same losses and weights."""
     common = {**FAST, "model.dropout": 0.0, "train.epochs": 2, "train.batch_size": 32,

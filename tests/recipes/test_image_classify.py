@@ -91,6 +91,7 @@ def test_tfrecord_dataset_trains(tmp_path):
     assert result.model.input_shape == (None, 10, 10, 3)
 
 
+@pytest.mark.slow
 def test_resnet_with_augmentation_trains_on_digits(tmp_path):
     result = train("image_classify", str(tmp_path / "run"),
                    {**FAST, "model.name": "resnet18", "model.width": 8, "model.stem": "small", "train.epochs": 3,

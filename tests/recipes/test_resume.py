@@ -41,6 +41,7 @@ def _truncate(path):
         fh.truncate(os.path.getsize(path) // 2)
 
 
+@pytest.mark.slow
 def test_damaged_state_falls_back_to_an_older_one(tmp_path, caplog):
     run = RunDir(str(tmp_path / "run"))
     cfg = {**SMALL, "train.epochs": 4}

@@ -50,6 +50,7 @@ def _inputs(batch=2, length=8, vocab=100, pad_from=None):
     return {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": mask}
 
 
+@pytest.mark.slow
 def test_backbone_inputs_outputs_and_bert_base_parameter_count():
     tiny = zoo.build("bert_tiny", vocab_size=100)
     assert sorted(tiny.input) == ["padding_mask", "segment_ids", "token_ids"]

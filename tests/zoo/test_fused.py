@@ -133,6 +133,7 @@ def test_fused_encoder_matches_keras_hub_in_training(monkeypatch, activation):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5 * max(1.0, float(tf.reduce_max(tf.abs(b)))))
 
 
+@pytest.mark.slow
 def test_bfloat16_bert_trains_through_the_fused_kernels(monkeypatch):
     """Under mixed_bfloat16 the classifier's training step takes the fused path by default; its gradient
     is no further from the float32 model's (same weights) than Keras' unfused bfloat16 gradient is, and
@@ -180,6 +181,7 @@ def test_bfloat16_bert_trains_through_the_fused_kernels(monkeypatch):
         assert model.evaluate(x, y, verbose=0) < 0.5 * first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,xla", [("mixed_float16", False), ("mixed_bfloat16", True)])
 def test_fused_kernels_train_under_loss_scaling_and_inside_an_xla_step(precision, xla):
     """float16 (the optimizer scales the loss, so the kernels see scaled gradients) and a whole step

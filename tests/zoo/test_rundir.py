@@ -9,23 +9,17 @@ import numpy as np
 import pytest
 
 from zoo import rundir
-from zoo.rundir import (
-    ImageClassificationInfo,
-    InputSpec,
-    RunDir,
-    RunDirError,
-    Seq2SeqTextSpec,
-    TextClassificationInfo,
-    TranslationInfo,
-    WordPieceSpec,
-)
+from zoo.rundir import RunDir, RunDirError, Seq2SeqTextSpec, SignatureTensor, WordPieceSpec
+from zoo.tasks.image_classification import ImageClassificationInfo
+from zoo.tasks.text_classification import TextClassificationInfo
+from zoo.tasks.translation import TranslationInfo
 
 INFOS = [
     ImageClassificationInfo(recipe="image_classify", model="small_cnn", data={"counts": {"train": 3}},
-                            input=InputSpec("images", "float32", (None, 8, 8, 1), pixel_range=(0.0, 16.0)),
+                            input=SignatureTensor("images", "float32", (None, 8, 8, 1), pixel_range=(0.0, 16.0)),
                             class_names=("0", "1")),
     TextClassificationInfo(recipe="bert_classify", model="bert_classifier", class_names=("neg", "pos"),
-                           input=InputSpec("text", "string", (None,), pair_name="text_pair"),
+                           input=SignatureTensor("text", "string", (None,), pair_name="text_pair"),
                            preprocessor=WordPieceSpec(RunDir.VOCAB, 32, True), backbone="bert_tiny"),
     TranslationInfo(recipe="translate", model="transformer_tiny", decode={"method": "greedy"},
                     preprocessor=Seq2SeqTextSpec(RunDir.VOCAB, RunDir.TARGET_VOCAB, 8, 9, False)),

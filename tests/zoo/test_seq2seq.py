@@ -105,6 +105,7 @@ def _decode(model, ids, mask, **options):
     return np.asarray(decoding.generate(model, ids, mask, START, END, PAD, decoding.decode_config(**options)))
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_full_recompute(peaked_model):
     ids, mask = _sources(np.random.default_rng(3))
     for method in ("greedy", "beam", "top_k", "top_p"):
@@ -171,6 +172,7 @@ def test_decoding_option_errors():
         decoding.decode_config(method="top_p", top_p=1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["greedy", "beam", "top_k"])
 def test_decoding_compiles_with_xla_for_concrete_shapes(peaked_model, method):
     """Traced for concrete input shapes (static batch) as well as dynamic ones; beam search once lost
