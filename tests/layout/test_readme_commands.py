@@ -156,6 +156,7 @@ def _metrics(run_dir) -> dict:
 def test_use_block(work):
     out = zoo("zoo list", ["list"], work)
     assert "resnet50" in out and "25,557,032" in out and "digits_small_cnn" in out
+    assert re.search(r"question_answering +bert_qa ", out) and re.search(r"distillation +distill ", out)  # tasks
     zoo("zoo train image_classify", ["train", "image_classify", "--run-dir", "runs/default", "--epochs", "2", *TINY],
         work)
     assert _metrics(work / "runs" / "default")["epochs_completed"] == 2
