@@ -170,9 +170,12 @@ def span_heads_of(init: str) -> dict[str, list[Any]]:
     keeps them, as it keeps the backbone); nothing for any other starting point."""
     import os
 
-    if not init or not os.path.isdir(init) or not isinstance(RunDir.open(init).info, QuestionAnsweringInfo):
+    if not init or not os.path.isdir(init):
         return {}
-    model = RunDir.open(init).load_model()
+    run = RunDir.open(init)
+    if not isinstance(run.info, QuestionAnsweringInfo):
+        return {}
+    model = run.load_model()
     return {name: model.get_layer(name).get_weights() for name in SPAN_HEADS}
 
 

@@ -111,7 +111,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._models: dict[str, dict[int, Version]] = {}
-        self._configs: dict[str, ModelConfig] = {c.name: c for c in self.source.configs()}
+        self._configs: dict[str, ModelConfig] = {}  # what the source said at the last poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
