@@ -79,7 +79,8 @@ def build_model(cfg: BertClassifyConfig, data: Datasets) -> Any:
     from zoo.models.bert import BertClassifier
 
     return BertClassifier(build_backbone(cfg, data.state.initial_weights), num_classes=len(data.info["class_names"]),
-                          dropout=cfg.classifier_dropout, name="bert_classifier")
+                          dropout=cfg.classifier_dropout, preprocessor=data.state.preprocessor,
+                          name="bert_classifier")
 
 
 def compile_args(cfg: BertClassifyConfig) -> dict[str, Any]:

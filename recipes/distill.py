@@ -124,19 +124,17 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
 
 
 def build_model(cfg: DistillConfig, data: Datasets) -> Any:
-    """The student, taking the BERT input dict (token_ids, segment_ids, padding_mask) either way."""
+    """The student, taking the BERT input dict (token_ids, segment_ids, padding_mask) either way, and
+    owning the preprocessor, so its saved model takes raw strings too."""
+    pre = data.state.preprocessor
     if cfg.model.name != "text_cnn":
         from zoo.models.bert import BertClassifier, build_bert
 
-        return BertClassifier(build_bert(cfg.model), num_classes=len(data.info["class_names"]), name="student")
-    import keras
+        return BertClassifier(build_bert(cfg.model), num_classes=len(data.info["class_names"]), preprocessor=pre,
+                              name="student")
+    from zoo.models.text_task import TokenIdsClassifier
 
-    inner = registry.build_from_config(cfg.model)
-    inputs = {k: keras.Input(shape=(None,), dtype="int32", name=k) for k in ("token_ids", "segment_ids",
-                                                                             "padding_mask")}
-    # TextCNN reads token ids only; [PAD] positions are id 0 like any token (as in Kim 2014).
-    logits = inner(inputs["token_ids"])
-    return keras.Model(inputs, logits, name="student")
+    return TokenIdsClassifier(registry.build_from_config(cfg.model), preprocessor=pre, name="student")
 
 
 def compile_args(cfg: DistillConfig) -> dict[str, Any]:

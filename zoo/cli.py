@@ -148,13 +148,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from zoo.translator import Translator
+    from zoo import tasks
 
     options = {"method": args.method or ("beam" if args.beam > 1 else "greedy"), "beam_width": args.beam}
     for key in ("top_k", "top_p", "temperature", "seed", "max_length", "length_penalty"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    translator = Translator.from_run(args.run_dir, jit_compile=args.xla, **options)
+    translator = tasks.get_task("translation").predictor_class().from_run(args.run_dir, jit_compile=args.xla, **options)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     if not any(t.strip() for t in texts):
         raise ZooError("nothing to translate: give texts as arguments or on standard input")
@@ -218,9 +218,9 @@ def _qa_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def cmd_answer(args: argparse.Namespace) -> int:
     questions, contexts = _qa_pairs(args)
-    from zoo.answerer import Answerer
+    from zoo import tasks
 
-    qa = Answerer.from_run(args.run_dir)
+    qa = tasks.get_task("question_answering").predictor_class().from_run(args.run_dir)
     for a in qa(questions, contexts):
         if args.json:
             print(json.dumps({"answer": a.text, "score": round(a.score, 4), "start": a.start, "end": a.end},

@@ -334,7 +334,10 @@ def test_every_model_family_loads_in_a_fresh_process(work):
     code = ("import sys, zoo\n"
             "for path in sys.argv[1:]:\n"
             "    model = zoo.load(path)\n"
-            "    print(type(model).__name__, getattr(model, 'optimizer', None) is not None, model.count_params())\n")
+            "    raw = getattr(model, 'preprocessor', None) is not None\n"
+            "    shape = 'x'.join(map(str, model.predict(['a great film'], verbose=0).shape)) if raw else '-'\n"
+            "    print(type(model).__name__, getattr(model, 'optimizer', None) is not None, model.count_params(), "
+            "shape)\n")
     proc = subprocess.run([sys.executable, "-c", code, *runs.values()], cwd=str(work), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -343,6 +346,8 @@ def test_every_model_family_loads_in_a_fresh_process(work):
     assert [ln.split()[0] for ln in lines][2:5] == ["BertMaskedLM", "BertClassifier", "Seq2SeqTransformer"]
     # Trained runs load compiled (optimizer, schedule, loss restored); the pruned copy is saved uncompiled.
     assert [ln.split()[1] for ln in lines] == ["True"] * (len(runs) - 1) + ["False"]
+    # The text classifiers own their preprocessor: raw strings in, one row of logits per string.
+    assert [ln.split()[3] for ln in lines] == ["-", "-", "-", "1x2", "-", "1x2", "-"], lines
 
 
 @pytest.mark.slow

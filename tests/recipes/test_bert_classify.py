@@ -48,6 +48,19 @@ def test_from_scratch_with_a_learned_vocabulary_and_pairs(tmp_path):
     vocab = (tmp_path / "run" / "vocab.txt").read_text().split("\n")
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and "hypothesis" not in vocab
 
+    # The saved pair model owns its preprocessor: pairs as (first, second) tuples, as a tuple of two
+    # columns or as an [N, 2] array give the same logits, and it fine-tunes further on raw pairs.
+    import zoo
+
+    model = zoo.load(str(tmp_path / "run"))
+    pairs = [("the cat is here", "a cat"), ("the dog is here", "a road"), ("the red is here", "a red")]
+    as_tuples = model.predict(pairs, verbose=0)
+    np.testing.assert_allclose(model.predict(tuple(zip(*pairs)), verbose=0), as_tuples, atol=1e-6)
+    np.testing.assert_allclose(model.predict(np.asarray(pairs), verbose=0), as_tuples, atol=1e-6)
+    assert as_tuples.shape == (3, 2)
+    history = model.fit(pairs * 8, np.asarray([1, 0, 1] * 8), epochs=2, batch_size=8, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.all(np.isfinite(history.history["loss"]))
+
 
 def test_bad_text_input_errors(tmp_path, sentiment_files):
     train_path, _ = sentiment_files
@@ -70,6 +83,35 @@ def test_bad_text_input_errors(tmp_path, sentiment_files):
         train("bert_classify", str(tmp_path / "d"), {"data.source": str(badjson)})
     for name in "abcd":
         assert not os.path.exists(tmp_path / name / "model.keras")
+
+
+@pytest.mark.slow
+def test_the_saved_classifier_takes_raw_strings(minilm_run, sentiment_files):
+    """zoo.load gives a model that owns its preprocessor (vocabulary, length, casing), as KerasHub's
+    TextClassifier: predict and evaluate take raw strings and agree with the run's own tokenization."""
+    import csv
+
+    import zoo
+    from zoo.recipes.text_data import predict_texts
+    from zoo.rundir import RunDir
+
+    _, dev_path = sentiment_files
+    with open(dev_path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    texts = [r["text"] for r in rows]
+    labels = np.asarray([r["label"] == "positive" for r in rows], np.int32)
+    model = zoo.load(minilm_run.run_dir)
+    assert model.preprocessor.sequence_length == 32 and model.preprocessor.vocabulary_size > 30000
+    logits = model.predict(texts, verbose=0)
+    expected = predict_texts(model, np.asarray(texts, dtype=object), RunDir(minilm_run.run_dir).preprocessor())
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    accuracy = float((logits.argmax(-1) == labels).mean())
+    assert accuracy == pytest.approx(minilm_run.metrics["final"]["eval_accuracy"], abs=1e-6) and accuracy >= 0.9
+    assert model.predict("one string alone", verbose=0).shape == (1, 2)
+    assert model.evaluate(texts, labels, verbose=0, return_dict=True)["accuracy"] == pytest.approx(accuracy)
+    np.testing.assert_allclose(model.predict(model.preprocessor(texts[:4]), verbose=0), logits[:4], atol=1e-5)
+    with pytest.raises(DataError, match="3 texts but 2 labels"):
+        model.evaluate(texts[:3], labels[:2])
 
 
 def test_empty_and_very_long_texts_are_fine(minilm_run):

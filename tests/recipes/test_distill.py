@@ -50,6 +50,21 @@ def test_student_exports_on_raw_strings(distilled, tmp_path):
     assert os.path.isfile(os.path.join(version_dir, "model_float32.tflite"))
 
 
+def test_the_saved_student_takes_raw_strings(distilled):
+    """The TextCNN student owns the teacher's preprocessor too: zoo.load(run).predict(["..."])."""
+    import numpy as np
+
+    import zoo
+    from zoo.models.text_task import TokenIdsClassifier
+
+    student = zoo.load(distilled.run_dir)
+    assert isinstance(student, TokenIdsClassifier)
+    texts = ["the film was wonderful", "the film was awful", ""]
+    logits = student.predict(texts, verbose=0)
+    np.testing.assert_allclose(logits, distilled.model.predict(student.preprocessor(texts), verbose=0), atol=1e-5)
+    assert logits.shape == (3, 2)
+
+
 def test_bad_distill_requests(digits_run, sentiment_files, tmp_path):
     from zoo.recipes.engine.run import train
 

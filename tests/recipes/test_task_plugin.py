@@ -166,8 +166,16 @@ def test_every_table_is_derived_from_the_builtin_plugins():
     assert tasks.get_task("distillation").produces == "text_classification"
     exportable = {t.name for t in tasks.all_tasks() if t.exporter is not None}
     assert exportable == {"image_classification", "text_classification", "question_answering", "translation"}
-    assert {"zoo.models.bert", "zoo.models.seq2seq", "zoo.tokenizers", "zoo.optimizers"} <= set(
-        saving.serializable_modules())
+    assert {"zoo.models.bert", "zoo.models.seq2seq", "zoo.models.text_task", "zoo.tokenizers",
+            "zoo.optimizers"} <= set(saving.serializable_modules())
+    # The inference wrappers the CLI loads through their task (zoo translate, zoo answer).
+    from zoo.answerer import Answerer
+    from zoo.translator import Translator
+
+    assert {t.name: t.predictor_class() for t in tasks.all_tasks() if t.predictor is not None} == {
+        "question_answering": Answerer, "translation": Translator}
+    with pytest.raises(tasks.ConfigError, match="no predictor; load its model with zoo.load"):
+        tasks.get_task("image_classification").predictor_class()
 
 
 def test_a_recipe_overrides_one_phase_of_the_runner(tmp_path):

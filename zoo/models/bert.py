@@ -21,6 +21,7 @@ from zoo.models.bert_config import BertConfig
 from zoo.models.encoder import FastTransformerEncoder
 from zoo.models.fused import gelu_approximate
 from zoo.models.serialization import DataclassConfigMixin
+from zoo.models.text_task import OwnsPreprocessor
 
 
 def _activation(name: str) -> Any:
@@ -92,26 +93,30 @@ class BertBackbone(DataclassConfigMixin, keras.Model):
         self.config = dataclasses.replace(cfg, name=self.name)
 
 
-class BertTaskModel(keras.Model):
+class BertTaskModel(OwnsPreprocessor, keras.Model):
     """A task model on a ``BertBackbone`` (``self.backbone``): saved as the backbone's config plus the
-    task's own constructor arguments, rebuilt by calling the constructor with them."""
+    task's own constructor arguments (its ``preprocessor`` included, when it has one), rebuilt by calling
+    the constructor with them. With a preprocessor, ``predict``/``evaluate``/``fit`` take raw strings
+    (``zoo.models.text_task``)."""
 
     def get_config(self) -> dict[str, Any]:
         return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name,
-                "trainable": self.trainable}
+                "trainable": self.trainable, **self.preprocessor_config()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Any:
-        config = dict(config)
+        config = cls.deserialize_preprocessor(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="zoo")
 class BertClassifier(BertTaskModel):
-    """Pooled [CLS] output -> dropout -> dense logits (float32)."""
+    """Pooled [CLS] output -> dropout -> dense logits (float32). Give it the ``BertPreprocessor`` it was
+    trained with and ``predict(["some text", ...])`` takes raw strings, also after ``zoo.load``."""
 
-    def __init__(self, backbone: BertBackbone, num_classes: int = 2, dropout: float = 0.1, **kwargs: Any):
+    def __init__(self, backbone: BertBackbone, num_classes: int = 2, dropout: float = 0.1,
+                 preprocessor: Any = None, **kwargs: Any):
         inputs = backbone.input
         pooled = backbone(inputs)["pooled_output"]
         x = keras.layers.Dropout(dropout, name="classifier_dropout")(pooled)
@@ -119,6 +124,7 @@ class BertClassifier(BertTaskModel):
                                     name="logits")(x)
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
+        self.preprocessor = preprocessor
         self.num_classes = num_classes
         self.classifier_dropout = dropout
 

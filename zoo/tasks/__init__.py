@@ -43,6 +43,9 @@ class Task:
     ``RECIPE`` and ``main``) or a ``Recipe``. ``exporter`` is a ``"module:Class"`` path or the class;
     ``serializable`` lists the modules whose import registers the task's Keras classes (``zoo.load``
     imports them all). ``export_summary(report)`` is the line ``zoo export`` prints above the table.
+    ``predictor`` is the task's inference wrapper on raw inputs (``"module:Class"`` with
+    ``from_run(run_dir, **options)``) where the Keras model alone is not the answer (decoding, span
+    extraction); the CLI commands that run a task (``zoo translate``, ``zoo answer``) load it through here.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Task:
     serializable: tuple[str, ...] = ()
     export_summary: Callable[[dict[str, Any]], str] | None = None
     produces: str = ""
+    predictor: Any = None
 
     def __post_init__(self) -> None:
         if (self.info is None) == (not self.produces):
@@ -64,6 +68,11 @@ class Task:
 
     def exporter_class(self) -> Any:
         return resolve(self.exporter) if self.exporter is not None else None
+
+    def predictor_class(self) -> Any:
+        if self.predictor is None:
+            raise ConfigError(f"task {self.name!r} has no predictor; load its model with zoo.load")
+        return resolve(self.predictor)
 
 
 _TASKS: dict[str, Task] = {}

@@ -11,5 +11,5 @@ TASK = Task(
     description="a smaller text classifier trained on a teacher run's logits",
     produces="text_classification",
     recipes={"distill": "zoo.recipes.distill"},
-    serializable=("zoo.models.bert", "zoo.tokenizers"),
+    serializable=("zoo.models.bert", "zoo.models.text_task", "zoo.tokenizers"),
 )

@@ -36,4 +36,5 @@ TASK = Task(
     exporter="zoo.export.exporter:QuestionAnsweringExporter",
     serializable=("zoo.models.bert", "zoo.models.encoder", "zoo.models.fused"),
     export_summary=_summary,
+    predictor="zoo.answerer:Answerer",
 )

@@ -29,6 +29,7 @@ TASK = Task(
     info=TextClassificationInfo,
     recipes={"bert_classify": "zoo.recipes.bert_classify"},
     exporter="zoo.export.exporter:TextClassifierExporter",
-    serializable=("zoo.models.bert", "zoo.models.encoder", "zoo.models.fused", "zoo.tokenizers"),
+    serializable=("zoo.models.bert", "zoo.models.encoder", "zoo.models.fused", "zoo.models.text_task",
+                  "zoo.tokenizers"),
     export_summary=classifier_summary,
 )

@@ -32,4 +32,5 @@ TASK = Task(
     exporter="zoo.export.exporter:TranslationExporter",
     serializable=("zoo.models.seq2seq",),
     export_summary=_summary,
+    predictor="zoo.translator:Translator",
 )
