@@ -104,7 +104,7 @@ def qa_run(tmp_path_factory):
     return train("bert_qa", str(root / "run"), {
         **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
         "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
-        "train.epochs": 5, "train.optimizer.learning_rate": 1e-4}, verbose=0)
+        "train.epochs": 3, "train.optimizer.learning_rate": 2e-4}, verbose=0)
 
 
 # Marker honesty: a test whose own run (fixtures excluded) takes over 5 s without the slow marker is listed

@@ -18,6 +18,8 @@ the pinned stack:
 
 * :func:`multi_worker_fit`: Keras 3.15 ``fit`` fails under MultiWorkerMirroredStrategy
   (keras-team/keras#20585) at two points, patched for the duration of one run and undone after;
+  :func:`per_replica_build`, one of the two, is needed under MirroredStrategy too (a validation batch
+  split unevenly between replicas);
 * :func:`int16x8_friendly_graph`: three Keras op forms swapped, while a graph is traced, for forms
   TFLite's 16x8 quantizer can handle (same values in float);
 * :func:`fused_adam_update`: Adam's per-variable update as one ``ResourceApplyAdam`` kernel, which
@@ -106,6 +108,21 @@ def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = Non
 
 
 @contextlib.contextmanager
+def per_replica_build(model: Any) -> Iterator[None]:
+    """Inside the block, ``fit``/``evaluate`` build ``model`` from the first local replica's batch instead of
+    the mean over replicas. Keras 3.15 reduces the first batch with ``strategy.reduce("MEAN", batch)`` at
+    every ``evaluate`` (validation included) under any strategy, which fails when the replicas' parts of
+    that batch differ in size: under MirroredStrategy, a validation set smaller than the global batch and
+    not divisible by the replica count (15 examples on 2 replicas: 8 and 7 rows, ``AddN ... must have the
+    same size and shape``)."""
+    model._maybe_symbolic_build = types.MethodType(_maybe_symbolic_build, model)
+    try:
+        yield
+    finally:
+        del model._maybe_symbolic_build
+
+
+@contextlib.contextmanager
 def multi_worker_fit(model: Any) -> Iterator[None]:
     """Make ``model.fit`` / ``evaluate`` work under MultiWorkerMirroredStrategy inside the block.
 
@@ -130,12 +147,11 @@ def multi_worker_fit(model: Any) -> Iterator[None]:
 
     reduce_per_replica.zoo_patch = True
     trainer.reduce_per_replica = reduce_per_replica
-    model._maybe_symbolic_build = types.MethodType(_maybe_symbolic_build, model)
     try:
-        yield
+        with per_replica_build(model):
+            yield
     finally:
         trainer.reduce_per_replica = original
-        del model._maybe_symbolic_build
 
 
 def multi_worker_patch_active() -> bool:

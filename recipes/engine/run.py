@@ -298,12 +298,15 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
 
 
 def _fit_scope(strategy: str, model: Any) -> Any:
-    """Keras 3.15's fit needs two work-arounds under MultiWorkerMirroredStrategy, undone after the run."""
-    if strategy != "multi_worker":
+    """Keras 3.15's fit needs two work-arounds under MultiWorkerMirroredStrategy and one of them under
+    MirroredStrategy (zoo.keras_compat), undone after the run."""
+    if strategy not in ("multi_worker", "mirrored"):
         return contextlib.nullcontext()
-    from zoo.keras_compat import multi_worker_fit
+    from zoo import keras_compat
 
-    return multi_worker_fit(model)
+    if strategy == "multi_worker":
+        return keras_compat.multi_worker_fit(model)
+    return keras_compat.per_replica_build(model)
 
 
 def resolve_config(config_class: type, overrides: dict[str, Any] | None = None) -> tuple[Any, frozenset]:

@@ -232,8 +232,8 @@ def test_qa_block(work):
     assert len(lines) == 1 and lines[0] in context  # a span of the passage
     # A question longer than the whole sequence is cut (with a warning), not refused.
     long_question = "Where was Ada born, " + "and what else happened there in all those years, " * 12 + "?"
-    out = zoo("zoo answer (a question longer than the sequence)", ["answer", "runs/qa", long_question, "--context",
-                                                                   context, "--json"], work)
+    out = zoo_here("zoo answer (a question longer than the sequence)", ["answer", "runs/qa", long_question,
+                                                                        "--context", context, "--json"], work)
     COVERED.discard("zoo answer (a question longer than the sequence)")
     assert "truncated" in out and json.loads(out.stdout.strip().splitlines()[-1])["answer"] in context
     out = zoo("zoo export runs/<run> --to exports --name qa --formats saved_model,tflite,tflite_int8_weights",
@@ -253,7 +253,7 @@ def test_seq2seq_block(work):
     out = zoo('zoo translate runs/<run> "some source sentence" --beam 4',
               ["translate", "runs/mt", "342", "17", "--beam", "4"], work)
     assert len(out.stdout.splitlines()) == 2  # one translation per source (possibly empty after 2 epochs)
-    zoo('zoo translate runs/<run> "..." --method top_p --top-p 0.9 --temperature 0.8 --seed 1',
+    zoo_here('zoo translate runs/<run> "..." --method top_p --top-p 0.9 --temperature 0.8 --seed 1',
         ["translate", "runs/mt", "342", "--method", "top_p", "--top-p", "0.9", "--temperature", "0.8", "--seed", "1"],
         work)
     out = zoo("zoo export runs/<run> --to exports --name mt --formats saved_model --beam 4",
