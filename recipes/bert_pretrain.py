@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from zoo import registry
-from zoo.config import check_range
+from zoo.config import check_choice, check_range
 from zoo.errors import ConfigError, DataError
 from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
 from zoo.recipes.engine.cli import main_for
@@ -28,6 +28,8 @@ from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConf
 from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import RunDir, WordPieceSpec
 from zoo.tasks.masked_lm import MaskedLMInfo
+
+STREAM_BYTES = 64 * 2**20  # data.streaming=auto streams corpora larger than this
 
 
 @dataclass(frozen=True)
@@ -39,23 +41,33 @@ class CorpusConfig:
     validation_split: float = 0.05
     sequence_length: int = 128
     vocab_size: int = 8000
+    vocab_sample_lines: int = 200_000  # a vocabulary learned from the data reads a seeded sample this big
     lowercase: bool = True
     mask_rate: float = 0.15
     mask_token_rate: float = 0.8
     random_token_rate: float = 0.1
     whole_word_masking: bool = False
     max_predictions: int = 0  # 0: mask_rate x sequence_length, rounded up
+    # Streaming (zoo.data.stream): "auto" streams corpora over 64 MB from their files, "on" always, "off"
+    # reads the lines into memory (an exact seeded permutation every epoch).
+    streaming: str = "auto"
+    shuffle_buffer: int = 10_000        # streamed: lines shuffled together, after a seeded file order
+    validation_max_lines: int = 10_000  # streamed: the validation part's lines used (in file order)
 
     def __post_init__(self) -> None:
         check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
         check_range("sequence_length", self.sequence_length, 8)
         check_range("vocab_size", self.vocab_size, 16)
+        check_range("vocab_sample_lines", self.vocab_sample_lines, 1)
         check_range("mask_rate", self.mask_rate, 0.0, 1.0, low_inclusive=False)
         check_range("mask_token_rate", self.mask_token_rate, 0.0, 1.0)
         check_range("random_token_rate", self.random_token_rate, 0.0, 1.0)
         if self.mask_token_rate + self.random_token_rate > 1.0:
             raise ConfigError("mask_token_rate + random_token_rate must be at most 1 (the rest stay unchanged)")
         check_range("max_predictions", self.max_predictions, 0, self.sequence_length)
+        check_choice("streaming", self.streaming, ("auto", "on", "off"))
+        check_range("shuffle_buffer", self.shuffle_buffer, 1)
+        check_range("validation_max_lines", self.validation_max_lines, 1)
 
     @property
     def predictions(self) -> int:
@@ -133,28 +145,53 @@ def mask_tokens(inputs: dict[str, Any], *, vocab_size: int, mask_id: int, specia
     return out, labels, tf.cast(chosen, tf.float32)
 
 
+def _streams(d: CorpusConfig, files: list[str]) -> bool:
+    import os
+
+    if d.streaming != "auto":
+        return d.streaming == "on"
+    return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > STREAM_BYTES
+
+
 def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPretrainConfig, Datasets]:
     import tensorflow as tf
 
-    from zoo.data.order import slices
+    from zoo.data import stream
+    from zoo.data.order import slices, text_array
     from zoo.data.splits import train_eval_split
-    from zoo.data.text import read_text_corpus
+    from zoo.data.text import corpus_files, read_text_corpus
 
     d = cfg.data
     if not d.source:
         raise DataError("no corpus: pass --data with plain-text file(s), one sentence or passage per line")
 
-    def read(spec: str) -> list[str]:
-        return read_text_corpus([p.strip() for p in spec.split(",") if p.strip()])
+    def files_of(spec: str) -> list[str]:
+        return corpus_files([p.strip() for p in spec.split(",") if p.strip()])
 
-    lines = read(d.source)
+    files = files_of(d.source)
+    eval_files = files_of(d.eval_source) if d.eval_source else []
+    streamed = _streams(d, files)
     # Validation (per-epoch loss, early stopping) is carved from the training corpus; --eval-data, if
     # given, is scored once at the end (test_loss, test_masked_accuracy).
-    train_idx, val_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1, sort=False)
-    val_lines = [lines[i] for i in val_idx]
-    train_lines = [lines[i] for i in train_idx]
-    test_lines = read(d.eval_source) if d.eval_source else []
-    cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: train_lines)
+    if streamed:
+        scan = stream.scan_corpus(files, d.validation_split, d.vocab_sample_lines, cfg.train.seed)
+        if scan.validation_lines == 0 and d.validation_split > 0:
+            raise DataError(f"no line of {d.source!r} fell in the validation part ({d.validation_split:.0%} by a hash "
+                            "of each line); raise data.validation_split, or use data.streaming=off for a small corpus")
+        if scan.train_lines == 0:
+            raise DataError(f"every line of {d.source!r} fell in the validation part; lower data.validation_split")
+        n_train, n_val = scan.train_lines, min(scan.validation_lines, d.validation_max_lines)
+        n_test = stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed).train_lines if eval_files else 0
+        cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: list(scan.sample))
+    else:
+        lines = read_text_corpus(files)
+        train_idx, val_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1, sort=False)
+        val_lines = [lines[i] for i in val_idx]
+        train_lines = [lines[i] for i in train_idx]
+        del lines
+        test_lines = read_text_corpus(eval_files) if eval_files else []
+        n_train, n_val, n_test = len(train_lines), len(val_lines), len(test_lines)
+        cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: train_lines)
     vocab = pre.vocabulary
     continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
     special = [pre.pad_id, pre.cls_id, pre.sep_id, pre.mask_id, pre.unk_id]
@@ -165,20 +202,26 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     def masked(texts, seed=None):
         return mask_tokens(pre(texts), seed=seed, **options)
 
-    batch = cfg.train.batch_size
-    train_ds = slices(np.asarray(train_lines), cfg.train.seed, batch_size=batch)
-    train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    def fixed_masks(texts: list[str]) -> Any:
+    def fixed_masks(batches: Any, cache: bool = True) -> Any:
         # Evaluation masks are fixed (stateless, seeded) so losses compare across epochs and runs.
-        ds = slices(np.asarray(texts)).batch(batch).enumerate()
-        ds = ds.map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
-        return ds.cache().prefetch(tf.data.AUTOTUNE)
+        ds = batches.enumerate().map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
+        return (ds.cache() if cache else ds).prefetch(tf.data.AUTOTUNE)
 
-    info = {"counts": {"train_lines": len(train_lines), "validation_lines": len(val_lines),
-                       "eval_lines": len(test_lines)}, "vocab_size": len(vocab)}
-    return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(len(train_lines) / batch)),
-                         validation=fixed_masks(val_lines), test=fixed_masks(test_lines) if test_lines else None,
-                         info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"}, state=weights)
+    batch = cfg.train.batch_size
+    if streamed:
+        train_ds = stream.train_lines(files, d.validation_split, cfg.train.seed, d.shuffle_buffer).batch(batch)
+        validation = fixed_masks(stream.validation_lines(files, d.validation_split, n_val).batch(batch))
+        test = fixed_masks(stream.all_lines(eval_files).batch(batch), cache=False) if n_test else None
+    else:
+        train_ds = slices(text_array(train_lines), cfg.train.seed, batch_size=batch)
+        validation = fixed_masks(slices(text_array(val_lines)).batch(batch))
+        test = fixed_masks(slices(text_array(test_lines)).batch(batch)) if test_lines else None
+    train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    info = {"counts": {"train_lines": n_train, "validation_lines": n_val, "eval_lines": n_test},
+            "vocab_size": len(vocab), "streamed": streamed}
+    return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(n_train / batch)),
+                         validation=validation, test=test, info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"},
+                         state=weights)
 
 
 def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:

@@ -46,6 +46,7 @@ class QADataConfig:
     max_answer_length: int = 30         # tokens
     null_threshold: float = 0.0         # SQuAD 2.0 data only
     vocab_size: int = 8000              # without --init: the WordPiece vocabulary learned from the data
+    vocab_sample_lines: int = 200_000   # ... from a seeded sample of this many texts
     lowercase: bool = True
     eval_sample_size: int = 256
 
@@ -55,6 +56,7 @@ class QADataConfig:
         check_range("doc_stride", self.doc_stride, 1)
         check_range("max_query_length", self.max_query_length, 1)
         check_range("max_answer_length", self.max_answer_length, 1)
+        check_range("vocab_sample_lines", self.vocab_sample_lines, 1)
 
     @property
     def query_limit(self) -> int:

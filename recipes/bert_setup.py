@@ -48,7 +48,8 @@ def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[st
     """The backbone config, the preprocessor and the initial weights of a BERT recipe run.
 
     With ``cfg.init`` they come from the checkpoint or run it names (``model.dropout`` still applies
-    if the user set it); otherwise the vocabulary is learned from ``corpus()``. Returns
+    if the user set it); otherwise the vocabulary is learned from ``corpus()`` (at most
+    ``data.vocab_sample_lines`` of it, a seeded sample). Returns
     ``(cfg with model and data.lowercase resolved, BertPreprocessor, initial weights or None)``.
     """
     from zoo.tokenizers import BertPreprocessor, build_vocabulary
@@ -60,7 +61,10 @@ def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[st
         if "model.dropout" in explicit:
             model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout)
     else:
-        vocab = build_vocabulary(corpus(), d.vocab_size, lowercase=d.lowercase)
+        from zoo.data.text import vocabulary_sample
+
+        sample = vocabulary_sample(corpus(), d.vocab_sample_lines, cfg.train.seed)
+        vocab = build_vocabulary(sample, d.vocab_size, lowercase=d.lowercase)
         model_cfg, lowercase = dataclasses.replace(cfg.model, vocab_size=len(vocab)), d.lowercase
     if d.sequence_length > model_cfg.max_sequence_length:
         raise ConfigError(f"data.sequence_length={d.sequence_length} exceeds the model's "

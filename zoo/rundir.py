@@ -354,6 +354,9 @@ class RunDir:
     def _write_arrays(self, name: str, **arrays: Any) -> None:
         import numpy as np
 
+        # Texts travel as object arrays (variable length); the file keeps NumPy's str dtype so it loads
+        # without pickle. These samples are small (a few hundred examples), so fixed width is harmless here.
+        arrays = {k: np.asarray(v, dtype=str) if np.asarray(v).dtype == object else v for k, v in arrays.items()}
         tmp = self.file(f".{name}.tmp-{os.getpid()}.npz")
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, self.file(name))

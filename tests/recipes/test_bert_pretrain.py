@@ -144,3 +144,46 @@ def test_eval_data_is_scored_once_and_validation_comes_from_training(tmp_path):
     assert "val_loss" in result.metrics["epochs"][0]
     counts = RunDir(result.run_dir).info.data["counts"]
     assert counts == {"train_lines": 114, "validation_lines": 6, "eval_lines": 20}
+
+
+PEAK_RSS = """
+import json, resource, sys
+from zoo.recipes.engine.run import train
+result = train("bert_pretrain", sys.argv[2], {"data.source": sys.argv[1], "model.preset": "bert_tiny",
+               "data.sequence_length": 16, "data.vocab_size": 200, "train.epochs": 1, "train.batch_size": 64,
+               "train.schedule.warmup_epochs": 0.1,
+               "train.tensorboard": False, "train.checkpoint_every_epoch": False}, verbose=0)
+print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "counts": json.load(open(sys.argv[2] + "/run.json"))["data"]["counts"]}))
+"""
+
+
+@pytest.mark.slow
+def test_one_huge_line_costs_no_more_memory_than_its_own_size(tmp_path):
+    """A corpus with one 100,000-character line trains with the peak memory of the same corpus without it.
+    Texts used to become a fixed-width NumPy str array (every line padded to the longest, 4 bytes a
+    character): 3,001 lines x 100,000 characters = 1.2 GB for a 0.2 MB corpus; a real one (50,000 lines
+    and one of 22,564 characters) peaked at 9.3 GB. Each run is a fresh process, so ru_maxrss is its own."""
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(300)]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))) for _ in range(3000)]
+    huge = " ".join(rng.choice(words) for _ in range(30000))[:100_000]
+    (tmp_path / "plain.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "huge.txt").write_text("\n".join(lines[:1500] + [huge] + lines[1500:]) + "\n", encoding="utf-8")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    peaks, counts = {}, {}
+    for name in ("plain", "huge"):
+        proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / f"{name}.txt"), str(tmp_path / name)],
+                              cwd=root, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        peaks[name], counts[name] = out["peak_kib"] / 1024, out["counts"]
+    print("peak RSS, MiB:", {k: round(v) for k, v in peaks.items()})
+    # The premise: the long line was read and trained on (one more line), and padding to it would cost
+    # far more than the bound allows.
+    assert sum(counts["huge"].values()) == sum(counts["plain"].values()) + 1, counts
+    assert len(huge) == 100_000 and 3001 * len(huge) * 4 / 2**20 > 1000
+    assert peaks["huge"] <= peaks["plain"] * 1.1 + 64, peaks  # MiB

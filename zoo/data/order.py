@@ -35,12 +35,36 @@ def _epoch_orders(n: int, seed: int, with_epoch: bool = False) -> Any:
     return tf.data.Dataset.counter(dtype=tf.int64).map(one_epoch)
 
 
+def text_array(texts: Any) -> np.ndarray:
+    """Strings ``[N]`` (or pairs of strings, ``[N, 2]``) as a NumPy object array: variable length, as
+    ``tf.string`` is. NumPy's ``str`` dtype is fixed-width: every element takes the longest one's size,
+    four bytes a character."""
+    texts = list(texts)
+    pairs = bool(texts) and isinstance(texts[0], (list, tuple))
+    out = np.empty((len(texts), 2) if pairs else len(texts), dtype=object)
+    if pairs:
+        out[:, 0] = [t[0] for t in texts]
+        out[:, 1] = [t[1] for t in texts]
+    else:
+        out[:] = texts
+    return out
+
+
+def nbytes(array: Any) -> int:
+    """Bytes an array takes as a TensorFlow tensor: for strings, their UTF-8 lengths (not NumPy's
+    fixed-width or pointer sizes)."""
+    array = np.asarray(array)
+    if array.dtype.kind in "OUS":
+        return sum(len(x.encode() if isinstance(x, str) else x) for x in array.reshape(-1))
+    return int(array.nbytes)
+
+
 def gathers_per_epoch(tensors: Any, batch_size: int | None) -> bool:
     """Whether ``slices(tensors, seed, batch_size)`` gathers each epoch's shuffled copy whole (data up to
     ``EPOCH_GATHER_BYTES``) rather than batch by batch."""
     import tensorflow as tf
 
-    return batch_size is not None and sum(np.asarray(t).nbytes for t in tf.nest.flatten(tensors)) <= EPOCH_GATHER_BYTES
+    return batch_size is not None and sum(nbytes(t) for t in tf.nest.flatten(tensors)) <= EPOCH_GATHER_BYTES
 
 
 def slices(tensors: Any, shuffle_seed: int | None = None, batch_size: int | None = None,

@@ -138,20 +138,37 @@ def encode_labels(examples: TextExamples, names: Sequence[str]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int32)
 
 
-def read_text_corpus(paths: Sequence[str]) -> list[str]:
-    """Non-empty lines of plain text files (globs allowed), for pretraining and vocabularies."""
+def corpus_files(paths: Sequence[str]) -> list[str]:
+    """The files that ``paths`` (file names and globs) name, globs sorted; an unmatched glob is an error."""
     files: list[str] = []
     for pattern in paths:
         matched = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matched:
             raise DataError(f"no files match {pattern!r}")
         files.extend(matched)
+    return files
+
+
+def read_text_corpus(paths: Sequence[str]) -> list[str]:
+    """Non-empty lines of plain text files (globs allowed), for pretraining and vocabularies."""
+    files = corpus_files(paths)
     lines = []
     for path in files:
         lines.extend(text for _, text in _decoded_lines(path) if text.strip())
     if not lines:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
     return lines
+
+
+def vocabulary_sample(lines: Sequence[str], limit: int, seed: int) -> list[str]:
+    """At most ``limit`` of ``lines`` for learning a vocabulary: all of them if they fit, else a seeded
+    uniform sample kept in corpus order (the same lines for the same seed)."""
+    if limit <= 0 or len(lines) <= limit:
+        return list(lines)
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(lines)), limit))
+    return [lines[i] for i in keep]
 
 
 def read_text_pairs(path: str) -> tuple[list[str], list[str], list[int]]:

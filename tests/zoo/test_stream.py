@@ -1,0 +1,106 @@
+"""Streamed corpora (zoo.data.stream): the one pass before training, the split by content, and the order."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import numpy as np
+import pytest
+
+from zoo.data import stream
+from zoo.errors import DataError
+
+
+def _corpus(tmp_path, files=3, lines=400, seed=0):
+    rng = random.Random(seed)
+    paths, texts = [], []
+    for f in range(files):
+        body = [f"file {f} line {i} " + " ".join(f"w{rng.randrange(50)}" for _ in range(rng.randint(1, 9)))
+                for i in range(lines)]
+        texts += body
+        path = tmp_path / f"part-{f}.txt"
+        # CRLF endings, a BOM, and blank / whitespace-only lines that are not lines of the corpus
+        path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(body[:5]).encode() + b"\r\n\r\n   \n\t\n"
+                         + "\n".join(body[5:]).encode() + b"\n")
+        paths.append(str(path))
+    return paths, texts
+
+
+def _split(texts, validation_split):
+    import tensorflow as tf
+
+    buckets = tf.strings.to_hash_bucket_fast(tf.constant(texts), stream.HASH_BUCKETS).numpy()
+    is_val = buckets < stream.validation_threshold(validation_split)
+    return [t for t, v in zip(texts, is_val) if not v], [t for t, v in zip(texts, is_val) if v]
+
+
+def test_scan_counts_each_part_and_samples_the_training_part(tmp_path):
+    paths, texts = _corpus(tmp_path)
+    train, val = _split(texts, 0.1)
+    scan = stream.scan_corpus(paths, 0.1, 100, seed=3)
+    assert (scan.train_lines, scan.validation_lines) == (len(train), len(val)) and 60 < len(val) < 180
+    assert len(scan.sample) == 100 and set(scan.sample) <= set(train)
+    assert stream.scan_corpus(paths, 0.1, 100, seed=3).sample == scan.sample  # seeded
+    assert stream.scan_corpus(paths, 0.1, 100, seed=4).sample != scan.sample
+    assert stream.scan_corpus(paths, 0.1, 10_000, seed=3).sample == tuple(train)  # all of it when it fits
+
+
+def test_bad_bytes_and_empty_corpora_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\nna\xefve\n")
+    with pytest.raises(DataError, match=r"bad.txt:3: not valid UTF-8"):
+        stream.scan_corpus([str(bad)], 0.1, 10, 0)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError, match="has no non-empty lines"):
+        stream.scan_corpus([str(empty)], 0.1, 10, 0)
+    with pytest.raises(DataError, match="does not exist"):
+        stream.scan_corpus([str(tmp_path / "nowhere.txt")], 0.1, 10, 0)
+
+
+def test_every_epoch_streams_each_training_line_once_in_a_fresh_seeded_order(tmp_path):
+    paths, texts = _corpus(tmp_path)
+    train, val = _split(texts, 0.1)
+    n = len(train)
+    lines = [t.decode() for t in stream.train_lines(paths, 0.1, seed=7, shuffle_buffer=64).take(2 * n)
+             .as_numpy_iterator()]
+    first, second = lines[:n], lines[n:]
+    assert collections.Counter(first) == collections.Counter(train) == collections.Counter(second)
+    assert first != second and first != train  # shuffled, and differently every epoch
+    again = [t.decode() for t in stream.train_lines(paths, 0.1, seed=7, shuffle_buffer=64).take(2 * n)
+             .as_numpy_iterator()]
+    assert again == lines  # a pure function of (seed, epoch): what resuming by skipping batches relies on
+    other = [t.decode() for t in stream.train_lines(paths, 0.1, seed=8, shuffle_buffer=64).take(n).as_numpy_iterator()]
+    assert other != first
+    got = [t.decode() for t in stream.validation_lines(paths, 0.1).as_numpy_iterator()]
+    assert got == val and not set(got) & set(first)
+    assert [t.decode() for t in stream.validation_lines(paths, 0.1, limit=5).as_numpy_iterator()] == val[:5]
+    assert [t.decode() for t in stream.all_lines(paths).as_numpy_iterator()] == texts
+
+
+@pytest.mark.slow
+def test_streamed_pretraining_trains_and_counts_from_the_scan(tmp_path):
+    from zoo.recipes.engine.run import train
+
+    paths, texts = _corpus(tmp_path, files=2, lines=300)
+    result = train("bert_pretrain", str(tmp_path / "run"), {
+        "data.source": str(tmp_path / "part-*.txt"), "data.streaming": "on", "data.shuffle_buffer": 128,
+        "data.vocab_sample_lines": 200, "model.preset": "bert_tiny", "data.sequence_length": 16,
+        "data.vocab_size": 120, "train.epochs": 3, "train.batch_size": 32, "train.optimizer.learning_rate": 2e-3,
+        "train.tensorboard": False, "train.checkpoint_every_epoch": False, "data.validation_split": 0.1}, verbose=0)
+    info = result.metrics
+    train_part, val_part = _split(texts, 0.1)
+    import json
+
+    with open(tmp_path / "run" / "run.json") as fh:
+        data = json.load(fh)["data"]
+    assert data["streamed"] is True
+    assert data["counts"] == {"train_lines": len(train_part), "validation_lines": len(val_part), "eval_lines": 0}
+    losses = [e["loss"] for e in info["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0] and all(np.isfinite(e["val_loss"]) for e in info["epochs"])
+    with pytest.raises(DataError, match="fell in the validation part"):
+        one = tmp_path / "one.txt"
+        one.write_text("just one line\n")
+        train("bert_pretrain", str(tmp_path / "run2"), {"data.source": str(one), "data.streaming": "on",
+                                                       "data.validation_split": 0.01, "model.preset": "bert_tiny"})

@@ -1,0 +1,174 @@
+"""Plain-text corpora streamed from their files: memory flat in the corpus size.
+
+A corpus too big for a Python list (a Wikipedia dump, a crawl) is read with ``tf.data``:
+``TextLineDataset`` over the files, interleaved; no list of lines, no array. What needs the whole
+corpus is done in one pass over the bytes before training (:func:`scan_corpus`): count the lines,
+check that every line is UTF-8 (an error names file and line), draw the vocabulary's sample.
+
+* **Train / validation split by content**: a line is in the validation part when a 64-bit fingerprint of
+  its bytes (``tf.strings.to_hash_bucket_fast``, FarmHash) falls below ``validation_split`` of the range.
+  Deterministic, the same on every machine and worker, no second pass and no index list; a line that
+  occurs twice is on the same side both times (no leak of duplicates between the parts).
+* **Order**: every epoch a fresh, seeded order of the files, their lines interleaved, then shuffled in
+  blocks of ``shuffle_buffer`` lines (each block a stateless permutation of ``(seed, epoch, block)``).
+  The order is a pure function of ``(seed, epoch)``, so a resumed run that skips the batches it has done
+  sees what an uninterrupted run would have, as the in-memory path (``zoo.data.order``) does.
+* **Vocabulary sample**: a seeded reservoir sample of at most ``sample_lines`` lines (Algorithm R), drawn
+  in the same pass.
+
+Line handling matches ``zoo.data.text.read_text_corpus``: ``\\n`` and a trailing ``\\r`` end a line, a
+UTF-8 byte-order mark at the start of a line is dropped, lines of ASCII whitespace only are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zoo.errors import DataError
+
+HASH_BUCKETS = 1 << 30
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    """What one pass over a corpus learned: its files, line counts per part, the vocabulary sample."""
+
+    files: tuple[str, ...]
+    bytes: int
+    train_lines: int
+    validation_lines: int
+    sample: tuple[str, ...]
+
+
+def validation_threshold(validation_split: float) -> int:
+    return int(round(validation_split * HASH_BUCKETS))
+
+
+def _clean(raw: bytes) -> bytes:
+    raw = raw.rstrip(b"\n")
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    return raw[3:] if raw.startswith(_BOM) else raw
+
+
+def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int, seed: int,
+                chunk: int = 8192) -> CorpusScan:
+    """One pass over ``files``: counts per part, UTF-8 checked (errors name file and line), a seeded
+    reservoir sample of at most ``sample_lines`` lines of the training part for the vocabulary."""
+    import tensorflow as tf
+
+    threshold = validation_threshold(validation_split)
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = train = validation = 0
+    total = 0
+
+    def flush(batch: list[bytes]) -> None:
+        nonlocal seen, train, validation
+        if not batch:
+            return
+        buckets = tf.strings.to_hash_bucket_fast(tf.constant(batch, tf.string), HASH_BUCKETS).numpy()
+        for line, bucket in zip(batch, buckets):
+            if bucket < threshold:
+                validation += 1
+                continue
+            train += 1
+            seen += 1
+            if len(sample) < sample_lines:
+                sample.append(line.decode("utf-8"))
+            else:
+                j = rng.randrange(seen)
+                if j < sample_lines:
+                    sample[j] = line.decode("utf-8")
+
+    for path in files:
+        if not os.path.isfile(path):
+            raise DataError(f"corpus file {path!r} does not exist")
+        total += os.path.getsize(path)
+        batch: list[bytes] = []
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                line = _clean(raw)
+                if not line.strip():
+                    continue
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                                    "re-encode the file as UTF-8") from exc
+                batch.append(line)
+                if len(batch) >= chunk:
+                    flush(batch)
+                    batch = []
+        flush(batch)
+    if train + validation == 0:
+        raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
+    return CorpusScan(tuple(files), total, train, validation, tuple(sample))
+
+
+def _lines(files: Any, cycle_length: int) -> Any:
+    """Cleaned, non-blank lines of ``files`` (a string tensor or dataset of paths), interleaved."""
+    import tensorflow as tf
+
+    ds = files if isinstance(files, tf.data.Dataset) else tf.data.Dataset.from_tensor_slices(files)
+    parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True} if cycle_length > 1 else {}
+    ds = ds.interleave(tf.data.TextLineDataset, cycle_length=cycle_length, block_length=1, **parallel)
+
+    def clean(line: Any) -> Any:
+        line = tf.strings.regex_replace(line, "\r$", "")
+        return tf.strings.regex_replace(line, "^\ufeff", "")  # the pattern is UTF-8: bytes EF BB BF
+
+    ds = ds.map(clean, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
+
+
+def _in_validation(line: Any, threshold: int) -> Any:
+    import tensorflow as tf
+
+    return tf.strings.to_hash_bucket_fast(line, HASH_BUCKETS) < threshold
+
+
+def train_lines(files: Sequence[str], validation_split: float, seed: int, shuffle_buffer: int,
+                cycle_length: int = 4) -> Any:
+    """Endless dataset of the training part's lines, a fresh seeded order every epoch (see the module doc)."""
+    import tensorflow as tf
+
+    paths = tf.constant(list(files), tf.string)
+    n_files = len(files)
+    cycle = max(1, min(cycle_length, n_files))
+    threshold = validation_threshold(validation_split)
+    seed_t = tf.constant(seed, tf.int64)
+
+    def epoch(e: Any) -> Any:
+        order = tf.random.experimental.stateless_shuffle(tf.range(n_files, dtype=tf.int64),
+                                                          seed=tf.stack([seed_t, e]))
+        lines = _lines(tf.gather(paths, order), cycle).filter(lambda line: ~_in_validation(line, threshold))
+        if shuffle_buffer <= 1:
+            return lines
+        blocks = lines.batch(shuffle_buffer).enumerate()
+        # Seeds (seed + epoch, block): distinct for every block of every epoch of this run.
+        return blocks.map(lambda i, block: tf.random.experimental.stateless_shuffle(
+            block, seed=tf.stack([seed_t + e, i]))).unbatch()
+
+    return tf.data.Dataset.counter(dtype=tf.int64).flat_map(epoch)
+
+
+def validation_lines(files: Sequence[str], validation_split: float, limit: int | None = None) -> Any:
+    """The validation part's lines in file order (at most ``limit``)."""
+    import tensorflow as tf
+
+    threshold = validation_threshold(validation_split)
+    ds = _lines(tf.constant(list(files), tf.string), 1).filter(lambda line: _in_validation(line, threshold))
+    return ds.take(limit) if limit else ds
+
+
+def all_lines(files: Sequence[str]) -> Any:
+    """Every non-blank line of ``files``, in file order (an evaluation corpus)."""
+    import tensorflow as tf
+
+    return _lines(tf.constant(list(files), tf.string), 1)
