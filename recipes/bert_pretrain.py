@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from zoo import registry
-from zoo.config import check_choice, check_range
+from zoo.config import check_range
 from zoo.errors import ConfigError, DataError
 from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
 from zoo.recipes.engine.cli import main_for
@@ -29,7 +29,7 @@ from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import RunDir, WordPieceSpec
 from zoo.tasks.masked_lm import MaskedLMInfo
 
-STREAM_BYTES = 64 * 2**20  # data.streaming=auto streams corpora larger than this
+STREAM_BYTES = 64 * 2**20  # data.streaming unset (null) streams corpora larger than this
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ class CorpusConfig:
     random_token_rate: float = 0.1
     whole_word_masking: bool = False
     max_predictions: int = 0  # 0: mask_rate x sequence_length, rounded up
-    # Streaming (zoo.data.stream): "auto" streams corpora over 64 MB from their files, "on" always, "off"
-    # reads the lines into memory (an exact seeded permutation every epoch).
-    streaming: str = "auto"
+    # Streaming (zoo.data.stream): null (auto) streams corpora over 64 MB from their files, true always,
+    # false reads the lines into memory (an exact seeded permutation every epoch).
+    streaming: bool | None = None
     shuffle_buffer: int = 10_000        # streamed: lines shuffled together, after a seeded file order
     validation_max_lines: int = 10_000  # streamed: the validation part's lines used (in file order)
 
@@ -65,7 +65,6 @@ class CorpusConfig:
         if self.mask_token_rate + self.random_token_rate > 1.0:
             raise ConfigError("mask_token_rate + random_token_rate must be at most 1 (the rest stay unchanged)")
         check_range("max_predictions", self.max_predictions, 0, self.sequence_length)
-        check_choice("streaming", self.streaming, ("auto", "on", "off"))
         check_range("shuffle_buffer", self.shuffle_buffer, 1)
         check_range("validation_max_lines", self.validation_max_lines, 1)
 
@@ -148,8 +147,8 @@ def mask_tokens(inputs: dict[str, Any], *, vocab_size: int, mask_id: int, specia
 def _streams(d: CorpusConfig, files: list[str]) -> bool:
     import os
 
-    if d.streaming != "auto":
-        return d.streaming == "on"
+    if d.streaming is not None:
+        return d.streaming
     return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > STREAM_BYTES
 
 
@@ -176,8 +175,9 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     if streamed:
         scan = stream.scan_corpus(files, d.validation_split, d.vocab_sample_lines, cfg.train.seed)
         if scan.validation_lines == 0 and d.validation_split > 0:
-            raise DataError(f"no line of {d.source!r} fell in the validation part ({d.validation_split:.0%} by a hash "
-                            "of each line); raise data.validation_split, or use data.streaming=off for a small corpus")
+            raise DataError(f"no line of {d.source!r} fell in the validation part ({d.validation_split:.0%} by a "
+                            "hash of each line); raise data.validation_split, or use data.streaming=false for a small "
+                            "corpus")
         if scan.train_lines == 0:
             raise DataError(f"every line of {d.source!r} fell in the validation part; lower data.validation_split")
         n_train, n_val = scan.train_lines, min(scan.validation_lines, d.validation_max_lines)

@@ -160,8 +160,12 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
 
     batch = cfg.train.batch_size
     lengths = (src_ids != src_tok.pad_id).sum(1) + (tgt_ids != tgt_tok.pad_id).sum(1)
-    order = length_bucketed_batches(lengths, batch, cfg.train.epochs, cfg.train.seed, d.bucket_window)
-    steps = len(order) // cfg.train.epochs
+    epochs = cfg.train.epochs
+    if cfg.train.steps:  # step mode: as many passes as the steps need (the order is built ahead, per pass)
+        per_pass = len(lengths) // min(batch, len(lengths))  # batches per pass, as length_bucketed_batches cuts
+        epochs = -(-cfg.train.steps * cfg.train.gradient_accumulation_steps // per_pass)
+    order = length_bucketed_batches(lengths, batch, epochs, cfg.train.seed, d.bucket_window)
+    steps = len(order) // epochs
     start_id, pad_id = tgt_tok.start_id, tgt_tok.pad_id
 
     def make_batch(src: Any, tgt: Any) -> Any:

@@ -108,7 +108,8 @@ class ScheduleConfig:
     """Learning-rate schedule: optional linear warm-up, then constant / linear / cosine / step / rsqrt decay.
 
     Warm-up and decay points are in epochs (fractions allowed) and converted to steps by
-    the engine. ``alpha`` is the final learning rate as a fraction of the peak;
+    the engine; ``warmup_steps`` (optimizer steps), when set, replaces ``warmup_epochs``. ``alpha`` is the
+    final learning rate as a fraction of the peak;
     ``step`` multiplies by ``gamma`` at each epoch in ``step_epochs``; ``rsqrt`` is the
     inverse-square-root decay of the Transformer paper, ``peak * sqrt(warmup / step)`` after the
     warm-up (the paper's ``d**-0.5 * min(step**-0.5, step * warmup**-1.5)`` with
@@ -117,6 +118,7 @@ class ScheduleConfig:
 
     name: str = "constant"
     warmup_epochs: float = 0.0
+    warmup_steps: int = 0
     alpha: float = 0.0
     step_epochs: tuple[float, ...] = ()
     gamma: float = 0.1
@@ -124,6 +126,7 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         check_choice("name", self.name, SCHEDULES)
         check_range("warmup_epochs", self.warmup_epochs, 0.0)
+        check_range("warmup_steps", self.warmup_steps, 0)
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("gamma", self.gamma, 0.0, low_inclusive=False)
         if self.name == "step" and not self.step_epochs:
@@ -150,9 +153,21 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What every recipe trains with. ``batch_size`` is the global batch across replicas."""
+    """What every recipe trains with. ``batch_size`` is the global batch across replicas.
+
+    ``steps`` > 0 trains for that many optimizer steps instead of ``epochs`` passes over the data
+    (step mode, for data whose one pass lasts days): the run is cut into rounds of
+    ``checkpoint_every_steps`` steps (default: the smaller of ``steps`` and 1000), each ending in a
+    checkpoint that a crash resumes from at its exact position in the data stream, with validation
+    every ``validation_every_steps`` (a multiple of the round; default: every round) on at most
+    ``validation_steps`` batches (default 100 in step mode; 0 in epoch mode means the whole set).
+    """
 
     epochs: int = 10
+    steps: int = 0
+    checkpoint_every_steps: int = 0
+    validation_every_steps: int = 0
+    validation_steps: int = 0
     batch_size: int = 32
     strategy: str = "default"
     devices: tuple[str, ...] = ()
@@ -174,6 +189,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_range("epochs", self.epochs, 1)
+        for name in ("steps", "checkpoint_every_steps", "validation_every_steps", "validation_steps"):
+            check_range(name, getattr(self, name), 0)
+        if self.steps:
+            every = self.round_steps
+            if self.steps % every:
+                raise ConfigError(f"steps={self.steps} is not a multiple of checkpoint_every_steps={every}; "
+                                  f"use steps={self.steps // every * every or every} or another checkpoint interval")
+            if self.validation_every_steps % every:
+                raise ConfigError(f"validation_every_steps={self.validation_every_steps} is not a multiple of "
+                                  f"checkpoint_every_steps={every} (validation runs at checkpoints)")
+        elif self.checkpoint_every_steps or self.validation_every_steps:
+            raise ConfigError("checkpoint_every_steps and validation_every_steps apply to step mode; set "
+                              "train.steps too (or use train.epochs and checkpoint_every_epoch)")
         check_range("batch_size", self.batch_size, 1)
         check_range("cpu_devices", self.cpu_devices, 0)
         check_range("steps_per_execution", self.steps_per_execution, 1)
@@ -187,3 +215,8 @@ class TrainConfig:
                               "train with a larger global batch_size instead, or use strategy 'default'")
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("precision", self.precision, PRECISIONS)
+
+    @property
+    def round_steps(self) -> int:
+        """Step mode: optimizer steps between checkpoints (one Keras "epoch" of the run)."""
+        return self.checkpoint_every_steps or min(self.steps, 1000)

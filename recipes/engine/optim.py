@@ -16,22 +16,23 @@ from zoo.recipes.engine.config import HYPERPARAMETERS, OptimizerConfig, Schedule
 
 
 def build_schedule(opt: OptimizerConfig, sched: ScheduleConfig, steps_per_epoch: int, epochs: int,
-                   accumulation_steps: int = 1) -> Any:
-    """The learning rate (a float or a ``WarmupDecay``) for a run of ``epochs`` x ``steps_per_epoch`` batches.
+                   accumulation_steps: int = 1, total_updates: int = 0) -> Any:
+    """The learning rate (a float or a ``WarmupDecay``) for a run of ``epochs`` x ``steps_per_epoch`` batches
+    (or of ``total_updates`` optimizer steps, in step mode; ``steps_per_epoch`` is then one pass over the
+    data, the unit of ``warmup_epochs`` and ``step_epochs``).
 
     With gradient accumulation the schedule's steps are optimizer updates (one per
     ``accumulation_steps`` batches), so warm-up and decay span the same part of the run.
     """
-    if sched.name == "constant" and sched.warmup_epochs == 0:
+    if sched.name == "constant" and sched.warmup_epochs == 0 and sched.warmup_steps == 0:
         return opt.learning_rate
     updates_per_epoch = steps_per_epoch / accumulation_steps
-    total = max(1, int(round(updates_per_epoch * epochs)))
-    warmup = int(round(sched.warmup_epochs * updates_per_epoch))
+    total = total_updates or max(1, int(round(updates_per_epoch * epochs)))
+    warmup = sched.warmup_steps or int(round(sched.warmup_epochs * updates_per_epoch))
     if warmup >= total:
-        raise ConfigError(
-            f"train.schedule.warmup_epochs={sched.warmup_epochs} covers the whole run of {epochs} epochs; "
-            "lower it or train longer"
-        )
+        what = f"warmup_steps={sched.warmup_steps}" if sched.warmup_steps else f"warmup_epochs={sched.warmup_epochs}"
+        run = f"{total} steps" if total_updates else f"{epochs} epochs"
+        raise ConfigError(f"train.schedule.{what} covers the whole run of {run}; lower it or train longer")
     boundaries = [int(round(e * updates_per_epoch)) for e in sched.step_epochs]
     return WarmupDecay(opt.learning_rate, sched.name, warmup, total, sched.alpha, boundaries, sched.gamma,
                        accumulation_steps=accumulation_steps)

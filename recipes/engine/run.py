@@ -184,7 +184,8 @@ class Runner:
         with precision_scope(train.precision), self.strategy.scope():
             self.model = self.recipe.build_model(self.cfg, data)
             k = train.gradient_accumulation_steps
-            lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs, k)
+            lr = build_schedule(train.optimizer, train.schedule, data.steps_per_epoch, train.epochs, k,
+                                total_updates=train.steps)
             self.model.compile(optimizer=build_optimizer(train.optimizer, lr, k), jit_compile=train.jit_compile,
                                steps_per_execution=train.steps_per_execution, **self.recipe.compile_args(self.cfg))
 
@@ -217,20 +218,36 @@ class Runner:
                                  resume_from=self.resume[1] if self.resume else None, seed=train.seed,
                                  recipe_callbacks=own), *self.extra_callbacks]
 
+    def loop(self) -> tuple[int, int]:
+        """(Keras epochs, batches per Keras epoch): passes over the data, or in step mode rounds of
+        ``checkpoint_every_steps`` optimizer steps (``train.steps`` in all)."""
+        train = self.cfg.train
+        if not train.steps:
+            return train.epochs, self.data.steps_per_epoch
+        return train.steps // train.round_steps, train.round_steps * train.gradient_accumulation_steps
+
     def fit(self) -> None:
         train, data = self.cfg.train, self.data
+        epochs, batches = self.loop()
         initial_epoch, train_data = 0, data.train
         if self.resume is not None:
             initial_epoch = self.resume[0]
-            # Each epoch's order is a function of (seed, epoch): skipping the batches of the epochs done
-            # gives the resumed epochs the order an uninterrupted run would have seen.
-            train_data = data.train.skip(initial_epoch * data.steps_per_epoch)
+            # Each epoch's order is a function of (seed, epoch): skipping the batches done gives the resumed
+            # epochs (or rounds of steps, mid-epoch) the order an uninterrupted run would have seen.
+            train_data = data.train.skip(initial_epoch * batches)
+        validation = {}
+        if train.steps:
+            validation = {"validation_freq": (train.validation_every_steps or train.round_steps) // train.round_steps,
+                          "validation_steps": train.validation_steps or 100}
+        elif train.validation_steps:
+            validation = {"validation_steps": train.validation_steps}
         callbacks = self.callbacks()
         with _fit_scope(train.strategy, self.model):
             start = time.perf_counter()
             self.history = self.model.fit(
-                train_data, validation_data=data.validation, epochs=train.epochs, initial_epoch=initial_epoch,
-                steps_per_epoch=data.steps_per_epoch, callbacks=callbacks, verbose=self.verbose, shuffle=False)
+                train_data, validation_data=data.validation, epochs=epochs, initial_epoch=initial_epoch,
+                steps_per_epoch=batches, callbacks=callbacks, verbose=self.verbose, shuffle=False,
+                **(validation if data.validation is not None else {}))
             self.train_seconds = time.perf_counter() - start
 
     def evaluate(self) -> None:
@@ -250,10 +267,15 @@ class Runner:
         train, out, history = self.cfg.train, self.out, self.history
         with open(out.metrics_path, encoding="utf-8") as fh:
             metrics = json.load(fh)
+        epochs, _ = self.loop()
+        if train.steps:  # step mode: each entry is a round of steps; say which step it ended at
+            for entry in metrics.get("epochs", []):
+                entry["step"] = entry["epoch"] * train.round_steps
+            metrics["steps_completed"] = len(metrics.get("epochs", [])) * train.round_steps
         metrics.update({
             "final": self.final,
             "epochs_completed": len(metrics.get("epochs", [])),
-            "stopped_early": len(history.epoch) > 0 and history.epoch[-1] + 1 < train.epochs,
+            "stopped_early": len(history.epoch) > 0 and history.epoch[-1] + 1 < epochs,
             "train_seconds_this_process": round(self.train_seconds, 2),
             "replicas": self.strategy.num_replicas_in_sync,
             "precision": train.precision,

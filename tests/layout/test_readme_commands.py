@@ -200,6 +200,17 @@ def test_bert_block(work):
     zoo_here("zoo train bert_pretrain --data 'corpus/*.txt' --set model.preset=bert_tiny",
         ["train", "bert_pretrain", "--data", "corpus/*.txt", "--set", "model.preset=bert_tiny", "--epochs", "2",
          "--set", "data.sequence_length=16", "--run-dir", "runs/pretrain", *TINY], work)
+    out = zoo_here("zoo train bert_pretrain --data 'corpus/*.txt' --set data.streaming=true --set train.steps=100000 "
+                   "--set train.checkpoint_every_steps=1000 --set train.validation_every_steps=5000",
+                   ["train", "bert_pretrain", "--data", "corpus/*.txt", "--set", "data.streaming=true", "--set",
+                    "train.steps=6", "--set", "train.checkpoint_every_steps=2", "--set",
+                    "train.validation_every_steps=4", "--set", "model.preset=bert_tiny", "--set",
+                    "data.sequence_length=16", "--set", "train.schedule.warmup_steps=1", "--set",
+                    "data.validation_split=0.5", "--run-dir", "runs/steps",
+                    *TINY, "--json"], work)
+    steps = json.loads(out.stdout)
+    assert steps["steps_completed"] == 6 and [e["step"] for e in steps["epochs"]] == [2, 4, 6]
+    assert [("val_loss" in e) for e in steps["epochs"]] == [False, True, False]
     zoo_here("zoo train bert_classify --data train.tsv --eval-data dev.tsv --init hf:path/to/hf_bert_dir",
         ["train", "bert_classify", "--data", "train.tsv", "--eval-data", "dev.tsv", "--init", f"hf:{MINILM}",
          "--epochs", "1", "--set", "data.sequence_length=16", "--run-dir", "runs/minilm", *TINY], work)

@@ -465,3 +465,76 @@ def test_gradient_accumulation_equals_the_large_batch(strategy):
     assert float(lr(39)) == pytest.approx(float(lr(36))) and float(lr(40)) < float(lr(39))
     with pytest.raises(ConfigError, match="does not work with strategy='mirrored'.*larger global batch_size"):
         TrainConfig(strategy="mirrored", gradient_accumulation_steps=2)
+
+
+STEP_MODE = ["--set", "train.steps=12", "--set", "train.checkpoint_every_steps=4", "--set",
+             "train.validation_every_steps=8", "--set", "train.validation_steps=3", "--set",
+             "train.schedule.name=linear", "--set", "train.schedule.warmup_steps=3", "--quiet", "--set",
+             "train.tensorboard=false"]
+
+
+@pytest.mark.slow
+def test_step_mode_sigkilled_mid_pass_resumes_to_the_uninterrupted_weights(tmp_path):
+    """train.steps: rounds of checkpoint_every_steps steps, validation every validation_every_steps on
+    validation_steps batches, warm-up in steps. A SIGKILL at the end of round 2 (step 8, in the middle
+    of the first pass over the data, about 40 batches) resumes at that position of the stream and ends with the
+    weights of a run never killed (dropout on: the same masks too)."""
+    killed_dir, whole_dir = str(tmp_path / "killed"), str(tmp_path / "whole")
+    killer = textwrap.dedent(f"""
+        import os, signal, sys
+        import keras
+        from zoo.recipes import image_classify
+        from zoo.recipes.engine import cli as engine
+
+        class KillAfterRound2(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        original = engine.run
+        engine.run = lambda *a, **k: original(*a, **{{**k, "extra_callbacks": [KillAfterRound2()]}})
+        sys.exit(image_classify.main({["--run-dir", killed_dir, *STEP_MODE]!r}))
+    """)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run([sys.executable, "-c", killer], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]  # the kill landed, mid-run
+    with open(os.path.join(killed_dir, "metrics.json")) as fh:
+        assert [e["epoch"] for e in json.load(fh)["epochs"]] == [1, 2]
+    from zoo.cli import main
+
+    assert main(["train", "image_classify", "--run-dir", killed_dir, *STEP_MODE]) == 0
+    assert main(["train", "image_classify", "--run-dir", whole_dir, *STEP_MODE]) == 0
+    with open(os.path.join(killed_dir, "metrics.json")) as fh:
+        metrics = json.load(fh)
+    assert metrics["first_epoch_this_process"] == 3 and [r["epoch"] for r in metrics["resumes"]] == [3]
+    assert metrics["steps_completed"] == 12 and [e["step"] for e in metrics["epochs"]] == [4, 8, 12]
+    assert [("val_loss" in e) for e in metrics["epochs"]] == [False, True, False]  # every 8 steps
+    killed = zoo.load(os.path.join(killed_dir, "model.keras"))
+    whole = zoo.load(os.path.join(whole_dir, "model.keras"))
+    assert int(killed.optimizer.iterations.numpy()) == int(whole.optimizer.iterations.numpy()) == 12
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(killed.get_weights(), whole.get_weights()))
+    # Every round's losses are the uninterrupted run's: the resumed round 3 saw the batches after step 8.
+    with open(os.path.join(whole_dir, "metrics.json")) as fh:
+        whole_epochs = json.load(fh)["epochs"]
+    drop = ("seconds",)
+    assert [{k: v for k, v in e.items() if k not in drop} for e in whole_epochs] == [
+        {k: v for k, v in e.items() if k not in drop} for e in metrics["epochs"]]
+
+
+def test_step_mode_settings_are_checked_before_anything_runs():
+    from zoo.recipes.engine.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="steps=10 is not a multiple of checkpoint_every_steps=4; use steps=8"):
+        TrainConfig(steps=10, checkpoint_every_steps=4)
+    with pytest.raises(ConfigError, match="validation_every_steps=6 is not a multiple of checkpoint_every_steps=4"):
+        TrainConfig(steps=12, checkpoint_every_steps=4, validation_every_steps=6)
+    with pytest.raises(ConfigError, match="apply to step mode; set train.steps too"):
+        TrainConfig(checkpoint_every_steps=4)
+    assert TrainConfig(steps=5000).round_steps == 1000 and TrainConfig(steps=300).round_steps == 300
+    sched = build_schedule(OptimizerConfig(learning_rate=1.0), ScheduleConfig(name="linear", warmup_steps=10),
+                           steps_per_epoch=3, epochs=1, total_updates=100)
+    # Warm-up over 10 optimizer steps, (step + 1) / 10 of the peak; then linear decay to 0 at step 100.
+    assert float(sched(4)) == pytest.approx(0.5) and float(sched(10)) == pytest.approx(1.0)
+    assert float(sched(100)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ConfigError, match="warmup_steps=100 covers the whole run of 100 steps"):
+        build_schedule(OptimizerConfig(), ScheduleConfig(name="linear", warmup_steps=100), 3, 1, total_updates=100)

@@ -85,7 +85,7 @@ def test_streamed_pretraining_trains_and_counts_from_the_scan(tmp_path):
 
     paths, texts = _corpus(tmp_path, files=2, lines=300)
     result = train("bert_pretrain", str(tmp_path / "run"), {
-        "data.source": str(tmp_path / "part-*.txt"), "data.streaming": "on", "data.shuffle_buffer": 128,
+        "data.source": str(tmp_path / "part-*.txt"), "data.streaming": True, "data.shuffle_buffer": 128,
         "data.vocab_sample_lines": 200, "model.preset": "bert_tiny", "data.sequence_length": 16,
         "data.vocab_size": 120, "train.epochs": 3, "train.batch_size": 32, "train.optimizer.learning_rate": 2e-3,
         "train.tensorboard": False, "train.checkpoint_every_epoch": False, "data.validation_split": 0.1}, verbose=0)
@@ -102,5 +102,5 @@ def test_streamed_pretraining_trains_and_counts_from_the_scan(tmp_path):
     with pytest.raises(DataError, match="fell in the validation part"):
         one = tmp_path / "one.txt"
         one.write_text("just one line\n")
-        train("bert_pretrain", str(tmp_path / "run2"), {"data.source": str(one), "data.streaming": "on",
+        train("bert_pretrain", str(tmp_path / "run2"), {"data.source": str(one), "data.streaming": True,
                                                        "data.validation_split": 0.01, "model.preset": "bert_tiny"})
