@@ -338,11 +338,9 @@ def test_early_stopping_and_run_dir_contents(tmp_path):
         train("image_classify", str(run_dir), {"train.epochs": 6}, verbose=0)
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_at_the_next_epoch(tmp_path):
-    """SIGKILL after epoch 2, restart with the same run dir: training continues at epoch 3."""
-    run_dir = str(tmp_path / "run")
-    args = ["--run-dir", run_dir, "--epochs", "4", "--quiet", "--set", "train.tensorboard=false"]
+def _sigkilled_after_epoch_2(args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m zoo.recipes.image_classify ARGS`` in a fresh process that SIGKILLs itself at the end of
+    its second epoch (or round of steps), after the engine's checkpoint of it."""
     killer = textwrap.dedent(f"""
         import os, signal, sys
         import keras
@@ -359,14 +357,23 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
         sys.exit(image_classify.main({args!r}))
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.run([sys.executable, "-c", killer], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", killer], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_the_next_epoch(tmp_path):
+    """SIGKILL after epoch 2, restart with the same run dir: training continues at epoch 3."""
+    run_dir = str(tmp_path / "run")
+    args = ["--run-dir", run_dir, "--epochs", "4", "--quiet", "--set", "train.tensorboard=false"]
+    first = _sigkilled_after_epoch_2(args)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     with open(os.path.join(run_dir, "metrics.json")) as fh:
         partial = json.load(fh)
     assert [e["epoch"] for e in partial["epochs"]] == [1, 2]
     assert not os.path.exists(os.path.join(run_dir, "model.keras"))
-    second = subprocess.run([sys.executable, "-m", "zoo.recipes.image_classify", *args, "--json"], env=env,
-                            capture_output=True, text=True, timeout=600)
+    second = subprocess.run([sys.executable, "-m", "zoo.recipes.image_classify", *args, "--json"],
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True,
+                            timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     metrics = json.loads(second.stdout)
     assert metrics["first_epoch_this_process"] == 3
@@ -480,23 +487,7 @@ def test_step_mode_sigkilled_mid_pass_resumes_to_the_uninterrupted_weights(tmp_p
     of the first pass over the data, about 40 batches) resumes at that position of the stream and ends with the
     weights of a run never killed (dropout on: the same masks too)."""
     killed_dir, whole_dir = str(tmp_path / "killed"), str(tmp_path / "whole")
-    killer = textwrap.dedent(f"""
-        import os, signal, sys
-        import keras
-        from zoo.recipes import image_classify
-        from zoo.recipes.engine import cli as engine
-
-        class KillAfterRound2(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch == 1:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        original = engine.run
-        engine.run = lambda *a, **k: original(*a, **{{**k, "extra_callbacks": [KillAfterRound2()]}})
-        sys.exit(image_classify.main({["--run-dir", killed_dir, *STEP_MODE]!r}))
-    """)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.run([sys.executable, "-c", killer], env=env, capture_output=True, text=True, timeout=600)
+    first = _sigkilled_after_epoch_2(["--run-dir", killed_dir, *STEP_MODE])
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]  # the kill landed, mid-run
     with open(os.path.join(killed_dir, "metrics.json")) as fh:
         assert [e["epoch"] for e in json.load(fh)["epochs"]] == [1, 2]
