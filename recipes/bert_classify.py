@@ -67,7 +67,7 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
     val_ds = text_dataset(splits.x_val, splits.y_val, pre, batch)
     state = ClassifyState(pre, weights, splits.x_eval, splits.y_eval)
     n_eval = min(d.eval_sample_size, len(splits.x_eval))
-    info = {"class_names": splits.class_names, "pair": splits.pair, "counts": splits.counts}
+    info = {"class_names": splits.class_names, "pair": splits.pair, "counts": splits.counts, **splits.bad_rows}
     return cfg, Datasets(
         train=train_ds, steps_per_epoch=max(1, math.ceil(len(splits.x_train) / batch)), validation=val_ds,
         test=None, eval_sample=(splits.x_eval[:n_eval], splits.y_eval[:n_eval]),

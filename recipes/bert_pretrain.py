@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from zoo import registry
-from zoo.config import check_range
+from zoo.config import check_choice, check_range
 from zoo.errors import ConfigError, DataError
 from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
 from zoo.recipes.engine.cli import main_for
@@ -41,6 +41,7 @@ class CorpusConfig:
     validation_split: float = 0.05
     sequence_length: int = 128
     vocab_size: int = 8000
+    on_error: str = "raise"  # a bad row (not UTF-8, malformed JSON, a missing field...): raise, or skip and count
     vocab_sample_lines: int = 200_000  # a vocabulary learned from the data reads a seeded sample this big
     lowercase: bool = True
     mask_rate: float = 0.15
@@ -58,6 +59,7 @@ class CorpusConfig:
         check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
         check_range("sequence_length", self.sequence_length, 8)
         check_range("vocab_size", self.vocab_size, 16)
+        check_choice("on_error", self.on_error, ("raise", "skip"))
         check_range("vocab_sample_lines", self.vocab_sample_lines, 1)
         check_range("mask_rate", self.mask_rate, 0.0, 1.0, low_inclusive=False)
         check_range("mask_token_rate", self.mask_token_rate, 0.0, 1.0)
@@ -158,7 +160,7 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     from zoo.data import stream
     from zoo.data.order import slices, text_array
     from zoo.data.splits import train_eval_split
-    from zoo.data.text import corpus_files, read_text_corpus
+    from zoo.data.text import BadRows, corpus_files, read_text_corpus
 
     d = cfg.data
     if not d.source:
@@ -170,10 +172,11 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     files = files_of(d.source)
     eval_files = files_of(d.eval_source) if d.eval_source else []
     streamed = _streams(d, files)
+    bad = BadRows(d.on_error)
     # Validation (per-epoch loss, early stopping) is carved from the training corpus; --eval-data, if
     # given, is scored once at the end (test_loss, test_masked_accuracy).
     if streamed:
-        scan = stream.scan_corpus(files, d.validation_split, d.vocab_sample_lines, cfg.train.seed)
+        scan = stream.scan_corpus(files, d.validation_split, d.vocab_sample_lines, cfg.train.seed, bad=bad)
         if scan.validation_lines == 0 and d.validation_split > 0:
             raise DataError(f"no line of {d.source!r} fell in the validation part ({d.validation_split:.0%} by a "
                             "hash of each line); raise data.validation_split, or use data.streaming=false for a small "
@@ -181,15 +184,15 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         if scan.train_lines == 0:
             raise DataError(f"every line of {d.source!r} fell in the validation part; lower data.validation_split")
         n_train, n_val = scan.train_lines, min(scan.validation_lines, d.validation_max_lines)
-        n_test = stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed).train_lines if eval_files else 0
+        n_test = stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed, bad=bad).train_lines if eval_files else 0
         cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: list(scan.sample))
     else:
-        lines = read_text_corpus(files)
+        lines = read_text_corpus(files, bad)
         train_idx, val_idx = train_eval_split(len(lines), d.validation_split, cfg.train.seed, min_eval=1, sort=False)
         val_lines = [lines[i] for i in val_idx]
         train_lines = [lines[i] for i in train_idx]
         del lines
-        test_lines = read_text_corpus(eval_files) if eval_files else []
+        test_lines = read_text_corpus(eval_files, bad) if eval_files else []
         n_train, n_val, n_test = len(train_lines), len(val_lines), len(test_lines)
         cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: train_lines)
     vocab = pre.vocabulary
@@ -218,7 +221,7 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         test = fixed_masks(slices(text_array(test_lines)).batch(batch)) if test_lines else None
     train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     info = {"counts": {"train_lines": n_train, "validation_lines": n_val, "eval_lines": n_test},
-            "vocab_size": len(vocab), "streamed": streamed}
+            "vocab_size": len(vocab), "streamed": streamed, **bad.report()}
     return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(n_train / batch)),
                          validation=validation, test=test, info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"},
                          state=weights)

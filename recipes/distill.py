@@ -119,7 +119,7 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
         validation=text_dataset(splits.x_val, val_packed, pre, batch), test=None,
         eval_sample=(x_eval[:n_eval], y_eval[:n_eval]), calibration=x_train[:d.calibration_size],
         info={"class_names": names, "pair": splits.pair, "teacher": os.path.abspath(cfg.teacher),
-              "counts": splits.counts},
+              "counts": splits.counts, **splits.bad_rows},
         files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
 
 

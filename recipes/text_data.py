@@ -4,7 +4,7 @@ train / eval splits of labelled files, and batches tokenized in-graph."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ class TextDataConfig:
     validation_split: float = 0.1
     sequence_length: int = 128
     vocab_size: int = 8000
+    on_error: str = "raise"  # a bad row (not UTF-8, malformed JSON, a missing field...): raise, or skip and count
     vocab_sample_lines: int = 200_000  # a vocabulary learned from the data reads a seeded sample this big
     lowercase: bool = True
     eval_sample_size: int = 512
@@ -38,6 +39,7 @@ class TextDataConfig:
         check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
         check_range("sequence_length", self.sequence_length, 8)
         check_range("vocab_size", self.vocab_size, 16)
+        check_choice("on_error", self.on_error, ("raise", "skip"))
         check_range("vocab_sample_lines", self.vocab_sample_lines, 1)
 
 
@@ -59,6 +61,7 @@ class TextSplits:
     y_eval: np.ndarray
     pair: bool
     train_corpus: list[str]  # every training text, pair sides included (for learning a vocabulary)
+    bad_rows: dict[str, Any] = field(default_factory=dict)  # data.on_error=skip: what was skipped
 
     @property
     def counts(self) -> dict[str, int]:
@@ -78,12 +81,13 @@ def read_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | None 
     """Read ``d.source`` (``d.validation_split`` of it held out for validation, stratified) and
     ``d.eval_source``; labels are numbered by ``class_names`` if given, else by the sorted training labels."""
     from zoo.data.splits import train_eval_split
-    from zoo.data.text import encode_labels, label_names, read_labelled_text
+    from zoo.data.text import BadRows, encode_labels, label_names, read_labelled_text
 
     if not d.source:
         raise DataError("no training data: pass --data FILE (CSV, TSV or JSONL with text and label columns)")
     pair = d.pair_column or None
-    train = read_labelled_text(d.source, d.text_column, d.label_column, pair, d.format)
+    bad = BadRows(d.on_error)
+    train = read_labelled_text(d.source, d.text_column, d.label_column, pair, d.format, bad)
     names = list(class_names) if class_names is not None else label_names(train.labels)
     if len(names) < 2:
         raise DataError(f"{d.source!r} has a single label ({names[0]!r}); a classifier needs two or more")
@@ -94,12 +98,13 @@ def read_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | None 
                         f"{len(y)} in {d.source!r}; raise it (e.g. 0.1)")
     x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
     if d.eval_source:
-        evals = read_labelled_text(d.eval_source, d.text_column, d.label_column, pair, d.format)
+        evals = read_labelled_text(d.eval_source, d.text_column, d.label_column, pair, d.format, bad)
         x_eval, y_eval = stack_texts(evals.texts, evals.pairs), encode_labels(evals, names)
     else:
         x_eval, y_eval = x_val, y_val
     corpus = [str(t) for t in (x_train.reshape(-1) if x_train.ndim == 2 else x_train)]
-    return TextSplits(names, x_train, y_train, x_val, y_val, x_eval, y_eval, pair is not None, corpus)
+    return TextSplits(names, x_train, y_train, x_val, y_val, x_eval, y_eval, pair is not None, corpus,
+                      bad.report())
 
 
 def text_dataset(texts: np.ndarray, labels: np.ndarray | None, preprocessor: Any, batch: int,

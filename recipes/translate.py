@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from zoo import registry
-from zoo.config import check_range
+from zoo.config import check_choice, check_range
 from zoo.errors import ConfigError, DataError
 from zoo.models.decoding import DecodeConfig
 from zoo.recipes.engine.cli import main_for
@@ -47,6 +47,7 @@ class PairDataConfig:
     max_source_length: int = 64
     max_target_length: int = 64
     vocab_size: int = 8000
+    on_error: str = "raise"  # a bad row (not UTF-8, malformed JSON, a missing field...): raise, or skip and count
     shared_vocabulary: bool = True
     lowercase: bool = False
     bucket_window: int = 50
@@ -58,6 +59,7 @@ class PairDataConfig:
         check_range("max_source_length", self.max_source_length, 1)
         check_range("max_target_length", self.max_target_length, 2)
         check_range("vocab_size", self.vocab_size, 16)
+        check_choice("on_error", self.on_error, ("raise", "skip"))
         check_range("bucket_window", self.bucket_window, 1)
         check_range("eval_sample_size", self.eval_sample_size, 1)
 
@@ -106,13 +108,14 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
 
     from zoo.data.order import length_bucketed_batches
     from zoo.data.splits import train_eval_split
-    from zoo.data.text import read_text_pairs
+    from zoo.data.text import BadRows, read_text_pairs
     from zoo.tokenizers import TextTokenizer, build_vocabulary
 
     d = cfg.data
     if not d.source:
         raise DataError("no training data: pass --data FILE (TSV lines 'source<TAB>target')")
-    sources, targets, _ = read_text_pairs(d.source)
+    bad = BadRows(d.on_error)
+    sources, targets, _ = read_text_pairs(d.source, bad)
     # Validation (per-epoch loss, BLEU, early stopping) is carved from the training pairs; the final
     # evaluation and the export sample use --eval-data, or the validation pairs when there is none.
     train_idx, val_idx = train_eval_split(len(sources), d.validation_split, cfg.train.seed)
@@ -122,7 +125,7 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
     val_src, val_tgt = [sources[i] for i in val_idx], [targets[i] for i in val_idx]
     sources, targets = [sources[i] for i in train_idx], [targets[i] for i in train_idx]
     if d.eval_source:
-        eval_src, eval_tgt, _ = read_text_pairs(d.eval_source)
+        eval_src, eval_tgt, _ = read_text_pairs(d.eval_source, bad)
     else:
         eval_src, eval_tgt = val_src, val_tgt
 
@@ -187,7 +190,7 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
     files = {RunDir.VOCAB: "\n".join(src_tok.vocabulary) + "\n"}
     if not d.shared_vocabulary:
         files[RunDir.TARGET_VOCAB] = "\n".join(tgt_tok.vocabulary) + "\n"
-    info = {"counts": {"train": len(sources), "validation": len(val_src), "eval": len(eval_src)},
+    info = {"counts": {"train": len(sources), "validation": len(val_src), "eval": len(eval_src)}, **bad.report(),
             "truncated": {"source": src_cut, "target": tgt_cut}}
     return cfg, Datasets(
         train=train_ds, steps_per_epoch=steps, validation=val_ds, test=None,

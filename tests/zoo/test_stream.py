@@ -77,6 +77,10 @@ def test_every_epoch_streams_each_training_line_once_in_a_fresh_seeded_order(tmp
     assert got == val and not set(got) & set(first)
     assert [t.decode() for t in stream.validation_lines(paths, 0.1, limit=5).as_numpy_iterator()] == val[:5]
     assert [t.decode() for t in stream.all_lines(paths).as_numpy_iterator()] == texts
+    # A line that is not UTF-8 never reaches the stream (the scan refused it, or counted it to skip).
+    (tmp_path / "bad.txt").write_bytes(b"good\nna\xefve\nalso good\n")
+    assert [t.decode() for t in stream.all_lines([str(tmp_path / "bad.txt")]).as_numpy_iterator()] == [
+        "good", "also good"]
 
 
 @pytest.mark.slow
@@ -84,8 +88,12 @@ def test_streamed_pretraining_trains_and_counts_from_the_scan(tmp_path):
     from zoo.recipes.engine.run import train
 
     paths, texts = _corpus(tmp_path, files=2, lines=300)
+    # One line that is not UTF-8, skipped by the scan and by the stream alike (data.on_error=skip).
+    (tmp_path / "part-9.txt").write_bytes(b"ok line one\nna\xefve line\nok line two\n")
+    texts = texts + ["ok line one", "ok line two"]
     result = train("bert_pretrain", str(tmp_path / "run"), {
         "data.source": str(tmp_path / "part-*.txt"), "data.streaming": True, "data.shuffle_buffer": 128,
+        "data.on_error": "skip",
         "data.vocab_sample_lines": 200, "model.preset": "bert_tiny", "data.sequence_length": 16,
         "data.vocab_size": 120, "train.epochs": 3, "train.batch_size": 32, "train.optimizer.learning_rate": 2e-3,
         "train.tensorboard": False, "train.checkpoint_every_epoch": False, "data.validation_split": 0.1}, verbose=0)
@@ -97,6 +105,8 @@ def test_streamed_pretraining_trains_and_counts_from_the_scan(tmp_path):
         data = json.load(fh)["data"]
     assert data["streamed"] is True
     assert data["counts"] == {"train_lines": len(train_part), "validation_lines": len(val_part), "eval_lines": 0}
+    assert data["skipped_rows"] == 1 and data["first_skipped"][0].endswith("re-encode the file as UTF-8")
+    assert ":2: not valid UTF-8" in data["first_skipped"][0]
     losses = [e["loss"] for e in info["epochs"]]
     assert len(losses) == 3 and losses[-1] < losses[0] and all(np.isfinite(e["val_loss"]) for e in info["epochs"])
     with pytest.raises(DataError, match="fell in the validation part"):

@@ -57,10 +57,15 @@ def _clean(raw: bytes) -> bytes:
 
 
 def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int, seed: int,
-                chunk: int = 8192) -> CorpusScan:
-    """One pass over ``files``: counts per part, UTF-8 checked (errors name file and line), a seeded
-    reservoir sample of at most ``sample_lines`` lines of the training part for the vocabulary."""
+                chunk: int = 8192, bad: Any = None) -> CorpusScan:
+    """One pass over ``files``: counts per part, UTF-8 checked (errors name file and line; under ``bad``'s
+    skip policy, a ``zoo.data.text.BadRows``, such lines are counted and left out, as the stream leaves
+    them out), a seeded reservoir sample of at most ``sample_lines`` lines of the training part."""
     import tensorflow as tf
+
+    from zoo.data.text import BadRows, utf8_error
+
+    bad = bad or BadRows()
 
     threshold = validation_threshold(validation_split)
     rng = random.Random(seed)
@@ -99,8 +104,8 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise DataError(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                    "re-encode the file as UTF-8") from exc
+                    bad.bad(utf8_error(path, number, exc), exc)
+                    continue
                 batch.append(line)
                 if len(batch) >= chunk:
                     flush(batch)
@@ -124,7 +129,11 @@ def _lines(files: Any, cycle_length: int) -> Any:
         return tf.strings.regex_replace(line, "^\ufeff", "")  # the pattern is UTF-8: bytes EF BB BF
 
     ds = ds.map(clean, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
+    ds = ds.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
+    # Lines that are not UTF-8 were refused by the scan, or counted there to be skipped here: a line is
+    # valid exactly when replacing its invalid bytes changes nothing.
+    return ds.filter(lambda line: tf.equal(
+        tf.strings.unicode_transcode(line, "UTF-8", "UTF-8", errors="replace"), line))
 
 
 def _in_validation(line: Any, threshold: int) -> Any:

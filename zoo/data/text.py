@@ -33,18 +33,56 @@ class TextExamples:
         return len(self.texts)
 
 
-def _decoded_lines(path: str) -> list[tuple[int, str]]:
-    """(line number, text) of every line; a DataError naming file and line for bytes that are not UTF-8."""
+ON_ERROR = ("raise", "skip")
+
+
+class BadRows:
+    """What happens to a bad row (bytes that are not UTF-8, malformed JSON, a missing field, a line
+    without a tab...): ``data.on_error=raise`` (the default) stops with a DataError naming file and line;
+    ``skip`` drops the row, counts it and keeps the first few messages for the run's report."""
+
+    KEPT = 5
+
+    def __init__(self, policy: str = "raise"):
+        if policy not in ON_ERROR:
+            raise DataError(f"data.on_error={policy!r}; use one of {', '.join(ON_ERROR)}")
+        self.policy, self.count, self.first = policy, 0, []
+
+    def bad(self, message: str, cause: BaseException | None = None) -> None:
+        if self.policy == "raise":
+            raise DataError(message) from cause
+        self.count += 1
+        if len(self.first) < self.KEPT:
+            self.first.append(message)
+
+    def report(self) -> dict[str, Any]:
+        """``{"skipped_rows": n, "first_skipped": [...]}`` for run.json (and a warning in the log)."""
+        if self.count:
+            import logging
+
+            logging.getLogger("zoo").warning("skipped %d bad row(s) (data.on_error=skip); first: %s", self.count,
+                                             self.first[0])
+        return {"skipped_rows": self.count, "first_skipped": list(self.first)}
+
+
+def utf8_error(path: str, number: int, exc: UnicodeDecodeError) -> str:
+    return f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8"
+
+
+def _decoded_lines(path: str, bad: BadRows | None = None) -> list[tuple[int, str]]:
+    """(line number, text) of every line; a DataError naming file and line for bytes that are not UTF-8
+    (or the line skipped and counted, under ``bad``'s skip policy)."""
     if not os.path.isfile(path):
         raise DataError(f"data file {path!r} does not exist")
+    bad = bad or BadRows()
     out = []
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                "re-encode the file as UTF-8") from exc
+                bad.bad(utf8_error(path, number, exc), exc)
+                continue
             if number == 1 and line.startswith("\ufeff"):
                 line = line[1:]  # byte-order mark
             out.append((number, line.rstrip("\n").rstrip("\r")))
@@ -64,11 +102,13 @@ def text_format(path: str, fmt: str = "auto") -> str:
 
 
 def read_labelled_text(path: str, text_column: str = "text", label_column: str = "label",
-                       pair_column: str | None = None, fmt: str = "auto") -> TextExamples:
-    """Read CSV / TSV (with a header row) or JSONL of texts and labels; errors name file and line."""
+                       pair_column: str | None = None, fmt: str = "auto", bad: BadRows | None = None) -> TextExamples:
+    """Read CSV / TSV (with a header row) or JSONL of texts and labels; errors name file and line (bad rows
+    are skipped and counted instead under ``bad``'s skip policy; a missing column is always an error)."""
 
+    bad = bad or BadRows()
     fmt = text_format(path, fmt)
-    lines = _decoded_lines(path)
+    lines = _decoded_lines(path, bad)
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])
     rows: list[tuple[int, dict[str, Any]]] = []
     if fmt == "jsonl":
@@ -78,9 +118,11 @@ def read_labelled_text(path: str, text_column: str = "text", label_column: str =
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc})") from exc
+                bad.bad(f"{path}:{number}: not valid JSON ({exc})", exc)
+                continue
             if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line")
+                bad.bad(f"{path}:{number}: expected a JSON object per line")
+                continue
             rows.append((number, record))
     else:
         delimiter = "," if fmt == "csv" else "\t"
@@ -92,8 +134,9 @@ def read_labelled_text(path: str, text_column: str = "text", label_column: str =
             if not values:
                 continue
             if len(values) != len(header):
-                raise DataError(f"{path}:{number}: {len(values)} fields but the header has {len(header)} "
-                                f"({delimiter!r}-separated); quote fields that contain the separator")
+                bad.bad(f"{path}:{number}: {len(values)} fields but the header has {len(header)} "
+                        f"({delimiter!r}-separated); quote fields that contain the separator")
+                continue
             rows.append((number, dict(zip(header, values))))
         missing = [c for c in columns if c not in header]
         if missing:
@@ -101,12 +144,14 @@ def read_labelled_text(path: str, text_column: str = "text", label_column: str =
                             f"{', '.join(header)} (set data.text_column / data.label_column)")
     texts, labels, pairs, numbers = [], [], [], []
     for number, record in rows:
-        for column in columns:
-            if column not in record:
-                raise DataError(f"{path}:{number}: no field {column!r}")
+        missing = [c for c in columns if c not in record]
+        if missing:
+            bad.bad(f"{path}:{number}: no field {missing[0]!r}")
+            continue
         label = record[label_column]
         if label is None or str(label).strip() == "":
-            raise DataError(f"{path}:{number}: empty label")
+            bad.bad(f"{path}:{number}: empty label")
+            continue
         texts.append("" if record[text_column] is None else str(record[text_column]))
         labels.append(str(label).strip())
         if pair_column:
@@ -149,12 +194,12 @@ def corpus_files(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def read_text_corpus(paths: Sequence[str]) -> list[str]:
+def read_text_corpus(paths: Sequence[str], bad: BadRows | None = None) -> list[str]:
     """Non-empty lines of plain text files (globs allowed), for pretraining and vocabularies."""
     files = corpus_files(paths)
     lines = []
     for path in files:
-        lines.extend(text for _, text in _decoded_lines(path) if text.strip())
+        lines.extend(text for _, text in _decoded_lines(path, bad) if text.strip())
     if not lines:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
     return lines
@@ -171,23 +216,25 @@ def vocabulary_sample(lines: Sequence[str], limit: int, seed: int) -> list[str]:
     return [lines[i] for i in keep]
 
 
-def read_text_pairs(path: str) -> tuple[list[str], list[str], list[int]]:
+def read_text_pairs(path: str, bad: BadRows | None = None) -> tuple[list[str], list[str], list[int]]:
     """(sources, targets, line numbers) from a TSV of ``source<TAB>target`` lines (no header).
 
     Blank lines are skipped; a line without a tab, or with an empty source or target, is a
-    DataError naming the file and line. Text after a second tab stays part of the target.
+    DataError naming the file and line (or skipped and counted under ``bad``'s skip policy). Text after
+    a second tab stays part of the target.
     """
+    bad = bad or BadRows()
     sources, targets, numbers = [], [], []
-    for number, line in _decoded_lines(path):
+    for number, line in _decoded_lines(path, bad):
         if not line.strip():
             continue
         if "\t" not in line:
-            raise DataError(f"{path}:{number}: no tab; each line must be 'source<TAB>target'")
+            bad.bad(f"{path}:{number}: no tab; each line must be 'source<TAB>target'")
+            continue
         source, target = line.split("\t", 1)
-        if not source.strip():
-            raise DataError(f"{path}:{number}: empty source text")
-        if not target.strip():
-            raise DataError(f"{path}:{number}: empty target text")
+        if not source.strip() or not target.strip():
+            bad.bad(f"{path}:{number}: empty {'source' if not source.strip() else 'target'} text")
+            continue
         sources.append(source.strip())
         targets.append(target.strip())
         numbers.append(number)
