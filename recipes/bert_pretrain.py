@@ -213,7 +213,9 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     batch = cfg.train.batch_size
     if streamed:
         train_ds = stream.train_lines(files, d.validation_split, cfg.train.seed, d.shuffle_buffer).batch(batch)
-        validation = fixed_masks(stream.validation_lines(files, d.validation_split, n_val).batch(batch))
+        # The scan counted the lines, so the number of batches is known (a filtered stream cannot say it).
+        lines = stream.validation_lines(files, d.validation_split, n_val).batch(batch)
+        validation = fixed_masks(lines.apply(tf.data.experimental.assert_cardinality(math.ceil(n_val / batch))))
         test = fixed_masks(stream.all_lines(eval_files).batch(batch), cache=False) if n_test else None
     else:
         train_ds = slices(text_array(train_lines), cfg.train.seed, batch_size=batch)

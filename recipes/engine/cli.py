@@ -73,10 +73,12 @@ def print_summary(result: RunResult, *, as_json: bool = False, stream: Any = Non
         stream.write("\n")
         return
     last = metrics["epochs"][-1] if metrics.get("epochs") else {}
-    rows = [("run dir", result.run_dir), ("epochs", str(metrics.get("epochs_completed"))),
+    done = (("steps", str(metrics["steps_completed"])) if "steps_completed" in metrics
+            else ("epochs", str(metrics.get("epochs_completed"))))
+    rows = [("run dir", result.run_dir), done,
             ("replicas", str(metrics.get("replicas"))), ("precision", str(metrics.get("precision"))),
             ("parameters", f"{metrics.get('parameters', 0):,}")]
-    rows += [(k, f"{v:.4f}") for k, v in last.items() if k not in ("epoch", "seconds") and isinstance(v, float)]
+    rows += [(k, f"{v:.4f}") for k, v in last.items() if k not in ("epoch", "step", "seconds") and isinstance(v, float)]
     rows += [(k, f"{v:.4f}") for k, v in metrics.get("final", {}).items()]
     rows.append(("train seconds", f"{metrics.get('train_seconds_this_process', 0):.1f}"))
     width = max(len(k) for k, _ in rows)
@@ -96,14 +98,18 @@ def main_for(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     for name in ("tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.WARNING)
     extra = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (key, _) in flags.items()}
+    cfg = None
     try:
         overrides = overrides_from_args(args, {k: v for k, v in extra.items() if v is not None}, recipe.name)
         cfg, explicit = resolve_config(recipe.config_class, overrides)
         result = run(recipe, cfg, args.run_dir or default_run_dir(recipe.name), explicit=explicit,
                      verbose=0 if (args.quiet or args.json) else "auto")  # --json: stdout holds JSON only
     except (ZooError, OSError, KeyboardInterrupt) as exc:
-        return report_failure(exc, args.debug, "interrupted; run the same command again to resume from the last "
-                                               "completed epoch")
+        last = "completed epoch"
+        if cfg is not None and cfg.train.steps:
+            last = f"checkpoint (one every {cfg.train.round_steps} steps)"
+        return report_failure(exc, args.debug,
+                              f"interrupted; run the same command again to resume from the last {last}")
     print_summary(result, as_json=args.json)
     return 0
 

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,6 +228,8 @@ class Runner:
         return train.steps // train.round_steps, train.round_steps * train.gradient_accumulation_steps
 
     def fit(self) -> None:
+        import tensorflow as tf
+
         train, data = self.cfg.train, self.data
         epochs, batches = self.loop()
         initial_epoch, train_data = 0, data.train
@@ -236,18 +239,25 @@ class Runner:
             # epochs (or rounds of steps, mid-epoch) the order an uninterrupted run would have seen.
             train_data = data.train.skip(initial_epoch * batches)
         validation = {}
-        if train.steps:
-            validation = {"validation_freq": (train.validation_every_steps or train.round_steps) // train.round_steps,
-                          "validation_steps": train.validation_steps or 100}
-        elif train.validation_steps:
-            validation = {"validation_steps": train.validation_steps}
+        if data.validation is not None:
+            if train.steps:
+                validation["validation_freq"] = (train.validation_every_steps or train.round_steps) // train.round_steps
+            # Bounded validation (100 batches by default in step mode), unless the set is known to be smaller:
+            # Keras warns that the input "ran out of data" when asked for more batches than there are.
+            limit = train.validation_steps or (100 if train.steps else 0)
+            size = int(tf.data.experimental.cardinality(data.validation))
+            if limit and not 0 <= size <= limit:
+                validation["validation_steps"] = limit
         callbacks = self.callbacks()
-        with _fit_scope(train.strategy, self.model):
+        with _fit_scope(train.strategy, self.model), warnings.catch_warnings():
+            # The masked LM reads the backbone's sequence output only, so the pooler gets no gradient; Keras
+            # warns about it at every trace, as if the loss were missing.
+            warnings.filterwarnings("ignore", message=r"Gradients do not exist for variables \['pooled_dense/",
+                                    category=UserWarning)
             start = time.perf_counter()
             self.history = self.model.fit(
                 train_data, validation_data=data.validation, epochs=epochs, initial_epoch=initial_epoch,
-                steps_per_epoch=batches, callbacks=callbacks, verbose=self.verbose, shuffle=False,
-                **(validation if data.validation is not None else {}))
+                steps_per_epoch=batches, callbacks=callbacks, verbose=self.verbose, shuffle=False, **validation)
             self.train_seconds = time.perf_counter() - start
 
     def evaluate(self) -> None:
