@@ -70,11 +70,11 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
     threshold = validation_threshold(validation_split)
     rng = random.Random(seed)
     sample: list[str] = []
-    seen = train = validation = 0
+    train = validation = 0
     total = 0
 
     def flush(batch: list[bytes]) -> None:
-        nonlocal seen, train, validation
+        nonlocal train, validation
         if not batch:
             return
         buckets = tf.strings.to_hash_bucket_fast(tf.constant(batch, tf.string), HASH_BUCKETS).numpy()
@@ -82,12 +82,11 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
             if bucket < threshold:
                 validation += 1
                 continue
-            train += 1
-            seen += 1
+            train += 1  # Algorithm R: the train-th line replaces a sampled one with probability sample_lines/train
             if len(sample) < sample_lines:
                 sample.append(line.decode("utf-8"))
-            else:
-                j = rng.randrange(seen)
+            elif sample_lines:
+                j = rng.randrange(train)
                 if j < sample_lines:
                     sample[j] = line.decode("utf-8")
 
