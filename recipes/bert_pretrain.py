@@ -2,6 +2,8 @@
 
     zoo train bert_pretrain --data 'corpus/*.txt' --set model.preset=bert_tiny
     zoo train bert_pretrain --data corpus.txt --set data.whole_word_masking=true --init hf:path/to/bert
+    zoo data prepare bert_pretrain --data 'corpus/*.txt' --out data/wiki    # packed TFRecord shards, once
+    zoo train bert_pretrain --data data/wiki --set train.steps=100000
 
 Dynamic masking (a fresh choice every epoch) of ``mask_rate`` of the tokens, of which 80% become
 [MASK], 10% a random token and 10% stay unchanged (Devlin et al. 2019); optional whole-word
@@ -13,6 +15,7 @@ fine-tunes the result.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +56,12 @@ class CorpusConfig:
     # false reads the lines into memory (an exact seeded permutation every epoch).
     streaming: bool | None = None
     shuffle_buffer: int = 10_000        # streamed: lines shuffled together, after a seeded file order
-    validation_max_lines: int = 10_000  # streamed: the validation part's lines used (in file order)
+    validation_max_lines: int = 10_000  # streamed or prepared: the validation lines (sequences) used
+    # `zoo data prepare` only (counted in the manifest): drop exact-duplicate lines (the first is kept);
+    # drop lines with fewer / more WordPiece tokens than these (0: no limit).
+    dedup: bool = False
+    min_line_tokens: int = 0
+    max_line_tokens: int = 0
 
     def __post_init__(self) -> None:
         check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
@@ -69,6 +77,10 @@ class CorpusConfig:
         check_range("max_predictions", self.max_predictions, 0, self.sequence_length)
         check_range("shuffle_buffer", self.shuffle_buffer, 1)
         check_range("validation_max_lines", self.validation_max_lines, 1)
+        check_range("min_line_tokens", self.min_line_tokens, 0)
+        check_range("max_line_tokens", self.max_line_tokens, 0)
+        if self.max_line_tokens and self.min_line_tokens > self.max_line_tokens:
+            raise ConfigError("min_line_tokens is larger than max_line_tokens")
 
     @property
     def predictions(self) -> int:
@@ -147,11 +159,114 @@ def mask_tokens(inputs: dict[str, Any], *, vocab_size: int, mask_id: int, specia
 
 
 def _streams(d: CorpusConfig, files: list[str]) -> bool:
-    import os
-
     if d.streaming is not None:
         return d.streaming
     return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > STREAM_BYTES
+
+
+def _masking(cfg: BertPretrainConfig, pre: Any) -> tuple[Any, Any]:
+    """``(masked(batch, seed=None), fixed_masks(batches, cache=True))`` for the run's preprocessor ``pre``:
+    dynamic masks for training; fixed (stateless, seeded) masks for evaluation, so losses compare across
+    epochs and runs. A batch is raw text (tokenized by ``pre``) or packed inputs (a prepared dataset)."""
+    import tensorflow as tf
+
+    d = cfg.data
+    vocab = pre.vocabulary
+    continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
+    special = [pre.pad_id, pre.cls_id, pre.sep_id, pre.mask_id, pre.unk_id]
+    options = dict(vocab_size=len(vocab), mask_id=pre.mask_id, special_ids=special, max_predictions=d.predictions,
+                   rate=d.mask_rate, mask_token_rate=d.mask_token_rate, random_token_rate=d.random_token_rate,
+                   continuation=continuation)
+
+    def masked(batch: Any, seed: Any = None) -> Any:
+        return mask_tokens(batch if isinstance(batch, dict) else pre(batch), seed=seed, **options)
+
+    def fixed_masks(batches: Any, cache: bool = True) -> Any:
+        ds = batches.enumerate().map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
+        return (ds.cache() if cache else ds).prefetch(tf.data.AUTOTUNE)
+
+    return masked, fixed_masks
+
+
+def _prepared_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPretrainConfig, Datasets]:
+    """Training on a `zoo data prepare` directory: token ids already packed; the vocabulary, casing and
+    sequence length are the dataset's (a run that sets others is refused)."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from zoo.data.prepared import open_prepared
+    from zoo.data.text import BadRows, corpus_files
+
+    d = cfg.data
+    prepared = open_prepared(d.source, RECIPE.name)
+    for key, have in (("sequence_length", prepared.sequence_length), ("lowercase", prepared.lowercase)):
+        if f"data.{key}" in explicit and getattr(d, key) != have:
+            raise DataError(f"{d.source!r} was prepared with data.{key}={have}, this run asks for "
+                            f"{getattr(d, key)}: drop --set data.{key}, or prepare the corpus again with it")
+    if d.streaming is False:
+        raise ConfigError("data.streaming=false reads text files into memory; a prepared dataset is always streamed")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, sequence_length=prepared.sequence_length,
+                                                             lowercase=prepared.lowercase))
+    cfg, pre, weights = resolve_backbone(cfg, explicit, list, prepared=prepared)
+    masked, fixed_masks = _masking(cfg, pre)
+    d, batch = cfg.data, cfg.train.batch_size
+    n_train = prepared.examples("train")
+    n_val = min(prepared.examples("validation"), d.validation_max_lines)
+    train_ds = prepared.train_dataset(cfg.train.seed, d.shuffle_buffer).batch(batch)
+    train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    validation = None
+    if n_val:
+        sequences = prepared.validation_dataset(n_val).batch(batch)
+        validation = fixed_masks(sequences.apply(tf.data.experimental.assert_cardinality(math.ceil(n_val / batch))))
+    bad = BadRows(d.on_error)
+    test = None
+    if d.eval_source:  # held-out raw text, tokenized on the fly
+        from zoo.data import stream
+
+        eval_files = corpus_files([p.strip() for p in d.eval_source.split(",") if p.strip()])
+        stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed, bad=bad)
+        test = fixed_masks(stream.all_lines(eval_files).batch(batch), cache=False)
+    info = {"counts": {"train_sequences": n_train, "validation_sequences": n_val},
+            "prepared": os.path.abspath(d.source), "vocab_size": len(pre.vocabulary), "streamed": True,
+            "vocabulary_sha256": prepared.vocabulary_sha256, **bad.report()}
+    return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(n_train / batch)), validation=validation,
+                         test=test, info=info, files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"},
+                         state=weights)
+
+
+def prepare_dataset(cfg: BertPretrainConfig, explicit: frozenset, out: str, *, workers: int, shards: int,
+                    log: Any) -> dict[str, Any]:
+    """``zoo data prepare bert_pretrain``: the vocabulary (``--init``'s, or learned from a seeded sample of
+    the corpus), then packed, shuffled, sharded TFRecord files in ``out`` (``zoo.data.prepared``)."""
+    from zoo.data import stream
+    from zoo.data.prepared import PrepareSpec, check_out, prepare
+    from zoo.data.text import BadRows, corpus_files
+
+    check_out(out)
+    d = cfg.data
+    if not d.source:
+        raise DataError("no corpus: pass --data with plain-text file(s), one sentence or passage per line, "
+                        "documents separated by blank lines")
+    files = corpus_files([p.strip() for p in d.source.split(",") if p.strip()])
+    for f in files:
+        if not os.path.isfile(f):
+            raise DataError(f"corpus file {f!r} does not exist" if not os.path.exists(f) else
+                            f"{f!r} is a directory; pass the text files in it (e.g. '{f}/*.txt')")
+
+    def sample() -> list[str]:
+        log(f"learning a {d.vocab_size}-token vocabulary from a sample of at most {d.vocab_sample_lines:,} lines")
+        return list(stream.scan_corpus(files, 0.0, d.vocab_sample_lines, cfg.train.seed,
+                                       bad=BadRows(d.on_error)).sample)
+
+    cfg, pre, _ = resolve_backbone(cfg, explicit, sample)
+    d = cfg.data
+    spec = PrepareSpec(recipe=RECIPE.name, files=tuple(files), vocabulary=tuple(pre.vocabulary),
+                       lowercase=pre.lowercase, sequence_length=d.sequence_length,
+                       validation_split=d.validation_split, seed=cfg.train.seed, dedup=d.dedup,
+                       min_line_tokens=d.min_line_tokens, max_line_tokens=d.max_line_tokens, on_error=d.on_error,
+                       shards=shards, workers=workers, source=d.source, extra={"init": cfg.init})
+    return prepare(spec, out, log)
 
 
 def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPretrainConfig, Datasets]:
@@ -169,6 +284,12 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     def files_of(spec: str) -> list[str]:
         return corpus_files([p.strip() for p in spec.split(",") if p.strip()])
 
+    cleaning = sorted({"data.dedup", "data.min_line_tokens", "data.max_line_tokens"} & explicit)
+    if cleaning:
+        raise ConfigError(f"{', '.join(cleaning)} applies when a corpus is prepared: `zoo data prepare bert_pretrain "
+                          "--data ... --out DIR --set ...`, then `zoo train bert_pretrain --data DIR`")
+    if os.path.isdir(d.source):
+        return _prepared_data(cfg, explicit)
     files = files_of(d.source)
     eval_files = files_of(d.eval_source) if d.eval_source else []
     streamed = _streams(d, files)
@@ -196,19 +317,7 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         n_train, n_val, n_test = len(train_lines), len(val_lines), len(test_lines)
         cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: train_lines)
     vocab = pre.vocabulary
-    continuation = np.array([t.startswith("##") for t in vocab]) if d.whole_word_masking else None
-    special = [pre.pad_id, pre.cls_id, pre.sep_id, pre.mask_id, pre.unk_id]
-    options = dict(vocab_size=len(vocab), mask_id=pre.mask_id, special_ids=special, max_predictions=d.predictions,
-                   rate=d.mask_rate, mask_token_rate=d.mask_token_rate, random_token_rate=d.random_token_rate,
-                   continuation=continuation)
-
-    def masked(texts, seed=None):
-        return mask_tokens(pre(texts), seed=seed, **options)
-
-    def fixed_masks(batches: Any, cache: bool = True) -> Any:
-        # Evaluation masks are fixed (stateless, seeded) so losses compare across epochs and runs.
-        ds = batches.enumerate().map(lambda i, t: masked(t, seed=tf.stack([tf.cast(cfg.train.seed, tf.int64), i])))
-        return (ds.cache() if cache else ds).prefetch(tf.data.AUTOTUNE)
+    masked, fixed_masks = _masking(cfg, pre)
 
     batch = cfg.train.batch_size
     if streamed:
@@ -251,7 +360,8 @@ def run_info(cfg: BertPretrainConfig, data: Datasets) -> MaskedLMInfo:
 
 
 FLAGS = {
-    "--data": ("data.source", "plain-text file(s) or globs, comma-separated"),
+    "--data": ("data.source", "plain-text file(s) or globs, comma-separated (documents separated by blank lines), "
+                              "or a directory `zoo data prepare` wrote"),
     "--eval-data": ("data.eval_source", "held-out plain-text file(s)"),
     "--init": ("init", "hf:DIR, keras_hub:DIR or a run dir to continue from"),
 }
@@ -260,7 +370,7 @@ RECIPE = Recipe(
     name="bert_pretrain",
     description="Masked-LM pretraining of a BERT from plain text (dynamic 80/10/10 masking, optional whole words).",
     config_class=BertPretrainConfig, prepare_data=prepare_data, build_model=build_model,
-    compile_args=compile_args, run_info=run_info, flags=FLAGS)
+    compile_args=compile_args, run_info=run_info, flags=FLAGS, prepare_dataset=prepare_dataset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

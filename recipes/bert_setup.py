@@ -44,13 +44,16 @@ def load_init(init: str) -> tuple[Any, list[str], list[Any], bool]:
     raise ConfigError(f"--init {init!r} is not hf:DIR, keras_hub:DIR or an existing run dir")
 
 
-def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[str]]) -> tuple[Any, Any, Any]:
+def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[str]],
+                     prepared: Any = None) -> tuple[Any, Any, Any]:
     """The backbone config, the preprocessor and the initial weights of a BERT recipe run.
 
     With ``cfg.init`` they come from the checkpoint or run it names (``model.dropout`` still applies
     if the user set it); otherwise the vocabulary is learned from ``corpus()`` (at most
     ``data.vocab_sample_lines`` of it, a seeded sample). Returns
     ``(cfg with model and data.lowercase resolved, BertPreprocessor, initial weights or None)``.
+    With ``prepared`` (a ``zoo.data.prepared.Prepared``) the vocabulary is the dataset's, and an
+    ``--init`` whose vocabulary or casing differs is refused.
     """
     from zoo.tokenizers import BertPreprocessor, build_vocabulary
 
@@ -58,8 +61,20 @@ def resolve_backbone(cfg: Any, explicit: frozenset, corpus: Callable[[], list[st
     weights = None
     if cfg.init:
         model_cfg, vocab, weights, lowercase = load_init(cfg.init)
+        if prepared is not None:
+            from zoo.data.prepared import vocabulary_hash
+            from zoo.errors import DataError
+
+            if vocabulary_hash(vocab) != prepared.vocabulary_sha256 or lowercase != prepared.lowercase:
+                raise DataError(f"{prepared.path!r} was prepared with a different vocabulary (sha256 "
+                                f"{prepared.vocabulary_sha256[:12]}..., lowercase={prepared.lowercase}) than --init "
+                                f"{cfg.init!r} has (sha256 {vocabulary_hash(vocab)[:12]}..., lowercase={lowercase}): "
+                                f"prepare the corpus again with `zoo data prepare ... --init {cfg.init}`")
         if "model.dropout" in explicit:
             model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout)
+    elif prepared is not None:
+        vocab, lowercase = list(prepared.vocabulary), prepared.lowercase
+        model_cfg = dataclasses.replace(cfg.model, vocab_size=len(vocab))
     else:
         from zoo.data.text import vocabulary_sample
 

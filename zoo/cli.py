@@ -5,6 +5,7 @@ the one core module allowed to import the recipes and the exporters.
 
     zoo list
     zoo train image_classify --epochs 5
+    zoo data prepare bert_pretrain --data 'corpus/*.txt' --out data/wiki
     zoo export runs/<run> --to exports --name digits --formats saved_model,tflite_int8
     zoo translate runs/<translate run> "some source sentence" --beam 4
     zoo compress prune runs/<cnn run> --sparsity 0.8 --to exports
@@ -246,6 +247,35 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return launch(args.workers, command, host=args.host, port_base=args.port_base)
 
 
+DATA_USAGE = ("usage: zoo data prepare RECIPE --data ... --out DIR [--set KEY=VALUE ...]\n"
+              "tokenize, pack, shuffle and shard a recipe's data once; then zoo train RECIPE --data DIR\n"
+              "(zoo data prepare RECIPE --help shows the options)")
+
+
+def _data_command(argv: list[str]) -> int:
+    """``zoo data prepare RECIPE ...``: everything after the recipe name belongs to the recipe's parser."""
+    if argv[:1] != ["prepare"] or len(argv) < 2 or argv[1].startswith("-"):
+        helped = any(a in ("-h", "--help") for a in argv)
+        print(DATA_USAGE, file=sys.stdout if helped else sys.stderr)
+        return 0 if helped else 2
+    try:
+        from zoo.errors import ConfigError
+        from zoo.recipes import check_recipe, get_recipe, list_recipes
+
+        check_recipe(argv[1])
+        recipe = get_recipe(argv[1])
+        if recipe.prepare_dataset is None:
+            able = [name for name in list_recipes() if get_recipe(name).prepare_dataset is not None]
+            raise ConfigError(f"zoo data prepare supports {', '.join(able)}; {argv[1]} reads its data files "
+                              f"directly: zoo train {argv[1]} --data ...")
+    except ZooError as exc:
+        print(format_error(exc, "--debug" in argv), file=sys.stderr)
+        return 2
+    from zoo.recipes.engine.cli import prepare_main_for
+
+    return prepare_main_for(recipe, argv[2:])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``zoo`` command. TensorFlow's console noise is filtered out unless ``--verbose`` (anywhere)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -262,6 +292,8 @@ def _main(argv: list[str]) -> int:
                                      epilog="--verbose (anywhere) shows TensorFlow's start-up messages; "
                                             "--debug shows the full cause of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("data", help="zoo data prepare RECIPE --data ... --out DIR: tokenized, packed, sharded files "
+                                "for zoo train RECIPE --data DIR", add_help=False)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="on an error, print the full traceback and its causes")
 
@@ -382,6 +414,9 @@ def _main(argv: list[str]) -> int:
         from zoo.recipes.engine.cli import main_for
 
         return main_for(recipe, argv[2:])
+
+    if argv[:1] == ["data"]:
+        return _data_command(argv[1:])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not getattr(args, "json", False) else logging.WARNING,

@@ -114,4 +114,68 @@ def main_for(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["add_train_args", "overrides_from_args", "print_summary", "main_for"]
+def prepare_main_for(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
+    """``zoo data prepare RECIPE --data ... --out DIR``: the recipe's data tokenized and written once as
+    sharded files (see ``zoo.data.prepared``) that ``zoo train RECIPE --data DIR`` reads."""
+    import time
+
+    parser = argparse.ArgumentParser(prog=f"zoo data prepare {recipe.name}",
+                                     description=f"Tokenize, pack, shuffle and shard {recipe.name}'s data once, "
+                                                 f"for `zoo train {recipe.name} --data OUT`.")
+    parser.add_argument("--out", required=True, help="the directory to write (new, or empty)")
+    parser.add_argument("--config", help="a shipped experiment or a YAML / JSON file of config overrides")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config field by dotted path, e.g. --set data.sequence_length=128 (repeatable)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes tokenizing input files in parallel (default: one per core for inputs over "
+                             "64 MB, else 1)")
+    parser.add_argument("--shards", type=int, default=0, help="training shards (default: one per 128 MB of input)")
+    parser.add_argument("--quiet", action="store_true", help="only the summary")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback and its causes")
+    for flag, (_, help_text) in recipe.flags.items():
+        if flag != "--eval-data":
+            parser.add_argument(flag, help=help_text)
+    parser.set_defaults(strategy=None, precision=None, epochs=None, batch_size=None, cpu_devices=None, xla=None,
+                        devices=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if (args.quiet or args.json) else logging.INFO,
+                        format="%(levelname)s %(message)s")
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    log = logging.getLogger("zoo").info
+    extra = {key: getattr(args, flag.lstrip("-").replace("-", "_"), None) for flag, (key, _) in recipe.flags.items()}
+    start = time.monotonic()
+    try:
+        if args.workers < 0 or args.shards < 0:
+            raise ConfigError("--workers and --shards take a positive number (0: the default)")
+        overrides = overrides_from_args(args, {k: v for k, v in extra.items() if v is not None}, recipe.name)
+        cfg, explicit = resolve_config(recipe.config_class, overrides)
+        manifest = recipe.prepare_dataset(cfg, explicit, args.out, workers=args.workers, shards=args.shards,
+                                          log=log)
+    except (ZooError, OSError, KeyboardInterrupt) as exc:
+        return report_failure(exc, args.debug, "interrupted; nothing was written: run the same command again")
+    if args.json:
+        json.dump(manifest, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    examples, padding = manifest["examples"], manifest["padding_fraction"]
+    rows = [("prepared", args.out), ("sequences", ", ".join(f"{k} {v:,}" for k, v in examples.items())),
+            ("shards", ", ".join(f"{k} {len(v)}" for k, v in manifest["shards"].items())),
+            ("sequence length", str(manifest["sequence_length"])),
+            ("lines", f"{manifest['lines']:,} in {manifest['documents']:,} documents"),
+            ("tokens", f"{manifest['tokens']:,}"),
+            ("padding", f"{padding['unpacked']:.1%} one line per sequence -> {padding['packed']:.1%} packed")]
+    cleaning = manifest["cleaning"]
+    dropped = [f"{cleaning[k]:,} {k.replace('_', ' ')}" for k in ("duplicates_removed", "too_short", "too_long",
+                                                                   "skipped_rows") if cleaning.get(k)]
+    if dropped:
+        rows.append(("dropped lines", ", ".join(dropped)))
+    rows.append(("seconds", f"{time.monotonic() - start:.1f}"))
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write("\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n")
+    sys.stdout.write(f"train on it: zoo train {recipe.name} --data {args.out}\n")
+    return 0
+
+
+__all__ = ["add_train_args", "overrides_from_args", "print_summary", "main_for", "prepare_main_for"]

@@ -70,6 +70,9 @@ class Recipe:
     callbacks: Callable[[Any, Datasets], list[Any]] | None = None
     # The recipe's own command-line shortcuts: flag -> (config key, help), e.g. {"--data": ("data.source", ...)}.
     flags: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Optional: `zoo data prepare RECIPE` (tokenized, sharded files a run reads instead of raw data):
+    # prepare_dataset(cfg, explicit, out, workers=, shards=, log=) writes ``out`` and returns its manifest.
+    prepare_dataset: Callable[..., dict[str, Any]] | None = None
 
 
 @dataclass

@@ -178,8 +178,9 @@ def test_run_dir_names_are_spelled_only_in_the_run_dir_module():
     # "logs" is also Keras' name for a callback's metrics dict.
     values = {v for k, v in vars(RunDir).items() if k.isupper() and isinstance(v, str)} - {"logs"}
     assert {"run.json", "model.keras", "metrics.json", "backup"} <= values
-    # A Hugging Face checkpoint directory also has a vocab.txt; it is not a run dir.
-    allowed = {("zoo.checkpoints", "vocab.txt")}
+    # A Hugging Face checkpoint directory also has a vocab.txt (BERT's standard name); it is not a run
+    # dir. Nor is a prepared dataset (zoo data prepare).
+    allowed = {("zoo.checkpoints", "vocab.txt"), ("zoo.data.prepared", "vocab.txt")}
     found = []
     for name, path in _modules():
         if name == "zoo.rundir":

@@ -211,6 +211,16 @@ def test_bert_block(work):
     steps = json.loads(out.stdout)
     assert steps["steps_completed"] == 6 and [e["step"] for e in steps["epochs"]] == [2, 4, 6]
     assert [("val_loss" in e) for e in steps["epochs"]] == [False, True, False]
+    out = zoo_here("zoo data prepare bert_pretrain --data 'corpus/*.txt' --out data/wiki "
+                   "--set data.sequence_length=128",
+                   ["data", "prepare", "bert_pretrain", "--data", "corpus/*.txt", "--out", "data/wiki", "--set",
+                    "data.sequence_length=32", "--set", "data.validation_split=0.2", "--quiet"], work)
+    assert "packed" in out and "zoo train bert_pretrain --data data/wiki" in out
+    out = zoo_here("zoo train bert_pretrain --data data/wiki --set train.steps=100000",
+                   ["train", "bert_pretrain", "--data", "data/wiki", "--set", "train.steps=4", "--set",
+                    "model.preset=bert_tiny", "--set", "train.schedule.warmup_steps=1", "--run-dir", "runs/prepared",
+                    *TINY, "--json"], work)
+    assert json.loads(out.stdout)["steps_completed"] == 4
     zoo_here("zoo train bert_classify --data train.tsv --eval-data dev.tsv --init hf:path/to/hf_bert_dir",
         ["train", "bert_classify", "--data", "train.tsv", "--eval-data", "dev.tsv", "--init", f"hf:{MINILM}",
          "--epochs", "1", "--set", "data.sequence_length=16", "--run-dir", "runs/minilm", *TINY], work)

@@ -141,29 +141,48 @@ def _in_validation(line: Any, threshold: int) -> Any:
     return tf.strings.to_hash_bucket_fast(line, HASH_BUCKETS) < threshold
 
 
-def train_lines(files: Sequence[str], validation_split: float, seed: int, shuffle_buffer: int,
-                cycle_length: int = 4) -> Any:
-    """Endless dataset of the training part's lines, a fresh seeded order every epoch (see the module doc)."""
+def shuffled_epochs(files: Sequence[str], kind: str, seed: int, shuffle_buffer: int, cycle_length: int = 4,
+                    keep: Any = None) -> Any:
+    """Endless dataset of the records of ``files`` (``kind``: "text" lines or "tfrecord" records), a fresh
+    seeded order every epoch: the files in a stateless permutation of ``(seed, epoch)``, interleaved,
+    then shuffled in blocks of ``shuffle_buffer`` (each block a stateless permutation of
+    ``(seed + epoch, block)``). ``keep`` optionally filters the records first."""
     import tensorflow as tf
 
     paths = tf.constant(list(files), tf.string)
     n_files = len(files)
     cycle = max(1, min(cycle_length, n_files))
-    threshold = validation_threshold(validation_split)
     seed_t = tf.constant(seed, tf.int64)
+
+    def records(ordered: Any) -> Any:
+        if kind == "text":
+            return _lines(ordered, cycle)
+        parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True} if cycle > 1 else {}
+        return tf.data.Dataset.from_tensor_slices(ordered).interleave(
+            tf.data.TFRecordDataset, cycle_length=cycle, block_length=1, **parallel)
 
     def epoch(e: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(tf.range(n_files, dtype=tf.int64),
                                                           seed=tf.stack([seed_t, e]))
-        lines = _lines(tf.gather(paths, order), cycle).filter(lambda line: ~_in_validation(line, threshold))
+        ds = records(tf.gather(paths, order))
+        if keep is not None:
+            ds = ds.filter(keep)
         if shuffle_buffer <= 1:
-            return lines
-        blocks = lines.batch(shuffle_buffer).enumerate()
+            return ds
+        blocks = ds.batch(shuffle_buffer).enumerate()
         # Seeds (seed + epoch, block): distinct for every block of every epoch of this run.
         return blocks.map(lambda i, block: tf.random.experimental.stateless_shuffle(
             block, seed=tf.stack([seed_t + e, i]))).unbatch()
 
     return tf.data.Dataset.counter(dtype=tf.int64).flat_map(epoch)
+
+
+def train_lines(files: Sequence[str], validation_split: float, seed: int, shuffle_buffer: int,
+                cycle_length: int = 4) -> Any:
+    """Endless dataset of the training part's lines, a fresh seeded order every epoch (see the module doc)."""
+    threshold = validation_threshold(validation_split)
+    return shuffled_epochs(files, "text", seed, shuffle_buffer, cycle_length,
+                           keep=lambda line: ~_in_validation(line, threshold))
 
 
 def validation_lines(files: Sequence[str], validation_split: float, limit: int | None = None) -> Any:
