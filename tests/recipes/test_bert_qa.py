@@ -202,12 +202,14 @@ def test_squad_v2_learns_to_abstain_and_the_graph_abstains_alike(qa_run, tmp_pat
     from zoo.rundir import RunDir
     from zoo.tasks.question_answering import QuestionAnsweringInfo
 
-    train_path = write_people_v2(tmp_path / "train.json", 120, PEOPLE, CITIES, 0)
+    # 64 paragraphs for 2 epochs abstain as often as 120 for 3 did (0.75 of the held-out unanswerable,
+    # EM 93 against 95; 2026-12-07), in 60% of the time.
+    train_path = write_people_v2(tmp_path / "train.json", 64, PEOPLE, CITIES, 0)
     dev_path = write_people_v2(tmp_path / "dev.json", 24, HELD_PEOPLE, HELD_CITIES, 1)
     result = train("bert_qa", str(tmp_path / "run"), {
         **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": qa_run.run_dir,
         "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
-        "train.epochs": 3, "train.optimizer.learning_rate": 1e-4}, verbose=0)
+        "train.epochs": 2, "train.optimizer.learning_rate": 1e-4}, verbose=0)
     print("bert_qa v2:", result.metrics["final"])
     # The span heads the run started from are the 1.1 run's (only a bert_qa run has any to give).
     heads = span_heads_of(qa_run.run_dir)
