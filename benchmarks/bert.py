@@ -177,13 +177,18 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per model and round")
     parser.add_argument("--out", default="bench-out")
-    parser.add_argument("--quick", action="store_true", help="bert_tiny, batch 4, length 32, 2 steps")
+    parser.add_argument("--quick", action="store_true", help="bert_tiny with one layer, batch 4, length 32, 2 steps")
     args = parser.parse_args()
     if args.quick:
         args.preset, args.batch, args.length, args.steps = "bert_tiny", 4, 32, 2
     import zoo
 
     cfg = zoo.make_config(args.preset)
+    if args.quick:  # a smoke test: one layer halves the ten graphs' tracing and XLA compiles
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, num_layers=1)
+        args.preset += " (1 layer)"
     ceiling = {"float32": matmul_gflops(512 if args.quick else 2048, "float32"),
                "bfloat16": matmul_gflops(512 if args.quick else 2048, "bfloat16")}
     step_gflop = train_step_gflop(cfg, args.batch, args.length)

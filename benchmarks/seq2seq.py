@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,7 +120,8 @@ def keras_hub_decode_seconds(lm, batch: int, source_length: int, tokens: int, ru
     return float(np.min(times))
 
 
-def train_step_seconds(preset: str, vocab: int, batch: int, length: int, precision: str, steps: int) -> float:
+def train_step_seconds(preset: str, vocab: int, batch: int, length: int, precision: str, steps: int,
+                       **overrides: Any) -> float:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -138,7 +140,7 @@ def train_step_seconds(preset: str, vocab: int, batch: int, length: int, precisi
          "decoder_token_ids": tgt, "decoder_padding_mask": np.ones_like(tgt)}
     ds = tf.data.Dataset.from_tensor_slices((x, tgt, np.ones_like(tgt, "float32"))).repeat().batch(batch)
     with precision_scope(precision):
-        model = zoo.build(preset, vocab_size=vocab, max_source_length=length, max_target_length=length)
+        model = zoo.build(preset, vocab_size=vocab, max_source_length=length, max_target_length=length, **overrides)
         model.compile(optimizer=build_optimizer(OptimizerConfig(name="adam", learning_rate=1e-4)),
                       loss=LabelSmoothedCrossEntropy(0.1))
     return median_step_seconds(model, ds, steps)
@@ -155,17 +157,20 @@ def main() -> int:
     parser.add_argument("--train-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", default="bench-out")
-    parser.add_argument("--quick", action="store_true", help="transformer_tiny, small vocabulary, one run each")
+    parser.add_argument("--quick", action="store_true",
+                        help="transformer_tiny with 1+1 layers, small vocabulary, one run each")
     args = parser.parse_args()
     if args.quick:
         args.preset, args.vocab, args.tokens, args.runs, args.steps, args.train_batch = \
             "transformer_tiny", 500, 16, 1, 2, 8
     import zoo
 
+    # quick (a smoke test): one encoder and one decoder layer halve every graph's tracing and XLA compile
+    layers = {"num_encoder_layers": 1, "num_decoder_layers": 1} if args.quick else {}
     model = zoo.build(args.preset, vocab_size=args.vocab, max_source_length=256, max_target_length=256,
-                      dropout=0.0)
-    out = {"preset": args.preset, "vocab": args.vocab, "source_length": args.source_length, "decode": [],
-           "per_token": [], "train": []}
+                      dropout=0.0, **layers)
+    out = {"preset": args.preset + (" (1+1 layers)" if layers else ""), "vocab": args.vocab,
+           "source_length": args.source_length, "decode": [], "per_token": [], "train": []}
     print(f"{args.preset}, vocab {args.vocab}, source length {args.source_length}, greedy, "
           f"{args.tokens} generated tokens, fastest of {args.runs}")
     print(f"{'batch':>5}  {'cached tok/s':>12}  {'uncached tok/s':>14}  {'speed-up':>8}")
@@ -214,7 +219,8 @@ def main() -> int:
     print(f"\ntraining step, batch {args.train_batch}, length {args.train_length} (source and target)")
     f32 = None
     for precision in ("float32", "mixed_bfloat16"):
-        s = train_step_seconds(args.preset, args.vocab, args.train_batch, args.train_length, precision, args.steps)
+        s = train_step_seconds(args.preset, args.vocab, args.train_batch, args.train_length, precision, args.steps,
+                               **layers)
         f32 = f32 or s
         out["train"].append({"precision": precision, "seconds": s, "vs_float32": s / f32})
         print(f"{precision:<15} {s:.3f} s/step  {s / f32:.2f}x")
