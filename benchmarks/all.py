@@ -37,8 +37,10 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "seq2seq": ("seq2seq.json", ["--quick"], []),
     "qa": ("qa.json", ["--quick"], []),
     "serve": ("serve.json", ["--quick"], []),
+    "data": ("data.json", ["--quick"], []),
 }
-SCRIPT_FILES = {"training": "run.py", "bert": "bert.py", "seq2seq": "seq2seq.py", "qa": "qa.py", "serve": "serve.py"}
+SCRIPT_FILES = {"training": "run.py", "bert": "bert.py", "seq2seq": "seq2seq.py", "qa": "qa.py", "serve": "serve.py",
+                "data": "data.py"}
 
 
 def machine() -> dict[str, Any]:
@@ -178,8 +180,31 @@ def serve_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def data_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
+    sizes = f"{d['large_mb']:g} MB / {d['small_mb']:g} MB corpus"
+    runs, ratios, out = d["runs"], d["ratios"], []
+    for mode, label in (("prepared", "prepared shards"), ("raw", "raw text streamed")):
+        large, small = runs[f"large {mode}"], runs[f"small {mode}"]
+        out.append(row("data at scale", f"bert_pretrain peak RSS, {sizes}, {label}",
+                       ratios[mode]["peak_rss_large_vs_small"], "memory ratio (1: flat in corpus size)",
+                       f"{large['peak_mib']:.0f} vs {small['peak_mib']:.0f} MiB", "<= 1.2"))
+        out.append(row("data at scale", f"bert_pretrain time to the first step, {sizes}, {label}",
+                       ratios[mode]["first_step_large_vs_small"],
+                       "time ratio" + (" (the raw stream scans the text once first)" if mode == "raw" else ""),
+                       f"{large['first_step_s']:.1f} vs {small['first_step_s']:.1f} s",
+                       "<= 1.5" if mode == "prepared" else ""))
+    tokens = d["tokens_per_s"]
+    out.append(row("data at scale", f"real tokens per step, packed shards vs one line per sequence (length "
+                   f"{d['length']})", ratios["packed_vs_raw_tokens_per_step"], "non-padding tokens ratio", "", ">= 2"))
+    out.append(row("data at scale", "real tokens per second, packed shards vs raw streamed lines",
+                   ratios["packed_vs_raw_tokens_per_s"], "tokens/s ratio",
+                   f"{tokens['prepared']:.0f} vs {tokens['raw']:.0f} tokens/s"))
+    return out
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
-    "training": training_rows, "bert": bert_rows, "seq2seq": seq2seq_rows, "qa": qa_rows, "serve": serve_rows}
+    "training": training_rows, "bert": bert_rows, "seq2seq": seq2seq_rows, "qa": qa_rows, "serve": serve_rows,
+    "data": data_rows}
 
 
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any], quick: bool, seconds: dict[str, float]) -> str:

@@ -27,7 +27,7 @@ def test_quick_bench_produces_every_row(tmp_path):
         kinds.setdefault(r["benchmark"], []).append(r["row"])
         assert r["ratio"] > 0 and r["ratio"] == r["ratio"], r  # positive, not NaN
     assert set(kinds) == {"training", "input pipeline", "export", "bert training", "decoding", "seq2seq training",
-                          "question answering", "serving"}
+                          "question answering", "serving", "data at scale"}
     bert = kinds["bert training"]
     assert any("zoo vs keras-hub" in r and "XLA" in r for r in bert) and any("zoo vs keras-hub" in r and "XLA" not in r
                                                                             for r in bert)
@@ -42,6 +42,9 @@ def test_quick_bench_produces_every_row(tmp_path):
     assert sum("vs keras-hub BartSeq2SeqLM.generate" in r for r in decoding) == 2
     assert len(kinds["input pipeline"]) == 2 and any("tflite_int8" in r for r in kinds["export"])
     assert {"saved_model", "tflite"} <= {r.split(": ")[1].split(" ")[0] for r in kinds["question answering"]}
+    data = kinds["data at scale"]
+    assert sum("peak RSS" in r for r in data) == 2 and sum("first step" in r for r in data) == 2
+    assert any("real tokens per step" in r for r in data) and any("real tokens per second" in r for r in data)
     machine = bench["machine"]
     # The flags are read off this machine: every one the report names is on exactly where /proc/cpuinfo has it.
     cpu_flags = next(ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags"))

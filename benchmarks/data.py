@@ -1,0 +1,162 @@
+"""Data at scale: bert_pretrain on a large corpus against a small one (peak memory, time to the first
+training step), and packed prepared shards against raw streamed lines (real tokens per second).
+
+    python benchmarks/data.py [--small-mb 5] [--large-mb 500] [--steps 200] [--quick]
+
+Each training run is a fresh process (its ``ru_maxrss`` is its own), bert_tiny at sequence length 128,
+batch 32, ``train.steps`` steps. The corpora are synthetic documents (blank-line separated) of short
+lines, 4-20 words from a 3,000-word vocabulary, the shape of sentence-split text. Both sizes use the
+same vocabulary sample size, so learning it costs the same. Time to the first step is counted from the
+call of ``train`` (TensorFlow's import, the same for both, is left out) to the end of the first batch.
+Real tokens per step are ``batch x length x (1 - padding)``, with the padding fractions the prepare
+measured on the same corpus (one line per sequence for the raw stream, packed for the shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs jobs (JSON on argv): {"prepare": [corpus, out, options]} or {"train": [data, run_dir, overrides]}.
+# Each job's peak RSS is ru_maxrss after it: a job's own peak when it runs alone in its process (the full
+# benchmark: one process per job); --quick runs every job in one process (a smoke test of the code).
+CHILD = r"""
+import json, resource, sys, time
+import keras
+from zoo.recipes.engine.run import train
+
+class Clock(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.monotonic())
+
+for job in json.loads(sys.argv[1]):
+    start = time.monotonic()
+    if "prepare" in job:
+        import contextlib, io
+        from zoo.cli import main
+        corpus, out, options = job["prepare"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["data", "prepare", "bert_pretrain", "--data", corpus, "--out", out, "--quiet", *options])
+        assert code == 0, f"zoo data prepare {corpus} failed"
+        result = {"seconds": time.monotonic() - start, "manifest": json.load(open(out + "/manifest.json"))}
+    else:
+        data, run_dir, overrides = job["train"]
+        clock = Clock()
+        run = train("bert_pretrain", run_dir, {"data.source": data, **overrides}, extra_callbacks=[clock], verbose=0)
+        ends = clock.ends
+        result = {"first_step_s": ends[0] - start, "steps": len(ends),
+                  "steps_per_s": (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else float("nan"),
+                  "final_loss": run.metrics["epochs"][-1]["loss"]}
+    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result), flush=True)
+"""
+
+
+def write_corpus(path: str, megabytes: float, seed: int) -> int:
+    """Synthetic documents of short lines, written in chunks until ``megabytes``; returns the lines."""
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(3000)])
+    target, written, lines = int(megabytes * 2**20), 0, 0
+    with open(path, "w", encoding="utf-8") as fh:
+        while written < target:
+            lengths = rng.integers(4, 21, 4096)
+            ids = rng.zipf(1.3, int(lengths.sum())) % len(words)
+            cuts = np.cumsum(lengths)[:-1]
+            text = [" ".join(chunk) for chunk in np.split(words[ids], cuts)]
+            ends = rng.random(len(text)) < 0.2  # a document ends after about one line in five
+            block = "".join(t + ("\n\n" if e else "\n") for t, e in zip(text, ends))
+            fh.write(block)
+            written += len(block)
+            lines += len(text)
+    return lines
+
+
+def run_jobs(jobs: list[dict]) -> list[dict]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(jobs)], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark job failed: {jobs}\n{proc.stderr[-3000:]}")
+    return [json.loads(line) for line in proc.stdout.strip().splitlines()[-len(jobs):]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small-mb", type=float, default=5.0)
+    parser.add_argument("--large-mb", type=float, default=500.0)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--quick", action="store_true", help="0.2 MB and 2 MB, 4 steps, length 32, batch 8, every "
+                                                            "job in one process (a smoke test: no figures)")
+    args = parser.parse_args()
+    if args.quick:
+        args.small_mb, args.large_mb, args.steps, args.length, args.batch = 0.2, 2.0, 4, 32, 8
+    sample = ["--set", "data.vocab_sample_lines=20000", "--set", "data.vocab_size=4000"]
+    train_cfg = {"model.preset": "bert_tiny", "data.vocab_sample_lines": 20000, "data.vocab_size": 4000,
+                 "train.steps": args.steps, "train.checkpoint_every_steps": args.steps,
+                 "train.schedule.warmup_steps": 1, "train.batch_size": args.batch, "train.validation_steps": 2,
+                 "train.tensorboard": False}
+    out = {"small_mb": args.small_mb, "large_mb": args.large_mb, "steps": args.steps, "length": args.length,
+           "batch": args.batch, "runs": {}, "prepare": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs, names = [], []
+        for size, mb in (("small", args.small_mb), ("large", args.large_mb)):
+            corpus, prepared = os.path.join(tmp, f"{size}.txt"), os.path.join(tmp, f"{size}-prepared")
+            t = time.perf_counter()
+            lines = write_corpus(corpus, mb, seed=0)
+            print(f"{size}: {mb:g} MB, {lines:,} lines written in {time.perf_counter() - t:.1f} s", flush=True)
+            jobs.append({"prepare": [corpus, prepared, [*sample, "--set", f"data.sequence_length={args.length}"]]})
+            names.append(f"prepare {size}")
+            for mode, data, extra in (("prepared", prepared, {}),
+                                      ("raw", corpus, {"data.streaming": True, "data.sequence_length": args.length})):
+                jobs.append({"train": [data, os.path.join(tmp, f"run-{size}-{mode}"), {**train_cfg, **extra}]})
+                names.append(f"{size} {mode}")
+        results = run_jobs(jobs) if args.quick else [r for job in jobs for r in run_jobs([job])]
+        for name, r in zip(names, results):
+            if name.startswith("prepare"):
+                size = name.split()[1]
+                manifest, mb = r.pop("manifest"), getattr(args, f"{size}_mb")
+                out["prepare"][size] = {**r, "mb_per_s": mb / r["seconds"], "lines": manifest["lines"],
+                                        "examples": manifest["examples"], "padding": manifest["padding_fraction"]}
+                print(f"{size}: prepared in {r['seconds']:.1f} s: {manifest['examples']['train']:,} sequences; "
+                      f"padding {manifest['padding_fraction']['unpacked']:.1%} one line per sequence -> "
+                      f"{manifest['padding_fraction']['packed']:.1%} packed")
+            else:
+                out["runs"][name] = r
+                print(f"{name:<15}: peak {r['peak_mib']:.0f} MiB, first step after {r['first_step_s']:.1f} s, "
+                      f"{r['steps_per_s']:.2f} steps/s")
+    runs, pad = out["runs"], out["prepare"]["large"]["padding"]
+    real = {"prepared": 1 - pad["packed"], "raw": 1 - pad["unpacked"]}
+    out["ratios"] = {
+        mode: {"peak_rss_large_vs_small": runs[f"large {mode}"]["peak_mib"] / runs[f"small {mode}"]["peak_mib"],
+               "first_step_large_vs_small": runs[f"large {mode}"]["first_step_s"]
+               / runs[f"small {mode}"]["first_step_s"]}
+        for mode in ("prepared", "raw")}
+    tokens = {mode: runs[f"large {mode}"]["steps_per_s"] * args.batch * args.length * real[mode]
+              for mode in ("prepared", "raw")}
+    out["tokens_per_s"] = tokens
+    out["ratios"]["packed_vs_raw_tokens_per_s"] = tokens["prepared"] / tokens["raw"]
+    out["ratios"]["packed_vs_raw_tokens_per_step"] = real["prepared"] / real["raw"]
+    out["machine"] = {"cpus": os.cpu_count()}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "data.json"), "w") as fh:
+        json.dump(out, fh, indent=2)
+    for key, value in out["ratios"].items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
