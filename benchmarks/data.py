@@ -64,22 +64,27 @@ for job in json.loads(sys.argv[1]):
 """
 
 
-def write_corpus(path: str, megabytes: float, seed: int) -> int:
-    """Synthetic documents of short lines, written in chunks until ``megabytes``; returns the lines."""
+def write_corpus(directory: str, megabytes: float, seed: int, file_mb: float = 64.0) -> int:
+    """Synthetic documents of short lines in ``directory``, files of at most ``file_mb`` (as a real corpus
+    comes in shards), written in chunks until ``megabytes``; returns the lines."""
     rng = np.random.default_rng(seed)
     words = np.array([f"w{i}" for i in range(3000)])
     target, written, lines = int(megabytes * 2**20), 0, 0
-    with open(path, "w", encoding="utf-8") as fh:
-        while written < target:
-            lengths = rng.integers(4, 21, 4096)
-            ids = rng.zipf(1.3, int(lengths.sum())) % len(words)
-            cuts = np.cumsum(lengths)[:-1]
-            text = [" ".join(chunk) for chunk in np.split(words[ids], cuts)]
-            ends = rng.random(len(text)) < 0.2  # a document ends after about one line in five
-            block = "".join(t + ("\n\n" if e else "\n") for t, e in zip(text, ends))
-            fh.write(block)
-            written += len(block)
-            lines += len(text)
+    os.makedirs(directory)
+    while written < target:
+        path = os.path.join(directory, f"part-{written // int(file_mb * 2**20):05d}.txt")
+        with open(path, "w", encoding="utf-8") as fh:
+            start = written
+            while written < target and written - start < file_mb * 2**20:
+                lengths = rng.integers(4, 21, 4096)
+                ids = rng.zipf(1.3, int(lengths.sum())) % len(words)
+                cuts = np.cumsum(lengths)[:-1]
+                text = [" ".join(chunk) for chunk in np.split(words[ids], cuts)]
+                ends = rng.random(len(text)) < 0.2  # a document ends after about one line in five
+                block = "".join(t + ("\n\n" if e else "\n") for t, e in zip(text, ends))
+                fh.write(block)
+                written += len(block)
+                lines += len(text)
     return lines
 
 
@@ -113,9 +118,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         jobs, names = [], []
         for size, mb in (("small", args.small_mb), ("large", args.large_mb)):
-            corpus, prepared = os.path.join(tmp, f"{size}.txt"), os.path.join(tmp, f"{size}-prepared")
+            corpus, prepared = os.path.join(tmp, size), os.path.join(tmp, f"{size}-prepared")
             t = time.perf_counter()
             lines = write_corpus(corpus, mb, seed=0)
+            corpus = os.path.join(corpus, "*.txt")
             print(f"{size}: {mb:g} MB, {lines:,} lines written in {time.perf_counter() - t:.1f} s", flush=True)
             jobs.append({"prepare": [corpus, prepared, [*sample, "--set", f"data.sequence_length={args.length}"]]})
             names.append(f"prepare {size}")
