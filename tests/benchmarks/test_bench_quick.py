@@ -45,6 +45,7 @@ def test_quick_bench_produces_every_row(tmp_path):
     data = kinds["data at scale"]
     assert sum("peak RSS" in r for r in data) == 2 and sum("first step" in r for r in data) == 2
     assert any("real tokens per step" in r for r in data) and any("real tokens per second" in r for r in data)
+    assert any("SQuAD-shaped questions" in r for r in data)
     machine = bench["machine"]
     # The flags are read off this machine: every one the report names is on exactly where /proc/cpuinfo has it.
     cpu_flags = next(ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags"))

@@ -80,31 +80,27 @@ def zoo(readme: str, args: list[str], cwd, *, ok: bool = True, python_m: str | N
 def zoo_here(readme: str, args: list[str], cwd, *, ok: bool = True) -> Output:
     """Run one README command (``readme`` as printed there) as ``zoo.cli.main(args)`` in this process, in
     ``cwd``: what it prints and logs (warnings and errors) come back as they would from the command."""
-    import contextlib
     import io
     import logging
 
-    from zoo.cli import main
+    from tests.cli import run_cli
 
     COVERED.add(re.sub(r"\s+", " ", readme))
-    stdout, stderr = io.StringIO(), io.StringIO()
-    handler = logging.StreamHandler(stderr)
+    logged = io.StringIO()  # what the command logs (warnings and errors), as its stderr would show it
+    handler = logging.StreamHandler(logged)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    here = os.getcwd()
     try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = main(args)
+        code, stdout, stderr = run_cli(args, cwd)
     finally:
-        os.chdir(here)
         root.removeHandler(handler)
-    assert (code == 0) is ok, f"{readme}: exit {code}\n{stdout.getvalue()[-3000:]}\n{stderr.getvalue()[-3000:]}"
-    assert "Traceback" not in stderr.getvalue(), stderr.getvalue()[-3000:]
-    out = Output(stdout.getvalue() + stderr.getvalue())
-    out.stdout = stdout.getvalue()
+    stderr += logged.getvalue()
+    assert (code == 0) is ok, f"{readme}: exit {code}\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    out = Output(stdout + stderr)
+    out.stdout = stdout
     return out
 
 

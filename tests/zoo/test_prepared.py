@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.cli import run_cli
 from tests.waits import wait_until
 from zoo.data.prepared import Packer, unpack
 
@@ -92,23 +93,6 @@ def _records(directory, manifest):
     return out
 
 
-def _cli(args, cwd):
-    import contextlib
-    import io
-
-    from zoo.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    here = os.getcwd()
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = main(args)
-    finally:
-        os.chdir(here)
-    return code, stdout.getvalue(), stderr.getvalue()
-
-
 @pytest.mark.slow
 def test_prepare_round_trips_the_corpus_and_trains(tmp_path):
     """`zoo data prepare bert_pretrain`: shards that give back every token of the corpus in order (duplicates
@@ -118,7 +102,7 @@ def test_prepare_round_trips_the_corpus_and_trains(tmp_path):
     from zoo.tokenizers import BertPreprocessor
 
     _corpus(tmp_path)
-    code, out, err = _cli(["data", "prepare", "bert_pretrain", "--data", "part-*.txt", "--out", "prepared",
+    code, out, err = run_cli(["data", "prepare", "bert_pretrain", "--data", "part-*.txt", "--out", "prepared",
                            "--set", "data.sequence_length=32", "--set", "data.vocab_size=200", "--set",
                            "data.dedup=true", "--set", "data.validation_split=0.2", "--shards", "3", "--json"],
                           tmp_path)
@@ -166,20 +150,20 @@ def test_prepare_round_trips_the_corpus_and_trains(tmp_path):
     assert np.isfinite(result.metrics["epochs"][-1]["loss"])
 
     # Mismatches are refused with one clear error.
-    code, _, err = _cli(["train", "bert_pretrain", "--data", "prepared", "--set", "data.sequence_length=64",
+    code, _, err = run_cli(["train", "bert_pretrain", "--data", "prepared", "--set", "data.sequence_length=64",
                          "--run-dir", "runs/x", "--quiet"], tmp_path)
     assert code != 0 and "prepared with data.sequence_length=32" in err, err
     from tests.conftest import MINILM
 
-    code, _, err = _cli(["train", "bert_pretrain", "--data", "prepared", "--init", f"hf:{MINILM}", "--quiet"],
+    code, _, err = run_cli(["train", "bert_pretrain", "--data", "prepared", "--init", f"hf:{MINILM}", "--quiet"],
                         tmp_path)
     assert code != 0 and "a different vocabulary" in err, err
     os.makedirs(tmp_path / "empty")
-    code, _, err = _cli(["train", "bert_pretrain", "--data", "empty", "--quiet"], tmp_path)
+    code, _, err = run_cli(["train", "bert_pretrain", "--data", "empty", "--quiet"], tmp_path)
     assert code != 0 and "without manifest.json" in err, err
-    code, _, err = _cli(["data", "prepare", "bert_pretrain", "--data", "part-*.txt", "--out", "prepared"], tmp_path)
+    code, _, err = run_cli(["data", "prepare", "bert_pretrain", "--data", "part-*.txt", "--out", "prepared"], tmp_path)
     assert code != 0 and "already holds a prepared dataset" in err, err
-    code, _, err = _cli(["data", "prepare", "translate", "--data", "x.tsv", "--out", "p2"], tmp_path)
+    code, _, err = run_cli(["data", "prepare", "translate", "--data", "x.tsv", "--out", "p2"], tmp_path)
     assert code != 0 and "bert_pretrain" in err, err
 
 
@@ -201,12 +185,12 @@ def test_a_killed_prepare_leaves_nothing_readable_and_parallel_workers_write_the
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "prepared").exists() and list(tmp_path.glob("prepared.partial-*"))
-    code, _, err = _cli(["train", "bert_pretrain", "--data", "prepared", "--quiet"], tmp_path)
+    code, _, err = run_cli(["train", "bert_pretrain", "--data", "prepared", "--quiet"], tmp_path)
     assert code != 0 and "error:" in err  # nothing to read there
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(tmp_path.glob("prepared.partial-*")) and "padding" in done.stdout
-    code, _, err = _cli([*args[:-2], "--workers", "1", "--out", "one"], tmp_path)
+    code, _, err = run_cli([*args[:-2], "--workers", "1", "--out", "one"], tmp_path)
     assert code == 0, err
     two = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     one = json.loads((tmp_path / "one" / "manifest.json").read_text())
