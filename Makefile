@@ -25,13 +25,13 @@ demo: $(STAMP)
 		--formats saved_model,tflite,tflite_dynamic,tflite_int8 --report demo-out/report.json
 
 # Two pytest processes side by side, one per core: the tests that start fresh `zoo` and benchmark
-# processes plus the question-answering tests (their MiniLM trainings even out the halves' times), and
+# processes plus the question-answering and prepared-dataset tests (they even out the halves' times), and
 # everything else in one process (its session fixtures, trained runs, built once). The second half's output
 # follows the first's; either half failing fails the target. Each half lists its 25 slowest steps, and any
 # test over 5 s not marked slow. (pytest-xdist's loadgroup would do this, but 3.8 cannot group tests under
 # pytest 9.2.)
 SECOND := tests/layout/test_readme_commands.py tests/benchmarks tests/recipes/test_bert_qa.py \
-	tests/export/test_qa_export.py
+	tests/export/test_qa_export.py tests/zoo/test_prepared.py
 test: $(STAMP)
 	@$(PY) -m pytest -q --durations=25 $(SECOND) > .test-second.log 2>&1 & second=$$!; \
 	$(PY) -m pytest -q --durations=25 $(addprefix --ignore=,$(SECOND)) tests; first=$$?; \
