@@ -85,6 +85,13 @@ def print_summary(result: RunResult, *, as_json: bool = False, stream: Any = Non
     stream.write("\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n")
 
 
+def configure_logging(quiet: bool) -> None:
+    """The zoo's progress lines on stderr (warnings only when ``quiet``); TensorFlow's and absl's INFO off."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s")
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main_for(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     """A recipe's command line (``zoo train NAME``, ``python -m zoo.recipes.NAME``): parse, resolve config,
     train, print the summary. ``recipe.flags`` adds its own shortcut options."""
@@ -94,9 +101,7 @@ def main_for(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     for flag, (_, help_text) in flags.items():
         parser.add_argument(flag, help=help_text)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    for name in ("tensorflow", "absl"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging(args.quiet)
     extra = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (key, _) in flags.items()}
     cfg = None
     try:
@@ -139,10 +144,7 @@ def prepare_main_for(recipe: Recipe, argv: Sequence[str] | None = None) -> int:
     parser.set_defaults(strategy=None, precision=None, epochs=None, batch_size=None, cpu_devices=None, xla=None,
                         devices=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if (args.quiet or args.json) else logging.INFO,
-                        format="%(levelname)s %(message)s")
-    for name in ("tensorflow", "absl"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging(args.quiet or args.json)
     log = logging.getLogger("zoo").info
     extra = {key: getattr(args, flag.lstrip("-").replace("-", "_"), None) for flag, (key, _) in recipe.flags.items()}
     start = time.monotonic()

@@ -38,8 +38,8 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,6 @@ MANIFEST = "manifest.json"
 VOCAB = "vocab.txt"
 PARTS = ("train", "validation")
 FORMAT = "packed_token_ids"
-_BOM = b"\xef\xbb\xbf"
 # Default shard count: one shard per this many bytes of input text (at least one, at most 1024).
 BYTES_PER_SHARD = 128 * 2**20
 PARALLEL_BYTES = 64 * 2**20  # workers unset (0): one per core above this much input, else in this process
@@ -113,30 +112,6 @@ def unpack(sequences: Sequence[Sequence[int]], cls_id: int, sep_id: int) -> list
     return [t for seq in sequences for t in seq if t not in (cls_id, sep_id)]
 
 
-def _clean(raw: bytes) -> bytes:
-    raw = raw.rstrip(b"\n")
-    if raw.endswith(b"\r"):
-        raw = raw[:-1]
-    return raw[3:] if raw.startswith(_BOM) else raw
-
-
-def corpus_events(path: str, bad: Any) -> Iterator[tuple[int, str | None]]:
-    """``(line number, text)`` for each line of ``path`` to keep, ``(line number, None)`` for a blank line
-    (a document boundary). Lines that are not UTF-8 go to ``bad`` (a ``zoo.data.text.BadRows``)."""
-    from zoo.data.text import utf8_error
-
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            line = _clean(raw)
-            if not line.strip():
-                yield number, None
-                continue
-            try:
-                yield number, line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad.bad(utf8_error(path, number, exc), exc)
-
-
 def fingerprint(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
@@ -163,10 +138,11 @@ class PackTask:
 
 def file_fingerprints(path: str, on_error: str) -> np.ndarray:
     """uint64 fingerprints of the file's text lines, in order (for exact-duplicate removal)."""
+    from zoo.data.stream import corpus_lines
     from zoo.data.text import BadRows
 
     bad = BadRows(on_error)
-    values = [fingerprint(text) for _, text in corpus_events(path, bad) if text is not None]
+    values = [fingerprint(text) for _, text in corpus_lines(path, bad) if text is not None]
     return np.asarray(values, dtype=np.uint64)
 
 
@@ -183,6 +159,7 @@ def pack_file(task: PackTask) -> dict[str, Any]:
     ``task.tmp_dir`` (``f<index>-<part>-<shard>.tfrecord``). Returns the file's counts."""
     import tensorflow as tf
 
+    from zoo.data.stream import corpus_lines
     from zoo.data.text import BadRows
     from zoo.tokenizers import BertPreprocessor
 
@@ -240,7 +217,7 @@ def pack_file(task: PackTask) -> dict[str, Any]:
     batch: list[str | None] = []
     text_index = 0
     try:
-        for _, text in corpus_events(task.path, bad):
+        for _, text in corpus_lines(task.path, bad):
             if text is not None:
                 kept = keep is None or bool(keep[text_index])
                 text_index += 1
@@ -405,7 +382,7 @@ def prepare(spec: PrepareSpec, out: str, log: Any = None) -> dict[str, Any]:
             for i, t in enumerate(tasks):
                 path = os.path.join(tmp, f"keep-{i:05d}.npy")
                 np.save(path, keep[offsets[i]:offsets[i + 1]])
-                tasks[i] = _replace(t, keep_path=path)
+                tasks[i] = replace(t, keep_path=path)
         log(f"tokenizing and packing {len(tasks)} file(s) ({total / 2**20:.1f} MiB) with "
             f"{min(workers, len(tasks))} worker process(es)")
         per_file = _pack_all(tasks, workers)
@@ -457,12 +434,6 @@ def prepare(spec: PrepareSpec, out: str, log: Any = None) -> dict[str, Any]:
     return manifest
 
 
-def _replace(task: PackTask, **changes: Any) -> PackTask:
-    import dataclasses
-
-    return dataclasses.replace(task, **changes)
-
-
 def is_prepared(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
 
@@ -505,22 +476,18 @@ class Prepared:
 
     def train_dataset(self, seed: int, shuffle_buffer: int, cycle_length: int = 4) -> Any:
         """Endless, seeded: every epoch a fresh file order, records interleaved, shuffled in blocks."""
+        import tensorflow as tf
+
         from zoo.data.stream import shuffled_epochs
 
         return shuffled_epochs(self.files("train"), "tfrecord", seed, shuffle_buffer, cycle_length).map(
-            self.parse, num_parallel_calls=_autotune())
+            self.parse, num_parallel_calls=tf.data.AUTOTUNE)
 
     def validation_dataset(self, limit: int | None = None) -> Any:
         import tensorflow as tf
 
         ds = tf.data.TFRecordDataset(self.files("validation"))
-        return (ds.take(limit) if limit else ds).map(self.parse, num_parallel_calls=_autotune())
-
-
-def _autotune() -> Any:
-    import tensorflow as tf
-
-    return tf.data.AUTOTUNE
+        return (ds.take(limit) if limit else ds).map(self.parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def open_prepared(path: str, recipe: str) -> Prepared:

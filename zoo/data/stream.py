@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,24 @@ def _clean(raw: bytes) -> bytes:
     return raw[3:] if raw.startswith(_BOM) else raw
 
 
+def corpus_lines(path: str, bad: Any) -> Iterator[tuple[int, str | None]]:
+    """``(line number, text)`` for each line of ``path``, cleaned as the stream cleans it; ``(number, None)``
+    for a blank line (a document boundary, where documents matter). Lines that are not UTF-8 go to ``bad``
+    (a ``zoo.data.text.BadRows``: an error naming file and line, or counted and left out)."""
+    from zoo.data.text import utf8_error
+
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = _clean(raw)
+            if not line.strip():
+                yield number, None
+                continue
+            try:
+                yield number, line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad.bad(utf8_error(path, number, exc), exc)
+
+
 def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int, seed: int,
                 chunk: int = 8192, bad: Any = None) -> CorpusScan:
     """One pass over ``files``: counts per part, UTF-8 checked (errors name file and line; under ``bad``'s
@@ -63,7 +81,7 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
     them out), a seeded reservoir sample of at most ``sample_lines`` lines of the training part."""
     import tensorflow as tf
 
-    from zoo.data.text import BadRows, utf8_error
+    from zoo.data.text import BadRows
 
     bad = bad or BadRows()
 
@@ -73,7 +91,7 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
     train = validation = 0
     total = 0
 
-    def flush(batch: list[bytes]) -> None:
+    def flush(batch: list[str]) -> None:
         nonlocal train, validation
         if not batch:
             return
@@ -84,31 +102,24 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
                 continue
             train += 1  # Algorithm R: the train-th line replaces a sampled one with probability sample_lines/train
             if len(sample) < sample_lines:
-                sample.append(line.decode("utf-8"))
+                sample.append(line)
             elif sample_lines:
                 j = rng.randrange(train)
                 if j < sample_lines:
-                    sample[j] = line.decode("utf-8")
+                    sample[j] = line
 
     for path in files:
         if not os.path.isfile(path):
             raise DataError(f"corpus file {path!r} does not exist")
         total += os.path.getsize(path)
-        batch: list[bytes] = []
-        with open(path, "rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                line = _clean(raw)
-                if not line.strip():
-                    continue
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    bad.bad(utf8_error(path, number, exc), exc)
-                    continue
-                batch.append(line)
-                if len(batch) >= chunk:
-                    flush(batch)
-                    batch = []
+        batch: list[str] = []
+        for _, line in corpus_lines(path, bad):
+            if line is None:
+                continue
+            batch.append(line)
+            if len(batch) >= chunk:
+                flush(batch)
+                batch = []
         flush(batch)
     if train + validation == 0:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
