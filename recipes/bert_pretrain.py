@@ -158,6 +158,13 @@ def mask_tokens(inputs: dict[str, Any], *, vocab_size: int, mask_id: int, specia
     return out, labels, tf.cast(chosen, tf.float32)
 
 
+def _files_of(spec: str) -> list[str]:
+    """The files a comma-separated list of paths and globs names."""
+    from zoo.data.text import corpus_files
+
+    return corpus_files([p.strip() for p in spec.split(",") if p.strip()])
+
+
 def _streams(d: CorpusConfig, files: list[str]) -> bool:
     if d.streaming is not None:
         return d.streaming
@@ -196,7 +203,7 @@ def _prepared_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPr
     import tensorflow as tf
 
     from zoo.data.prepared import open_prepared
-    from zoo.data.text import BadRows, corpus_files
+    from zoo.data.text import BadRows
 
     d = cfg.data
     prepared = open_prepared(d.source, RECIPE.name)
@@ -224,7 +231,7 @@ def _prepared_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPr
     if d.eval_source:  # held-out raw text, tokenized on the fly
         from zoo.data import stream
 
-        eval_files = corpus_files([p.strip() for p in d.eval_source.split(",") if p.strip()])
+        eval_files = _files_of(d.eval_source)
         stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed, bad=bad)
         test = fixed_masks(stream.all_lines(eval_files).batch(batch), cache=False)
     info = {"counts": {"train_sequences": n_train, "validation_sequences": n_val},
@@ -241,14 +248,14 @@ def prepare_dataset(cfg: BertPretrainConfig, explicit: frozenset, out: str, *, w
     the corpus), then packed, shuffled, sharded TFRecord files in ``out`` (``zoo.data.prepared``)."""
     from zoo.data import stream
     from zoo.data.prepared import PrepareSpec, check_out, prepare
-    from zoo.data.text import BadRows, corpus_files
+    from zoo.data.text import BadRows
 
     check_out(out)
     d = cfg.data
     if not d.source:
         raise DataError("no corpus: pass --data with plain-text file(s), one sentence or passage per line, "
                         "documents separated by blank lines")
-    files = corpus_files([p.strip() for p in d.source.split(",") if p.strip()])
+    files = _files_of(d.source)
     for f in files:
         if not os.path.isfile(f):
             raise DataError(f"corpus file {f!r} does not exist" if not os.path.exists(f) else
@@ -275,14 +282,11 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     from zoo.data import stream
     from zoo.data.order import slices, text_array
     from zoo.data.splits import train_eval_split
-    from zoo.data.text import BadRows, corpus_files, read_text_corpus
+    from zoo.data.text import BadRows, read_text_corpus
 
     d = cfg.data
     if not d.source:
         raise DataError("no corpus: pass --data with plain-text file(s), one sentence or passage per line")
-
-    def files_of(spec: str) -> list[str]:
-        return corpus_files([p.strip() for p in spec.split(",") if p.strip()])
 
     cleaning = sorted({"data.dedup", "data.min_line_tokens", "data.max_line_tokens"} & explicit)
     if cleaning:
@@ -290,8 +294,8 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
                           "--data ... --out DIR --set ...`, then `zoo train bert_pretrain --data DIR`")
     if os.path.isdir(d.source):
         return _prepared_data(cfg, explicit)
-    files = files_of(d.source)
-    eval_files = files_of(d.eval_source) if d.eval_source else []
+    files = _files_of(d.source)
+    eval_files = _files_of(d.eval_source) if d.eval_source else []
     streamed = _streams(d, files)
     bad = BadRows(d.on_error)
     # Validation (per-epoch loss, early stopping) is carved from the training corpus; --eval-data, if

@@ -434,10 +434,6 @@ def prepare(spec: PrepareSpec, out: str, log: Any = None) -> dict[str, Any]:
     return manifest
 
 
-def is_prepared(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A prepared dataset opened for reading: its manifest, vocabulary and shard paths."""
