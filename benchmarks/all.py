@@ -193,6 +193,14 @@ def data_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
                        "time ratio" + (" (the raw stream scans the text once first)" if mode == "raw" else ""),
                        f"{large['first_step_s']:.1f} vs {small['first_step_s']:.1f} s",
                        "<= 1.5" if mode == "prepared" else ""))
+    large, small = runs["classify large"], runs["classify small"]
+    rows = f"{d['large_rows']:,} rows / {d['small_rows']:,} rows"
+    out.append(row("data at scale", f"bert_classify peak RSS, {rows} (streamed / in memory, as by default)",
+                   ratios["classify"]["peak_rss_large_vs_small"], "memory ratio (1: flat in rows)",
+                   f"{large['peak_mib']:.0f} vs {small['peak_mib']:.0f} MiB", "<= 1.2"))
+    out.append(row("data at scale", f"bert_classify time to the first step, {rows}",
+                   ratios["classify"]["first_step_large_vs_small"], "time ratio (the stream scans the rows once first)",
+                   f"{large['first_step_s']:.1f} vs {small['first_step_s']:.1f} s"))
     q = d["squad"]
     out.append(row("data at scale", f"question-answering features of {q['questions']:,} SQuAD-shaped questions: "
                    "memory growth / the feature arrays' own size", q["rss_growth_vs_features"],

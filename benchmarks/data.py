@@ -70,7 +70,7 @@ for job in json.loads(sys.argv[1]):
     else:
         data, run_dir, overrides = job["train"]
         clock = Clock()
-        run = train("bert_pretrain", run_dir, {"data.source": data, **overrides}, extra_callbacks=[clock], verbose=0)
+        run = train(job.get("recipe", "bert_pretrain"), run_dir, {"data.source": data, **overrides}, extra_callbacks=[clock], verbose=0)
         ends = clock.ends
         result = {"first_step_s": ends[0] - start, "steps": len(ends),
                   "steps_per_s": (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else float("nan"),
@@ -102,6 +102,23 @@ def write_corpus(directory: str, megabytes: float, seed: int, file_mb: float = 6
                 written += len(block)
                 lines += len(text)
     return lines
+
+
+def write_labelled(path: str, rows: int, seed: int) -> None:
+    """A ``text<TAB>label`` TSV of ``rows`` rows of 4-20 words; the label is whether the text holds more
+    words from the first half of the vocabulary than from the second (learnable, not trivial)."""
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(2000)])
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("text\tlabel\n")
+        for start in range(0, rows, 100_000):
+            n = min(100_000, rows - start)
+            lengths = rng.integers(4, 21, n)
+            ids = rng.integers(0, len(words), int(lengths.sum()))
+            cuts = np.cumsum(lengths)[:-1]
+            low = np.add.reduceat((ids < len(words) // 2).astype(np.int64), np.r_[0, cuts])
+            texts = [" ".join(chunk) for chunk in np.split(words[ids], cuts)]
+            fh.write("".join(f"{t}\t{int(2 * k > m)}\n" for t, k, m in zip(texts, low, lengths)))
 
 
 def write_squad(path: str, questions: int, seed: int) -> None:
@@ -144,19 +161,22 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--squad-questions", type=int, default=87_599,
                         help="questions for the SQuAD-size feature building (SQuAD v1.1 train has 87,599)")
+    parser.add_argument("--small-rows", type=int, default=10_000, help="bert_classify: the small labelled file")
+    parser.add_argument("--large-rows", type=int, default=10_000_000, help="bert_classify: the large labelled file")
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--quick", action="store_true", help="0.2 MB and 2 MB, 4 steps, length 32, batch 8, every "
                                                             "job in one process (a smoke test: no figures)")
     args = parser.parse_args()
     if args.quick:
         args.small_mb, args.large_mb, args.steps, args.length, args.batch = 0.2, 2.0, 4, 32, 8
-        args.squad_questions = 2000
+        args.squad_questions, args.small_rows, args.large_rows = 2000, 2000, 20_000
     sample = ["--set", "data.vocab_sample_lines=20000", "--set", "data.vocab_size=4000"]
     train_cfg = {"model.preset": "bert_tiny", "data.vocab_sample_lines": 20000, "data.vocab_size": 4000,
                  "train.steps": args.steps, "train.checkpoint_every_steps": args.steps,
                  "train.schedule.warmup_steps": 1, "train.batch_size": args.batch, "train.validation_steps": 2,
                  "train.tensorboard": False}
-    out = {"small_mb": args.small_mb, "large_mb": args.large_mb, "steps": args.steps, "length": args.length,
+    out = {"small_mb": args.small_mb, "large_mb": args.large_mb, "small_rows": args.small_rows,
+           "large_rows": args.large_rows, "steps": args.steps, "length": args.length,
            "batch": args.batch, "runs": {}, "prepare": {}}
     with tempfile.TemporaryDirectory() as tmp:
         jobs, names = [], []
@@ -172,6 +192,21 @@ def main() -> int:
                                       ("raw", corpus, {"data.streaming": True, "data.sequence_length": args.length})):
                 jobs.append({"train": [data, os.path.join(tmp, f"run-{size}-{mode}"), {**train_cfg, **extra}]})
                 names.append(f"{size} {mode}")
+        # bert_classify on a small and a large labelled file, each as a user runs it (data.streaming unset:
+        # the small one is read into memory, the large one, over 64 MB, streamed), scored on the same dev file.
+        dev = os.path.join(tmp, "dev.tsv")
+        write_labelled(dev, 2000, seed=1)
+        for size, rows in (("small", args.small_rows), ("large", args.large_rows)):
+            path = os.path.join(tmp, f"rows-{size}.tsv")
+            t = time.perf_counter()
+            write_labelled(path, rows, seed=0)
+            print(f"classify {size}: {rows:,} rows, {os.path.getsize(path) / 2**20:.0f} MB written in "
+                  f"{time.perf_counter() - t:.1f} s", flush=True)
+            classify = {**{k: v for k, v in train_cfg.items() if k != "train.validation_steps"},
+                        "data.eval_source": dev, "data.sequence_length": 64, "train.validation_steps": 2}
+            jobs.append({"train": [path, os.path.join(tmp, f"run-classify-{size}"), classify],
+                         "recipe": "bert_classify"})
+            names.append(f"classify {size}")
         squad = os.path.join(tmp, "squad.json")
         write_squad(squad, args.squad_questions, seed=0)
         jobs.append({"squad": [squad, 384, 128, 64]})  # the recipe's SQuAD defaults
@@ -205,6 +240,9 @@ def main() -> int:
                "first_step_large_vs_small": runs[f"large {mode}"]["first_step_s"]
                / runs[f"small {mode}"]["first_step_s"]}
         for mode in ("prepared", "raw")}
+    out["ratios"]["classify"] = {
+        "peak_rss_large_vs_small": runs["classify large"]["peak_mib"] / runs["classify small"]["peak_mib"],
+        "first_step_large_vs_small": runs["classify large"]["first_step_s"] / runs["classify small"]["first_step_s"]}
     tokens = {mode: runs[f"large {mode}"]["steps_per_s"] * args.batch * args.length * real[mode]
               for mode in ("prepared", "raw")}
     out["tokens_per_s"] = tokens

@@ -21,13 +21,7 @@ from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_ba
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from zoo.recipes.engine.run import Datasets, Recipe
-from zoo.recipes.text_data import (
-    TextDataConfig,
-    predict_texts,
-    read_splits,
-    text_classification_info,
-    text_dataset,
-)
+from zoo.recipes.text_data import TextDataConfig, logits_and_labels, read_splits, text_classification_info
 from zoo.rundir import RunDir
 from zoo.tasks.text_classification import TextClassificationInfo
 
@@ -52,8 +46,7 @@ class ClassifyState:
 
     preprocessor: Any
     initial_weights: list[Any] | None  # the backbone's, from --init
-    x_eval: Any
-    y_eval: Any
+    eval_batches: Any  # (inputs, label) batches of the eval split
 
 
 def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClassifyConfig, Datasets]:
@@ -61,18 +54,17 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
 
     d = cfg.data
     splits = read_splits(d, cfg.train.seed)
-    cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: splits.train_corpus)
+    cfg, pre, weights = resolve_backbone(cfg, explicit, splits.corpus)
     batch = cfg.train.batch_size
-    train_ds = text_dataset(splits.x_train, splits.y_train, pre, batch, shuffle_seed=cfg.train.seed)
-    val_ds = text_dataset(splits.x_val, splits.y_val, pre, batch)
-    state = ClassifyState(pre, weights, splits.x_eval, splits.y_eval)
-    n_eval = min(d.eval_sample_size, len(splits.x_eval))
-    info = {"class_names": splits.class_names, "pair": splits.pair, "counts": splits.counts, **splits.bad_rows}
+    state = ClassifyState(pre, weights, splits.eval_dataset(pre, batch))
+    info = {"class_names": splits.class_names, "pair": splits.pair, "counts": splits.counts,
+            "streamed": splits.streamed, **splits.bad_rows}
     return cfg, Datasets(
-        train=train_ds, steps_per_epoch=max(1, math.ceil(len(splits.x_train) / batch)), validation=val_ds,
-        test=None, eval_sample=(splits.x_eval[:n_eval], splits.y_eval[:n_eval]),
-        calibration=splits.x_train[:d.calibration_size], info=info,
-        files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
+        train=splits.train_dataset(pre, batch, cfg.train.seed),
+        steps_per_epoch=max(1, math.ceil(splits.counts["train"] / batch)),
+        validation=splits.validation_dataset(pre, batch), test=None,
+        eval_sample=splits.eval_sample(d.eval_sample_size), calibration=splits.calibration(d.calibration_size),
+        info=info, files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
 
 
 def build_model(cfg: BertClassifyConfig, data: Datasets) -> Any:
@@ -91,8 +83,8 @@ def compile_args(cfg: BertClassifyConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: BertClassifyConfig, model: Any, data: Datasets) -> dict[str, float]:
-    x_eval, y_eval = data.state.x_eval, data.state.y_eval
-    pred = predict_texts(model, x_eval, data.state.preprocessor, cfg.train.batch_size).argmax(-1)
+    (logits,), y_eval = logits_and_labels([model], data.state.eval_batches)
+    pred = logits.argmax(-1)
     return {"eval_accuracy": float((pred == y_eval).mean()),
             "eval_macro_f1": macro_f1(y_eval, pred, len(data.info["class_names"]))}
 

@@ -32,9 +32,6 @@ from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import RunDir, WordPieceSpec
 from zoo.tasks.masked_lm import MaskedLMInfo
 
-STREAM_BYTES = 64 * 2**20  # data.streaming unset (null) streams corpora larger than this
-
-
 @dataclass(frozen=True)
 class CorpusConfig:
     """Plain-text files (globs allowed, comma-separated) and the masking scheme."""
@@ -166,6 +163,8 @@ def _files_of(spec: str) -> list[str]:
 
 
 def _streams(d: CorpusConfig, files: list[str]) -> bool:
+    from zoo.data.stream import STREAM_BYTES
+
     if d.streaming is not None:
         return d.streaming
     return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > STREAM_BYTES

@@ -6,7 +6,8 @@
 The student learns from the labels and from the teacher's softened outputs (Hinton et al. 2015):
 ``loss = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T))``. The teacher
 runs once over the training texts before training (its logits are kept for every epoch; no dropout
-at inference, so they do not change). The student reads the teacher's WordPiece ids (same
+at inference, so they do not change); on streamed data (``data.streaming``) it runs batch by batch in
+the input pipeline instead. The student reads the teacher's WordPiece ids (same
 vocabulary and sequence length), so its run exports like any text classifier: raw strings in.
 Reports the student's and the teacher's eval accuracy, their ratio, and the student's latency
 relative to the teacher's.
@@ -29,7 +30,14 @@ from zoo.errors import ConfigError
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, TrainConfig
 from zoo.recipes.engine.run import Datasets, Recipe
-from zoo.recipes.text_data import TextDataConfig, predict_texts, read_splits, text_classification_info, text_dataset
+from zoo.recipes.text_data import (
+    TextDataConfig,
+    logits_and_labels,
+    predict_texts,
+    read_splits,
+    text_classification_info,
+    text_dataset,
+)
 from zoo.rundir import RunDir, RunDirError
 from zoo.tasks.text_classification import TextClassificationInfo
 
@@ -74,13 +82,23 @@ def load_teacher(run_dir: str) -> tuple[Any, Any, TextClassificationInfo]:
 
 @dataclass(frozen=True)
 class DistillState:
-    """What prepare_data hands evaluate: the teacher, and the eval set with the teacher's logits on it."""
+    """What prepare_data hands evaluate: the teacher, and the eval split's batches."""
 
     preprocessor: Any
     teacher: Any
-    x_eval: Any
-    y_eval: Any
-    teacher_eval_logits: Any
+    eval_batches: Any  # (inputs, label) batches
+    x1: Any  # one tokenized example (latency)
+
+
+def _with_teacher(teacher: Any) -> Any:
+    """(inputs, label) -> (inputs, [label, teacher logits...]): the teacher run batch by batch in the input
+    pipeline (streamed data, which has no list to run it over once)."""
+    import tensorflow as tf
+
+    def add(x: Any, y: Any) -> Any:
+        return x, tf.concat([tf.cast(y, tf.float32)[:, None], tf.cast(teacher(x, training=False), tf.float32)], 1)
+
+    return add
 
 
 def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig, Datasets]:
@@ -90,8 +108,7 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
         raise ConfigError("the teacher was trained on " + ("text pairs" if info.input.pair_name else "single texts")
                           + "; set data.pair_column accordingly")
     splits = read_splits(d, cfg.train.seed, class_names=info.class_names)
-    names, x_train, y_train, x_eval, y_eval = (splits.class_names, splits.x_train, splits.y_train, splits.x_eval,
-                                               splits.y_eval)
+    names = splits.class_names
     seq = pre.sequence_length
     if "data.sequence_length" in explicit and d.sequence_length != seq:
         raise ConfigError(f"data.sequence_length={d.sequence_length}, but the teacher reads {seq} tokens; "
@@ -106,20 +123,26 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
                                         max_sequence_length=max(seq, model_cfg.max_sequence_length))
     cfg = dataclasses.replace(cfg, model=model_cfg)
 
-    soft = predict_texts(teacher, x_train, pre)  # once; reused every epoch
-    packed = np.concatenate([y_train[:, None].astype(np.float32), soft], axis=1)
-    val_packed = np.concatenate([splits.y_val[:, None].astype(np.float32),
-                                 predict_texts(teacher, splits.x_val, pre)], axis=1)
     batch = cfg.train.batch_size
-    n_eval = min(d.eval_sample_size, len(x_eval))
-    state = DistillState(pre, teacher, x_eval, y_eval, predict_texts(teacher, x_eval, pre))
+    if splits.streamed:
+        add_teacher = _with_teacher(teacher)
+        train = splits.train_dataset(pre, batch, cfg.train.seed).map(add_teacher)
+        validation = splits.validation_dataset(pre, batch).map(add_teacher)
+    else:  # the teacher runs once over the training texts; its logits are reused every epoch
+        def packed(x: Any, y: Any) -> Any:
+            return np.concatenate([y[:, None].astype(np.float32), predict_texts(teacher, x, pre)], axis=1)
+
+        train = text_dataset(splits.x_train, packed(splits.x_train, splits.y_train), pre, batch,
+                             shuffle_seed=cfg.train.seed)
+        validation = text_dataset(splits.x_val, packed(splits.x_val, splits.y_val), pre, batch)
+    x_sample, y_sample = splits.eval_sample(d.eval_sample_size)
+    x1 = pre(tuple(list(c) for c in x_sample[:1].T) if x_sample.ndim == 2 else list(x_sample[:1]))
+    state = DistillState(pre, teacher, splits.eval_dataset(pre, batch), x1)
     return cfg, Datasets(
-        train=text_dataset(x_train, packed, pre, batch, shuffle_seed=cfg.train.seed),
-        steps_per_epoch=max(1, math.ceil(len(x_train) / batch)),
-        validation=text_dataset(splits.x_val, val_packed, pre, batch), test=None,
-        eval_sample=(x_eval[:n_eval], y_eval[:n_eval]), calibration=x_train[:d.calibration_size],
+        train=train, steps_per_epoch=max(1, math.ceil(splits.counts["train"] / batch)), validation=validation,
+        test=None, eval_sample=(x_sample, y_sample), calibration=splits.calibration(d.calibration_size),
         info={"class_names": names, "pair": splits.pair, "teacher": os.path.abspath(cfg.teacher),
-              "counts": splits.counts, **splits.bad_rows},
+              "counts": splits.counts, "streamed": splits.streamed, **splits.bad_rows},
         files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
 
 
@@ -150,17 +173,16 @@ def _latency_ms(model: Any, x1: dict[str, Any], runs: int = 30) -> float:
 
 
 def evaluate(cfg: DistillConfig, model: Any, data: Datasets) -> dict[str, float]:
-    x_eval, y_eval = data.state.x_eval, data.state.y_eval
-    pre = data.state.preprocessor
-    student = float((predict_texts(model, x_eval, pre, cfg.train.batch_size).argmax(-1) == y_eval).mean())
-    teacher = float((data.state.teacher_eval_logits.argmax(-1) == y_eval).mean())
-    x1 = pre(tuple(list(c) for c in x_eval[:1].T) if x_eval.ndim == 2 else list(x_eval[:1]))
-    student_ms, teacher_ms = _latency_ms(model, x1), _latency_ms(data.state.teacher, x1)
+    state = data.state
+    (student_logits, teacher_logits), y_eval = logits_and_labels([model, state.teacher], state.eval_batches)
+    student = float((student_logits.argmax(-1) == y_eval).mean())
+    teacher = float((teacher_logits.argmax(-1) == y_eval).mean())
+    student_ms, teacher_ms = _latency_ms(model, state.x1), _latency_ms(state.teacher, state.x1)
     return {"eval_accuracy": student, "teacher_eval_accuracy": teacher,
             "accuracy_vs_teacher": student / teacher if teacher else 0.0,
             "student_latency_ms": student_ms, "teacher_latency_ms": teacher_ms,
             "latency_vs_teacher": student_ms / teacher_ms, "student_parameters": float(model.count_params()),
-            "teacher_parameters": float(data.state.teacher.count_params())}
+            "teacher_parameters": float(state.teacher.count_params())}
 
 
 def run_info(cfg: DistillConfig, data: Datasets) -> TextClassificationInfo:

@@ -43,7 +43,8 @@ def test_quick_bench_produces_every_row(tmp_path):
     assert len(kinds["input pipeline"]) == 2 and any("tflite_int8" in r for r in kinds["export"])
     assert {"saved_model", "tflite"} <= {r.split(": ")[1].split(" ")[0] for r in kinds["question answering"]}
     data = kinds["data at scale"]
-    assert sum("peak RSS" in r for r in data) == 2 and sum("first step" in r for r in data) == 2
+    assert sum("bert_pretrain peak RSS" in r for r in data) == 2 and sum("first step" in r for r in data) == 3
+    assert sum("bert_classify peak RSS" in r for r in data) == 1
     assert any("real tokens per step" in r for r in data) and any("real tokens per second" in r for r in data)
     assert any("SQuAD-shaped questions" in r for r in data)
     machine = bench["machine"]

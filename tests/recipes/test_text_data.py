@@ -19,7 +19,7 @@ def test_validation_is_carved_from_training_and_disjoint_from_eval(tmp_path):
     # Without --eval-data the final evaluation is on the validation split itself.
     alone = read_splits(TextDataConfig(source=train, validation_split=0.1), seed=3)
     assert (alone.x_eval == alone.x_val).all() and len(alone.x_train) == 180
-    assert alone.train_corpus == [str(t) for t in alone.x_train]  # the vocabulary is learned from training rows only
+    assert alone.corpus() == [str(t) for t in alone.x_train]  # the vocabulary is learned from training rows only
 
 
 def test_bad_rows_stop_the_run_or_are_skipped_and_counted(tmp_path):
@@ -38,18 +38,19 @@ def test_bad_rows_stop_the_run_or_are_skipped_and_counted(tmp_path):
                       b'{"text": "empty", "label": " "}\n'         # line 5: empty label
                       b'{"text": "caf\xe9", "label": "neg"}\n'     # line 6: Latin-1, not UTF-8
                       b'{"text": "good two", "label": "neg"}\n')
-    with pytest.raises(DataError, match=r"rows.jsonl:6: not valid UTF-8"):  # bytes are checked first
+    # Rows are read as a stream, so the first bad row in file order stops the run.
+    with pytest.raises(DataError, match=r"rows.jsonl:2: not valid JSON"):
         read_labelled_text(str(jsonl))
-    jsonl_utf8 = tmp_path / "rows_utf8.jsonl"
-    jsonl_utf8.write_bytes(jsonl.read_bytes().replace(b"caf\xe9", b"caf\xc3\xa9"))
-    with pytest.raises(DataError, match=r"rows_utf8.jsonl:2: not valid JSON"):
-        read_labelled_text(str(jsonl_utf8))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"text": "good one", "label": "pos"}\n{"text": "caf\xe9", "label": "neg"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not valid UTF-8"):
+        read_labelled_text(str(latin1))
     bad = BadRows("skip")
     rows = read_labelled_text(str(jsonl), bad=bad)
     assert rows.texts == ["good one", "good two"] and rows.lines == [1, 7]
     report = bad.report()
     assert report["skipped_rows"] == 5
-    assert [m.split(":")[1] for m in report["first_skipped"]] == ["6", "2", "3", "4", "5"]  # bytes first, as read
+    assert [m.split(":")[1] for m in report["first_skipped"]] == ["2", "3", "4", "5", "6"]  # in file order
     csv_path = tmp_path / "rows.csv"
     csv_path.write_text("text,label\nfine,1\ntoo,many,fields\nalso fine,0\n", encoding="utf-8")
     bad = BadRows("skip")

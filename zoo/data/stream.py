@@ -30,6 +30,7 @@ from typing import Any
 
 from zoo.errors import DataError
 
+STREAM_BYTES = 64 * 2**20  # data.streaming unset (null): recipes stream data files larger than this
 HASH_BUCKETS = 1 << 30
 _BOM = b"\xef\xbb\xbf"
 
@@ -47,6 +48,34 @@ class CorpusScan:
 
 def validation_threshold(validation_split: float) -> int:
     return int(round(validation_split * HASH_BUCKETS))
+
+
+def hash_buckets(keys: Sequence[str]) -> Any:
+    """The FarmHash bucket of each key, as the input pipeline computes it in-graph (``_in_validation``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    if not keys:
+        return np.zeros([0], np.int64)
+    return tf.strings.to_hash_bucket_fast(tf.constant(list(keys), tf.string), HASH_BUCKETS).numpy()
+
+
+class Reservoir:
+    """A seeded uniform sample of at most ``size`` of the items added (Algorithm R): the n-th item
+    replaces a kept one with probability size / n."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seen, self.items = size, 0, []
+        self._rng = random.Random(seed)
+
+    def add(self, item: str) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+        elif self.size:
+            j = self._rng.randrange(self.seen)
+            if j < self.size:
+                self.items[j] = item
 
 
 def _clean(raw: bytes) -> bytes:
@@ -86,27 +115,18 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
     bad = bad or BadRows()
 
     threshold = validation_threshold(validation_split)
-    rng = random.Random(seed)
-    sample: list[str] = []
+    reservoir = Reservoir(sample_lines, seed)
     train = validation = 0
     total = 0
 
     def flush(batch: list[str]) -> None:
         nonlocal train, validation
-        if not batch:
-            return
-        buckets = tf.strings.to_hash_bucket_fast(tf.constant(batch, tf.string), HASH_BUCKETS).numpy()
-        for line, bucket in zip(batch, buckets):
+        for line, bucket in zip(batch, hash_buckets(batch)):
             if bucket < threshold:
                 validation += 1
-                continue
-            train += 1  # Algorithm R: the train-th line replaces a sampled one with probability sample_lines/train
-            if len(sample) < sample_lines:
-                sample.append(line)
-            elif sample_lines:
-                j = rng.randrange(train)
-                if j < sample_lines:
-                    sample[j] = line
+            else:
+                train += 1
+                reservoir.add(line)
 
     for path in files:
         if not os.path.isfile(path):
@@ -123,7 +143,7 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
         flush(batch)
     if train + validation == 0:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
-    return CorpusScan(tuple(files), total, train, validation, tuple(sample))
+    return CorpusScan(tuple(files), total, train, validation, tuple(reservoir.items))
 
 
 def _lines(files: Any, cycle_length: int) -> Any:
@@ -152,12 +172,13 @@ def _in_validation(line: Any, threshold: int) -> Any:
     return tf.strings.to_hash_bucket_fast(line, HASH_BUCKETS) < threshold
 
 
-def shuffled_epochs(files: Sequence[str], kind: str, seed: int, shuffle_buffer: int, cycle_length: int = 4,
+def shuffled_epochs(files: Sequence[str], kind: Any, seed: int, shuffle_buffer: int, cycle_length: int = 4,
                     keep: Any = None) -> Any:
-    """Endless dataset of the records of ``files`` (``kind``: "text" lines or "tfrecord" records), a fresh
-    seeded order every epoch: the files in a stateless permutation of ``(seed, epoch)``, interleaved,
-    then shuffled in blocks of ``shuffle_buffer`` (each block a stateless permutation of
-    ``(seed + epoch, block)``). ``keep`` optionally filters the records first."""
+    """Endless dataset of the records of ``files``, a fresh seeded order every epoch: the files in a
+    stateless permutation of ``(seed, epoch)``, interleaved, then shuffled in blocks of ``shuffle_buffer``
+    (each block a stateless permutation of ``(seed + epoch, block)``). ``kind``: "text" lines,
+    "tfrecord" records, or a function from one file name (a string tensor) to a dataset of its records
+    (a tensor or a tuple of tensors each). ``keep`` optionally filters the records first."""
     import tensorflow as tf
 
     paths = tf.constant(list(files), tf.string)
@@ -168,9 +189,17 @@ def shuffled_epochs(files: Sequence[str], kind: str, seed: int, shuffle_buffer: 
     def records(ordered: Any) -> Any:
         if kind == "text":
             return _lines(ordered, cycle)
+        opener = tf.data.TFRecordDataset if kind == "tfrecord" else kind
         parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True} if cycle > 1 else {}
-        return tf.data.Dataset.from_tensor_slices(ordered).interleave(
-            tf.data.TFRecordDataset, cycle_length=cycle, block_length=1, **parallel)
+        return tf.data.Dataset.from_tensor_slices(ordered).interleave(opener, cycle_length=cycle, block_length=1,
+                                                                      **parallel)
+
+    def permuted(i: Any, e: Any, block: Any) -> Any:
+        block_seed = tf.stack([seed_t + e, i])
+        if not isinstance(block, tuple):
+            return tf.random.experimental.stateless_shuffle(block, seed=block_seed)
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(block[0])[0]), seed=block_seed)
+        return tuple(tf.gather(t, order) for t in block)
 
     def epoch(e: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(tf.range(n_files, dtype=tf.int64),
@@ -180,10 +209,8 @@ def shuffled_epochs(files: Sequence[str], kind: str, seed: int, shuffle_buffer: 
             ds = ds.filter(keep)
         if shuffle_buffer <= 1:
             return ds
-        blocks = ds.batch(shuffle_buffer).enumerate()
         # Seeds (seed + epoch, block): distinct for every block of every epoch of this run.
-        return blocks.map(lambda i, block: tf.random.experimental.stateless_shuffle(
-            block, seed=tf.stack([seed_t + e, i]))).unbatch()
+        return ds.batch(shuffle_buffer).enumerate().map(lambda i, block: permuted(i, e, block)).unbatch()
 
     return tf.data.Dataset.counter(dtype=tf.int64).flat_map(epoch)
 

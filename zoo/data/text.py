@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import glob
+import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,24 +70,31 @@ def utf8_error(path: str, number: int, exc: UnicodeDecodeError) -> str:
     return f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8"
 
 
-def _decoded_lines(path: str, bad: BadRows | None = None) -> list[tuple[int, str]]:
-    """(line number, text) of every line; a DataError naming file and line for bytes that are not UTF-8
-    (or the line skipped and counted, under ``bad``'s skip policy)."""
+def decoded_lines(path: str, bad: BadRows | None = None, byte_range: tuple[int, int] | None = None,
+                  ) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, streamed; a DataError naming file and line for bytes that are not
+    UTF-8 (or the line skipped and counted, under ``bad``'s skip policy). ``byte_range`` ``(start, end)``
+    reads the lines that start in it (``start`` at a line start; numbers then count from it)."""
     if not os.path.isfile(path):
-        raise DataError(f"data file {path!r} does not exist")
+        raise DataError(f"data file {path!r} does not exist" if not os.path.isdir(path) else
+                        f"{path!r} is a directory; pass a data file")
     bad = bad or BadRows()
-    out = []
+    start, end = byte_range or (0, None)
     with open(path, "rb") as fh:
+        fh.seek(start)
+        position = start
         for number, raw in enumerate(fh, start=1):
+            if end is not None and position >= end:
+                break
+            position += len(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 bad.bad(utf8_error(path, number, exc), exc)
                 continue
-            if number == 1 and line.startswith("\ufeff"):
+            if number == 1 and start == 0 and line.startswith("\ufeff"):
                 line = line[1:]  # byte-order mark
-            out.append((number, line.rstrip("\n").rstrip("\r")))
-    return out
+            yield number, line.rstrip("\n").rstrip("\r")
 
 
 def text_format(path: str, fmt: str = "auto") -> str:
@@ -101,49 +109,25 @@ def text_format(path: str, fmt: str = "auto") -> str:
     return formats[ext]
 
 
-def read_labelled_text(path: str, text_column: str = "text", label_column: str = "label",
-                       pair_column: str | None = None, fmt: str = "auto", bad: BadRows | None = None) -> TextExamples:
-    """Read CSV / TSV (with a header row) or JSONL of texts and labels; errors name file and line (bad rows
-    are skipped and counted instead under ``bad``'s skip policy; a missing column is always an error)."""
-
+def labelled_rows(path: str, text_column: str = "text", label_column: str = "label",
+                  pair_column: str | None = None, fmt: str = "auto", bad: BadRows | None = None,
+                  byte_range: tuple[int, int] | None = None) -> Iterator[tuple[int, str, str | None, str]]:
+    """``(line number, text, pair text or None, label)`` of each row of a CSV / TSV (with a header row) or
+    JSONL file, streamed (one row in memory at a time). Errors name file and line; under ``bad``'s skip
+    policy bad rows are counted and left out instead. A missing column is always an error, raised before
+    the first row. ``byte_range`` reads the rows that start in it (a CSV / TSV header is read from the
+    file's first line; a range must start after it)."""
     bad = bad or BadRows()
     fmt = text_format(path, fmt)
-    lines = _decoded_lines(path, bad)
+    lines = decoded_lines(path, bad, byte_range)
+    if byte_range is not None and fmt != "jsonl":
+        lines = itertools.chain(itertools.islice(decoded_lines(path, bad), 1), lines)
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])
-    rows: list[tuple[int, dict[str, Any]]] = []
     if fmt == "jsonl":
-        for number, line in lines:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                bad.bad(f"{path}:{number}: not valid JSON ({exc})", exc)
-                continue
-            if not isinstance(record, dict):
-                bad.bad(f"{path}:{number}: expected a JSON object per line")
-                continue
-            rows.append((number, record))
+        records = _json_records(path, lines, bad)
     else:
-        delimiter = "," if fmt == "csv" else "\t"
-        if not lines:
-            raise DataError(f"{path!r} is empty; expected a header row naming the columns")
-        reader = csv.reader([text for _, text in lines], delimiter=delimiter)
-        header = next(reader)
-        for (number, _), values in zip(lines[1:], reader):
-            if not values:
-                continue
-            if len(values) != len(header):
-                bad.bad(f"{path}:{number}: {len(values)} fields but the header has {len(header)} "
-                        f"({delimiter!r}-separated); quote fields that contain the separator")
-                continue
-            rows.append((number, dict(zip(header, values))))
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise DataError(f"{path!r} has no column {', '.join(map(repr, missing))}; its header has "
-                            f"{', '.join(header)} (set data.text_column / data.label_column)")
-    texts, labels, pairs, numbers = [], [], [], []
-    for number, record in rows:
+        records = _delimited_records(path, lines, "," if fmt == "csv" else "\t", columns, bad)
+    for number, record in records:
         missing = [c for c in columns if c not in record]
         if missing:
             bad.bad(f"{path}:{number}: no field {missing[0]!r}")
@@ -152,10 +136,56 @@ def read_labelled_text(path: str, text_column: str = "text", label_column: str =
         if label is None or str(label).strip() == "":
             bad.bad(f"{path}:{number}: empty label")
             continue
-        texts.append("" if record[text_column] is None else str(record[text_column]))
-        labels.append(str(label).strip())
-        if pair_column:
-            pairs.append("" if record[pair_column] is None else str(record[pair_column]))
+        text = "" if record[text_column] is None else str(record[text_column])
+        pair = ("" if record[pair_column] is None else str(record[pair_column])) if pair_column else None
+        yield number, text, pair, str(label).strip()
+
+
+def _json_records(path: str, lines: Iterator[tuple[int, str]], bad: BadRows) -> Iterator[tuple[int, dict]]:
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            bad.bad(f"{path}:{number}: not valid JSON ({exc})", exc)
+            continue
+        if not isinstance(record, dict):
+            bad.bad(f"{path}:{number}: expected a JSON object per line")
+            continue
+        yield number, record
+
+
+def _delimited_records(path: str, lines: Iterator[tuple[int, str]], delimiter: str, columns: Sequence[str],
+                       bad: BadRows) -> Iterator[tuple[int, dict]]:
+    first = next(lines, None)
+    if first is None:
+        raise DataError(f"{path!r} is empty; expected a header row naming the columns")
+    header = next(csv.reader([first[1]], delimiter=delimiter), [])
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{path!r} has no column {', '.join(map(repr, missing))}; its header has "
+                        f"{', '.join(header)} (set data.text_column / data.label_column)")
+    for number, line in lines:
+        values = next(csv.reader([line], delimiter=delimiter), [])
+        if not values:
+            continue
+        if len(values) != len(header):
+            bad.bad(f"{path}:{number}: {len(values)} fields but the header has {len(header)} "
+                    f"({delimiter!r}-separated); quote fields that contain the separator")
+            continue
+        yield number, dict(zip(header, values))
+
+
+def read_labelled_text(path: str, text_column: str = "text", label_column: str = "label",
+                       pair_column: str | None = None, fmt: str = "auto", bad: BadRows | None = None) -> TextExamples:
+    """Every row of a CSV / TSV (with a header row) or JSONL file of texts and labels (see
+    :func:`labelled_rows`), in memory."""
+    texts, labels, pairs, numbers = [], [], [], []
+    for number, text, pair, label in labelled_rows(path, text_column, label_column, pair_column, fmt, bad):
+        texts.append(text)
+        labels.append(label)
+        pairs.append(pair)
         numbers.append(number)
     if not texts:
         raise DataError(f"{path!r} holds no examples")
@@ -199,7 +229,7 @@ def read_text_corpus(paths: Sequence[str], bad: BadRows | None = None) -> list[s
     files = corpus_files(paths)
     lines = []
     for path in files:
-        lines.extend(text for _, text in _decoded_lines(path, bad) if text.strip())
+        lines.extend(text for _, text in decoded_lines(path, bad) if text.strip())
     if not lines:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
     return lines
@@ -225,7 +255,7 @@ def read_text_pairs(path: str, bad: BadRows | None = None) -> tuple[list[str], l
     """
     bad = bad or BadRows()
     sources, targets, numbers = [], [], []
-    for number, line in _decoded_lines(path, bad):
+    for number, line in decoded_lines(path, bad):
         if not line.strip():
             continue
         if "\t" not in line:
