@@ -164,17 +164,18 @@ def main() -> int:
     parser.add_argument("--small-rows", type=int, default=10_000, help="bert_classify: the small labelled file")
     parser.add_argument("--large-rows", type=int, default=10_000_000, help="bert_classify: the large labelled file")
     parser.add_argument("--out", default="bench-out")
-    parser.add_argument("--quick", action="store_true", help="0.2 MB and 2 MB, 4 steps, length 32, batch 8, every "
+    parser.add_argument("--quick", action="store_true", help="0.2 MB and 2 MB, 1,000 and 5,000 rows, 4 steps, length "
+                                                            "32, batch 8, one BERT layer, every "
                                                             "job in one process (a smoke test: no figures)")
     args = parser.parse_args()
     if args.quick:
         args.small_mb, args.large_mb, args.steps, args.length, args.batch = 0.2, 2.0, 4, 32, 8
-        args.squad_questions, args.small_rows, args.large_rows = 2000, 2000, 20_000
+        args.squad_questions, args.small_rows, args.large_rows = 2000, 1000, 5000
     sample = ["--set", "data.vocab_sample_lines=20000", "--set", "data.vocab_size=4000"]
     train_cfg = {"model.preset": "bert_tiny", "data.vocab_sample_lines": 20000, "data.vocab_size": 4000,
                  "train.steps": args.steps, "train.checkpoint_every_steps": args.steps,
                  "train.schedule.warmup_steps": 1, "train.batch_size": args.batch, "train.validation_steps": 2,
-                 "train.tensorboard": False}
+                 "train.tensorboard": False, **({"model.num_layers": 1} if args.quick else {})}
     out = {"small_mb": args.small_mb, "large_mb": args.large_mb, "small_rows": args.small_rows,
            "large_rows": args.large_rows, "steps": args.steps, "length": args.length,
            "batch": args.batch, "runs": {}, "prepare": {}}
@@ -195,7 +196,7 @@ def main() -> int:
         # bert_classify on a small and a large labelled file, each as a user runs it (data.streaming unset:
         # the small one is read into memory, the large one, over 64 MB, streamed), scored on the same dev file.
         dev = os.path.join(tmp, "dev.tsv")
-        write_labelled(dev, 2000, seed=1)
+        write_labelled(dev, 200 if args.quick else 2000, seed=1)
         for size, rows in (("small", args.small_rows), ("large", args.large_rows)):
             path = os.path.join(tmp, f"rows-{size}.tsv")
             t = time.perf_counter()
