@@ -101,7 +101,7 @@ class StreamedSplits:
     class_names: list[str]
     pair: bool
     counts: dict[str, int]
-    train_data: Any  # zoo.data.labelled.StreamedLabelled
+    train_data: Any  # zoo.data.labelled.StreamedRows
     eval_data: Any  # the same, of --eval-data, or None: the eval split is the validation part
     sample: tuple[str, ...]
     shuffle_buffer: int
@@ -210,7 +210,7 @@ def memory_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | Non
 
 
 def stream_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | None = None) -> StreamedSplits:
-    from zoo.data.labelled import LabelledSource, StreamedLabelled, scan_labelled
+    from zoo.data.labelled import LabelledSource, scan_labelled, streamed_labelled
     from zoo.data.text import BadRows
 
     bad = BadRows(d.on_error)
@@ -227,10 +227,10 @@ def stream_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | Non
     if d.eval_source:
         eval_source = LabelledSource(d.eval_source, d.text_column, d.label_column, d.pair_column or None, d.format)
         n_eval = scan_labelled(eval_source, 0.0, 0, seed, bad, names).train
-        eval_data = StreamedLabelled(eval_source, names, 0.0)
+        eval_data = streamed_labelled(eval_source, names, 0.0)
     counts = {"train": scan.train, "validation": scan.validation, "eval": n_eval}
     return StreamedSplits(names, source.pair_column is not None, counts,
-                          StreamedLabelled(source, names, d.validation_split), eval_data, scan.sample,
+                          streamed_labelled(source, names, d.validation_split), eval_data, scan.sample,
                           d.shuffle_buffer, bad.report())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,14 @@ class PairDataConfig:
     bucket_window: int = 50
     eval_sample_size: int = 256
     bleu_every_epoch: bool = True
+    vocab_sample_lines: int = 200_000  # the vocabularies are learned from a seeded sample of this many pairs
+    # Streaming (zoo.data.labelled): null (auto) streams a training file over 64 MB from disk, true always,
+    # false reads it into memory. Streamed, the validation part is the pairs whose source hashes into the
+    # first validation_split of the range, and at most eval_max_pairs of them (the first, in file order)
+    # are decoded for BLEU (without --eval-data, also at the end).
+    streaming: bool | None = None
+    shuffle_buffer: int = 10_000
+    eval_max_pairs: int = 5_000
 
     def __post_init__(self) -> None:
         check_range("validation_split", self.validation_split, 0.0, 1.0, high_inclusive=False)
@@ -62,6 +71,9 @@ class PairDataConfig:
         check_choice("on_error", self.on_error, ("raise", "skip"))
         check_range("bucket_window", self.bucket_window, 1)
         check_range("eval_sample_size", self.eval_sample_size, 1)
+        check_range("vocab_sample_lines", self.vocab_sample_lines, 1)
+        check_range("shuffle_buffer", self.shuffle_buffer, 1)
+        check_range("eval_max_pairs", self.eval_max_pairs, 1)
 
 
 @dataclass(frozen=True)
@@ -103,11 +115,83 @@ class TranslateState:
     eval_pairs: tuple[list[str], list[str]]
 
 
+def _read_pairs(cfg: TranslateConfig, bad: Any) -> tuple[Any, list[str], list[str], list[str], list[str]]:
+    """``(training pairs, val sources, val targets, vocabulary sources, vocabulary targets)``: the training
+    pairs are ``(sources, targets)`` lists in memory, or a ``zoo.data.labelled.StreamedRows`` with its counts
+    (``data.streaming``); the vocabularies are learned from at most ``data.vocab_sample_lines`` pairs."""
+    import os
+
+    from zoo.data.splits import train_eval_split
+    from zoo.data.stream import STREAM_BYTES
+    from zoo.data.text import read_text_pairs
+
+    d, seed = cfg.data, cfg.train.seed
+    streamed = d.streaming if d.streaming is not None else (
+        os.path.isfile(d.source) and os.path.getsize(d.source) > STREAM_BYTES)
+    if streamed:
+        from zoo.data.labelled import scan_pairs, streamed_pairs
+
+        scan = scan_pairs(d.source, d.validation_split, d.vocab_sample_lines, seed, bad, d.eval_max_pairs)
+        if scan.validation == 0:
+            raise DataError(f"no pair of {d.source!r} fell in the validation part (data.validation_split="
+                            f"{d.validation_split}, by a hash of each source); raise it, or use data.streaming=false")
+        if scan.train == 0:
+            raise DataError(f"every pair of {d.source!r} fell in the validation part; lower data.validation_split")
+        val_src, val_tgt = ([list(side) for side in zip(*scan.first_validation)])
+        vocab_src, vocab_tgt = ([list(side) for side in zip(*scan.sample)])
+        return ((streamed_pairs(d.source, d.validation_split), scan.train, scan.validation), val_src, val_tgt,
+                vocab_src, vocab_tgt)
+    sources, targets, _ = read_text_pairs(d.source, bad)
+    # Validation (per-epoch loss, BLEU, early stopping) is carved from the training pairs; the final
+    # evaluation and the export sample use --eval-data, or the validation pairs when there is none.
+    train_idx, val_idx = train_eval_split(len(sources), d.validation_split, seed)
+    if len(val_idx) == 0:
+        raise DataError(f"data.validation_split={d.validation_split} leaves no validation pairs of the "
+                        f"{len(sources)} in {d.source!r}; raise it (e.g. 0.1)")
+    val_src, val_tgt = [sources[i] for i in val_idx], [targets[i] for i in val_idx]
+    sources, targets = [sources[i] for i in train_idx], [targets[i] for i in train_idx]
+    vocab_src, vocab_tgt = sources, targets
+    if len(sources) > d.vocab_sample_lines:
+        from zoo.data.text import vocabulary_sample
+
+        keep = vocabulary_sample(range(len(sources)), d.vocab_sample_lines, seed)
+        vocab_src, vocab_tgt = [sources[i] for i in keep], [targets[i] for i in keep]
+    return (sources, targets), val_src, val_tgt, vocab_src, vocab_tgt
+
+
+def _streamed_batches(rows: Any, cfg: TranslateConfig, src_tok: Any, tgt_tok: Any, make_batch: Any,
+                      bucketed: bool) -> Any:
+    """Batches of streamed ``(source, target)`` rows: tokenized in chunks, truncated (the target's end token
+    kept), then grouped by length (training: batches of similar lengths, as the in-memory path's buckets)."""
+    import tensorflow as tf
+
+    d, batch = cfg.data, cfg.train.batch_size
+    pad_id, end_id = tgt_tok.pad_id, tgt_tok.end_id
+
+    def encode(src: Any, tgt: Any) -> Any:
+        s = src_tok.tokenize(src)[:, :d.max_source_length]
+        t = tgt_tok.tokenize(tgt)[:, :d.max_target_length - 1]
+        t = tf.concat([t, tf.fill([t.nrows(), 1], tf.cast(end_id, t.dtype))], axis=1)
+        # Dense rows and their lengths: tf.data cannot unbatch a ragged batch into plain tensors.
+        return (tf.cast(s.to_tensor(pad_id), tf.int32), tf.cast(s.row_lengths(), tf.int32),
+                tf.cast(t.to_tensor(pad_id), tf.int32), tf.cast(t.row_lengths(), tf.int32))
+
+    ids = (rows.batch(256).map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+           .map(lambda s, s_len, t, t_len: (s[:s_len], t[:t_len])))
+    if bucketed:
+        longest = d.max_source_length + d.max_target_length
+        ids = ids.bucket_by_sequence_length(
+            lambda s, t: tf.shape(s)[0] + tf.shape(t)[0], bucket_boundaries=list(range(8, longest, 8)),
+            bucket_batch_sizes=[batch] * len(range(8, longest + 8, 8)), padding_values=(pad_id, pad_id))
+    else:
+        ids = ids.padded_batch(batch, padding_values=(pad_id, pad_id))
+    return ids.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateConfig, Datasets]:
     import tensorflow as tf
 
     from zoo.data.order import length_bucketed_batches
-    from zoo.data.splits import train_eval_split
     from zoo.data.text import BadRows, read_text_pairs
     from zoo.tokenizers import TextTokenizer, build_vocabulary
 
@@ -115,26 +199,19 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
     if not d.source:
         raise DataError("no training data: pass --data FILE (TSV lines 'source<TAB>target')")
     bad = BadRows(d.on_error)
-    sources, targets, _ = read_text_pairs(d.source, bad)
-    # Validation (per-epoch loss, BLEU, early stopping) is carved from the training pairs; the final
-    # evaluation and the export sample use --eval-data, or the validation pairs when there is none.
-    train_idx, val_idx = train_eval_split(len(sources), d.validation_split, cfg.train.seed)
-    if len(val_idx) == 0:
-        raise DataError(f"data.validation_split={d.validation_split} leaves no validation pairs of the "
-                        f"{len(sources)} in {d.source!r}; raise it (e.g. 0.1)")
-    val_src, val_tgt = [sources[i] for i in val_idx], [targets[i] for i in val_idx]
-    sources, targets = [sources[i] for i in train_idx], [targets[i] for i in train_idx]
+    pairs, val_src, val_tgt, vocab_src, vocab_tgt = _read_pairs(cfg, bad)
+    streamed = not isinstance(pairs[0], list)
     if d.eval_source:
         eval_src, eval_tgt, _ = read_text_pairs(d.eval_source, bad)
     else:
         eval_src, eval_tgt = val_src, val_tgt
 
     if d.shared_vocabulary:
-        vocab = build_vocabulary(sources + targets, d.vocab_size, lowercase=d.lowercase)
+        vocab = build_vocabulary(vocab_src + vocab_tgt, d.vocab_size, lowercase=d.lowercase)
         src_tok = tgt_tok = TextTokenizer(vocab, d.lowercase)
     else:
-        src_tok = TextTokenizer(build_vocabulary(sources, d.vocab_size, lowercase=d.lowercase), d.lowercase)
-        tgt_tok = TextTokenizer(build_vocabulary(targets, d.vocab_size, lowercase=d.lowercase), d.lowercase)
+        src_tok = TextTokenizer(build_vocabulary(vocab_src, d.vocab_size, lowercase=d.lowercase), d.lowercase)
+        tgt_tok = TextTokenizer(build_vocabulary(vocab_tgt, d.vocab_size, lowercase=d.lowercase), d.lowercase)
 
     model_cfg = dataclasses.replace(
         cfg.model, vocab_size=src_tok.vocabulary_size,
@@ -147,28 +224,12 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
             raise ConfigError(f"data.{key}={getattr(d, key)} exceeds model.{key}={getattr(model_cfg, key)}")
     cfg = dataclasses.replace(cfg, model=model_cfg)
 
-    src_ids, src_cut = _encode(src_tok, sources, d.max_source_length, end=False)
-    tgt_ids, tgt_cut = _encode(tgt_tok, targets, d.max_target_length, end=True)
-    if src_cut or tgt_cut:
-        log.warning("truncated %d source(s) to data.max_source_length=%d and %d target(s) to "
-                    "data.max_target_length=%d tokens (end token included)", src_cut, d.max_source_length,
-                    tgt_cut, d.max_target_length)
     short = sum(len(t.split()) < 4 for t in val_tgt)
     if short > len(val_tgt) / 2:
         log.warning("%d of %d evaluation targets have fewer than 4 words: corpus BLEU counts 4-grams, so it stays "
                     "near 0 on such data however good the outputs are; read val_exact_match instead", short,
                     len(val_tgt))
-    val_src_ids, _ = _encode(src_tok, val_src, d.max_source_length, end=False)
-    val_tgt_ids, _ = _encode(tgt_tok, val_tgt, d.max_target_length, end=True)
-
     batch = cfg.train.batch_size
-    lengths = (src_ids != src_tok.pad_id).sum(1) + (tgt_ids != tgt_tok.pad_id).sum(1)
-    epochs = cfg.train.epochs
-    if cfg.train.steps:  # step mode: as many passes as the steps need (the order is built ahead, per pass)
-        per_pass = len(lengths) // min(batch, len(lengths))  # batches per pass, as length_bucketed_batches cuts
-        epochs = -(-cfg.train.steps * cfg.train.gradient_accumulation_steps // per_pass)
-    order = length_bucketed_batches(lengths, batch, epochs, cfg.train.seed, d.bucket_window)
-    steps = len(order) // epochs
     start_id, pad_id = tgt_tok.start_id, tgt_tok.pad_id
 
     def make_batch(src: Any, tgt: Any) -> Any:
@@ -180,18 +241,42 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
              "decoder_token_ids": decoder_in, "decoder_padding_mask": tf.cast(decoder_in != pad_id, tf.int32)}
         return x, tgt, tf.cast(tgt != pad_id, tf.float32)
 
-    src_c, tgt_c = tf.constant(src_ids), tf.constant(tgt_ids)
-    train_ds = (tf.data.Dataset.from_tensor_slices(order)
-                .map(lambda idx: make_batch(tf.gather(src_c, idx), tf.gather(tgt_c, idx)))
-                .prefetch(tf.data.AUTOTUNE))
-    val_ds = (tf.data.Dataset.from_tensor_slices((val_src_ids, val_tgt_ids)).batch(batch)
-              .map(make_batch).prefetch(tf.data.AUTOTUNE))
+    if streamed:
+        rows, n_train, n_val = pairs
+        train_ds = _streamed_batches(rows.train(cfg.train.seed, d.shuffle_buffer), cfg, src_tok, tgt_tok, make_batch,
+                                     bucketed=True)
+        val_ds = _streamed_batches(rows.part("validation"), cfg, src_tok, tgt_tok, make_batch, bucketed=False).apply(
+            tf.data.experimental.assert_cardinality(math.ceil(n_val / batch)))
+        steps, counts, truncated = max(1, math.ceil(n_train / batch)), {"train": n_train, "validation": n_val}, None
+    else:
+        sources, targets = pairs
+        src_ids, src_cut = _encode(src_tok, sources, d.max_source_length, end=False)
+        tgt_ids, tgt_cut = _encode(tgt_tok, targets, d.max_target_length, end=True)
+        if src_cut or tgt_cut:
+            log.warning("truncated %d source(s) to data.max_source_length=%d and %d target(s) to "
+                        "data.max_target_length=%d tokens (end token included)", src_cut, d.max_source_length,
+                        tgt_cut, d.max_target_length)
+        val_src_ids, _ = _encode(src_tok, val_src, d.max_source_length, end=False)
+        val_tgt_ids, _ = _encode(tgt_tok, val_tgt, d.max_target_length, end=True)
+        lengths = (src_ids != src_tok.pad_id).sum(1) + (tgt_ids != tgt_tok.pad_id).sum(1)
+        epochs = cfg.train.epochs
+        if cfg.train.steps:  # step mode: as many passes as the steps need (the order is built ahead, per pass)
+            per_pass = len(lengths) // min(batch, len(lengths))  # batches per pass, as length_bucketed_batches cuts
+            epochs = -(-cfg.train.steps * cfg.train.gradient_accumulation_steps // per_pass)
+        order = length_bucketed_batches(lengths, batch, epochs, cfg.train.seed, d.bucket_window)
+        steps = len(order) // epochs
+        src_c, tgt_c = tf.constant(src_ids), tf.constant(tgt_ids)
+        train_ds = (tf.data.Dataset.from_tensor_slices(order)
+                    .map(lambda idx: make_batch(tf.gather(src_c, idx), tf.gather(tgt_c, idx)))
+                    .prefetch(tf.data.AUTOTUNE))
+        val_ds = (tf.data.Dataset.from_tensor_slices((val_src_ids, val_tgt_ids)).batch(batch)
+                  .map(make_batch).prefetch(tf.data.AUTOTUNE))
+        counts, truncated = {"train": len(sources), "validation": len(val_src)}, {"source": src_cut, "target": tgt_cut}
     n_sample = min(d.eval_sample_size, len(eval_src))
     files = {RunDir.VOCAB: "\n".join(src_tok.vocabulary) + "\n"}
     if not d.shared_vocabulary:
         files[RunDir.TARGET_VOCAB] = "\n".join(tgt_tok.vocabulary) + "\n"
-    info = {"counts": {"train": len(sources), "validation": len(val_src), "eval": len(eval_src)}, **bad.report(),
-            "truncated": {"source": src_cut, "target": tgt_cut}}
+    info = {"counts": {**counts, "eval": len(eval_src)}, **bad.report(), "truncated": truncated, "streamed": streamed}
     return cfg, Datasets(
         train=train_ds, steps_per_epoch=steps, validation=val_ds, test=None,
         eval_sample=(np.asarray(eval_src[:n_sample], dtype=str), np.asarray(eval_tgt[:n_sample], dtype=str)),

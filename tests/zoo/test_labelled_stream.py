@@ -1,5 +1,5 @@
-"""Streamed labelled text (zoo.data.labelled): the scan, the split by content, segments of a sorted file,
-and bert_classify / distill trained on the stream (step-mode resume included)."""
+"""Streamed labelled text and pairs (zoo.data.labelled): the scan, the split by content, segments of a sorted
+file, and bert_classify / distill / translate trained on the stream (step-mode resume included)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def _decoded(ds, n=None):
     return [(t.decode(), int(y)) for t, _, y in ds.as_numpy_iterator()]
 
 
+@pytest.mark.slow
 def test_a_sorted_file_streams_each_row_once_per_epoch_with_labels_mixed(tmp_path, monkeypatch):
     path = tmp_path / "sorted.tsv"
     rows = _sorted_file(path)
@@ -71,7 +72,7 @@ def test_a_sorted_file_streams_each_row_once_per_epoch_with_labels_mixed(tmp_pat
     windows = [np.mean([y for _, y in first[i:i + 64]]) for i in range(0, n - 64, 64)]
     assert min(windows) > 0.2 and max(windows) < 0.8, (min(windows), max(windows))
     monkeypatch.setattr(labelled, "MIN_SEGMENTS", 1)  # one sequential reader: windows of one label
-    single = labelled.StreamedLabelled(source.source, names, 0.1)
+    single = labelled.streamed_labelled(labelled.LabelledSource(str(path)), names, 0.1)
     assert len(single.segments) == 1
     one_reader = _decoded(single.train(5, 64), n)
     assert sum(np.mean([y for _, y in one_reader[i:i + 64]]) in (0.0, 1.0) for i in range(0, n - 64, 64)) > 30
@@ -154,3 +155,58 @@ def test_bert_classify_and_distill_train_on_the_stream_and_resume_mid_pass(tmp_p
     final = student.metrics["final"]
     assert final["teacher_eval_accuracy"] == pytest.approx(whole.metrics["final"]["eval_accuracy"])
     assert final["eval_accuracy"] >= 0.7, final
+
+
+def test_pairs_scan_split_by_source_and_bad_lines(tmp_path):
+    from tests.datasets import number_words
+
+    path = tmp_path / "pairs.tsv"
+    pairs = [(str(n), number_words(n)) for n in range(600)] + [("7", "seven again")]  # a repeated source
+    lines = [f"{s}\t{t}" for s, t in pairs]
+    lines.insert(300, "no tab on this line")  # line 301
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs.tsv:301: no tab"):
+        labelled.scan_pairs(str(path), 0.1, 100, 0, BadRows(), keep_validation=5)
+    bad = BadRows("skip")
+    scan = labelled.scan_pairs(str(path), 0.1, 100, 0, bad, keep_validation=5)
+    buckets = stream.hash_buckets([s for s, _ in pairs])
+    is_val = buckets < stream.validation_threshold(0.1)
+    val = [p for p, v in zip(pairs, is_val) if v]
+    assert (scan.train, scan.validation) == (len(pairs) - len(val), len(val)) and bad.count == 1
+    assert scan.first_validation == tuple(val[:5]) and len(scan.sample) == 100
+    assert set(scan.sample) <= {p for p, v in zip(pairs, is_val) if not v}
+    assert is_val[7] == is_val[-1]  # both "7" pairs on one side
+    rows = labelled.streamed_pairs(str(path), 0.1)
+    got = [(s.decode(), t.decode()) for s, t in rows.part("validation").as_numpy_iterator()]
+    assert got == val
+
+
+@pytest.mark.slow
+def test_streamed_translate_trains_and_its_batches_resume_by_skipping(tmp_path):
+    """A streamed translate run learns and decodes; its batches (tokenized in chunks, grouped by length)
+    are a pure function of the seed, so skipping the batches done resumes the stream exactly."""
+    from tests.conftest import TRANSLATE_FAST
+    from tests.datasets import write_number_pairs
+    from zoo.recipes.engine.run import train
+    from zoo.recipes.translate import TranslateConfig, prepare_data
+    from zoo.config import apply_overrides
+
+    rng = random.Random(0)
+    path = write_number_pairs(tmp_path / "pairs.tsv", [rng.randrange(1000) for _ in range(1500)])
+    cfg = {**TRANSLATE_FAST, "data.source": path, "data.streaming": True, "data.shuffle_buffer": 128,
+           "train.epochs": 4, "data.eval_max_pairs": 40, "data.bleu_every_epoch": False}
+    _, data = prepare_data(apply_overrides(TranslateConfig(), cfg), frozenset(cfg))
+    first = [x["decoder_token_ids"].numpy().tolist() for x, _, _ in data.train.take(12)]
+    again = [x["decoder_token_ids"].numpy().tolist() for x, _, _ in data.train.take(12)]
+    tail = [x["decoder_token_ids"].numpy().tolist() for x, _, _ in data.train.skip(5).take(7)]
+    assert first == again and tail == first[5:]
+    # Grouped by length: within a batch, source + target lengths differ by less than the bucket width (8).
+    for x, _, _ in data.train.take(6):
+        lengths = (x["encoder_padding_mask"].numpy().sum(1) + x["decoder_padding_mask"].numpy().sum(1)).tolist()
+        assert max(lengths) - min(lengths) < 8, lengths
+    result = train("translate", str(tmp_path / "run"), cfg, verbose=0)
+    with open(tmp_path / "run" / "run.json") as fh:
+        info = json.load(fh)["data"]
+    assert info["streamed"] is True and info["counts"]["eval"] == 40 and info["truncated"] is None
+    losses = [e["loss"] for e in result.metrics["epochs"]]
+    assert losses[-1] < losses[0] / 2 and result.metrics["final"]["eval_exact_match"] >= 0.5, result.metrics["final"]

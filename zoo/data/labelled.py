@@ -1,4 +1,5 @@
-"""Labelled text files (CSV / TSV with a header row, JSONL) streamed: memory flat in the number of rows.
+"""Labelled text files (CSV / TSV with a header row, JSONL; ``source<TAB>target`` pairs) streamed: memory
+flat in the number of rows.
 
 A file too big for Python lists (10 M rows of reviews, a web-scale NLI set) is read by ``tf.data``: no
 list of texts, no array. One pass before training (:func:`scan_labelled`) parses every row once:
@@ -24,12 +25,12 @@ generator that hands ``tf.data`` chunks of rows.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zoo.data.stream import HASH_BUCKETS, Reservoir, hash_buckets, shuffled_epochs, validation_threshold
-from zoo.data.text import BadRows, label_names, labelled_rows, text_format
+from zoo.data.text import BadRows, label_names, labelled_rows, text_format, text_pairs
 from zoo.errors import DataError
 
 SEGMENT_BYTES = 1 << 20
@@ -54,14 +55,8 @@ class LabelledSource:
 
 
 def example_key(text: str, pair: str | None) -> str:
-    """What the validation hash reads: the text, or ``text<TAB>pair`` (as :func:`_key` does in-graph)."""
+    """What the validation hash reads: the text, or ``text<TAB>pair`` (as ``streamed_labelled`` keys rows in-graph)."""
     return text if pair is None else f"{text}\t{pair}"
-
-
-def _key(text: Any, pair: Any, paired: bool) -> Any:
-    import tensorflow as tf
-
-    return tf.strings.join([text, pair], separator="\t") if paired else text
 
 
 @dataclass(frozen=True)
@@ -74,60 +69,65 @@ class LabelledScan:
     sample: tuple[str, ...]  # texts (pair sides included) of the training part, for a vocabulary
 
 
+def split_rows(rows: Iterable[tuple], key: Callable[[tuple], str], validation_split: float,
+               chunk: int = 8192) -> Iterator[tuple[tuple, bool]]:
+    """``(row, in the validation part)`` for each row, the hash computed in chunks (as the graph computes it)."""
+    threshold = validation_threshold(validation_split)
+    batch: list[tuple] = []
+
+    def flush() -> Iterator[tuple[tuple, bool]]:
+        for row, bucket in zip(batch, hash_buckets([key(r) for r in batch])):
+            yield row, bool(bucket < threshold)
+        batch.clear()
+
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= chunk:
+            yield from flush()
+    yield from flush()
+
+
 def scan_labelled(source: LabelledSource, validation_split: float, sample_lines: int, seed: int, bad: BadRows,
-                  class_names: Sequence[str] | None = None, chunk: int = 8192) -> LabelledScan:
+                  class_names: Sequence[str] | None = None) -> LabelledScan:
     """One pass over ``source``: rows per part, the class names (sorted, as the in-memory path numbers them;
     with ``class_names`` given, a row with another label is an error, as in memory: the data does not fit
     the model), every row checked, a reservoir sample of at most ``sample_lines`` training texts."""
-    threshold = validation_threshold(validation_split)
     reservoir = Reservoir(sample_lines, seed)
     known = set(class_names) if class_names is not None else None
     seen: set[str] = set()
-    train = validation = 0
-    keys: list[str] = []
-    texts: list[tuple[str, str | None]] = []
+    counts = [0, 0]
 
-    def flush() -> None:
-        nonlocal train, validation
-        for (text, pair), bucket in zip(texts, hash_buckets(keys)):
-            if bucket < threshold:
-                validation += 1
-                continue
-            train += 1
+    def rows() -> Iterator[tuple]:
+        for number, text, pair, label in source.rows(bad):
+            if known is not None and label not in known:
+                raise DataError(f"{source.path}:{number}: label {label!r} was not seen in training "
+                                f"(training labels: {', '.join(class_names)})")
+            seen.add(label)
+            yield text, pair
+
+    for (text, pair), validation in split_rows(rows(), lambda r: example_key(*r), validation_split):
+        counts[validation] += 1
+        if not validation:
             reservoir.add(text)
             if pair is not None:
                 reservoir.add(pair)
-        keys.clear()
-        texts.clear()
-
-    for number, text, pair, label in source.rows(bad):
-        if known is not None and label not in known:
-            raise DataError(f"{source.path}:{number}: label {label!r} was not seen in training "
-                            f"(training labels: {', '.join(class_names)})")
-        seen.add(label)
-        keys.append(example_key(text, pair))
-        texts.append((text, pair))
-        if len(keys) >= chunk:
-            flush()
-    flush()
-    if train + validation == 0:
+    if sum(counts) == 0:
         raise DataError(f"{source.path!r} holds no examples")
     names = tuple(class_names) if class_names is not None else tuple(label_names(seen))
-    return LabelledScan(train, validation, names, tuple(reservoir.items))
+    return LabelledScan(counts[0], counts[1], names, tuple(reservoir.items))
 
 
-def segments(source: LabelledSource) -> list[str]:
-    """The file cut at line starts into byte ranges, as ``"start:end:path"`` strings (the header row of a
-    CSV / TSV is in none of them)."""
-    path = source.path
+def segments(path: str, header: bool) -> list[str]:
+    """The file cut at line starts into byte ranges, as ``"start:end:path"`` strings (a ``header`` row is
+    in none of them)."""
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        start = len(fh.readline()) if text_format(path, source.fmt) != "jsonl" else 0
+        start = len(fh.readline()) if header else 0
         body = size - start
         count = max(1, min(MAX_SEGMENTS, max(MIN_SEGMENTS, body // SEGMENT_BYTES), body // 4096))
         cuts = [start]
         for k in range(1, count):
-            fh.seek(start + k * (size - start) // count)
+            fh.seek(start + k * body // count)
             fh.readline()  # to the next line start
             if cuts[-1] < fh.tell() < size:
                 cuts.append(fh.tell())
@@ -135,49 +135,22 @@ def segments(source: LabelledSource) -> list[str]:
     return [f"{a}:{b}:{path}" for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def _segment_reader(source: LabelledSource, class_names: Sequence[str]) -> Any:
-    """segment spec (a string tensor) -> dataset of ``(text, pair text or "", label id)`` rows."""
-    import numpy as np
-    import tensorflow as tf
+class StreamedRows:
+    """A file's rows as ``tf.data`` datasets (see the module doc): ``read(path, byte_range)`` yields the rows
+    of one segment as tuples of Python values (bad rows left out), ``signature`` their dtypes, and
+    ``key(*row tensors)`` the string the validation hash reads."""
 
-    index = {name: i for i, name in enumerate(class_names)}
-
-    def generate(spec: bytes) -> Any:
-        start, end, path = spec.decode().split(":", 2)
-        # The scan has raised on (or counted) every bad row already: here they are only left out.
-        rows = LabelledSource(path, source.text_column, source.label_column, source.pair_column,
-                              source.fmt).rows(BadRows("skip"), (int(start), int(end)))
-        texts, pairs, labels = [], [], []
-        for _, text, pair, label in rows:
-            if label not in index:
-                continue
-            texts.append(text)
-            pairs.append(pair or "")
-            labels.append(index[label])
-            if len(texts) >= CHUNK_ROWS:
-                yield np.array(texts, object), np.array(pairs, object), np.array(labels, np.int32)
-                texts, pairs, labels = [], [], []
-        if texts:
-            yield np.array(texts, object), np.array(pairs, object), np.array(labels, np.int32)
-
-    signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))
-    return lambda spec: tf.data.Dataset.from_generator(generate, output_signature=signature, args=(spec,)).unbatch()
-
-
-class StreamedLabelled:
-    """A labelled file as ``tf.data`` datasets of ``(text, pair text, label id)`` rows (see the module doc)."""
-
-    def __init__(self, source: LabelledSource, class_names: Sequence[str], validation_split: float):
-        self.source, self.class_names = source, tuple(class_names)
-        self.paired = source.pair_column is not None
+    def __init__(self, path: str, read: Callable[[str, tuple[int, int]], Iterable[tuple]],
+                 signature: Sequence[Any], key: Callable[..., Any], validation_split: float, header: bool = False):
+        self.path, self.key = path, key
         self.threshold = validation_threshold(validation_split)
-        self.segments = segments(source)
-        self._read = _segment_reader(source, self.class_names)
+        self.segments = segments(path, header)
+        self._read = _segment_reader(read, tuple(signature))
 
-    def _in_validation(self, text: Any, pair: Any, label: Any) -> Any:
+    def _in_validation(self, *row: Any) -> Any:
         import tensorflow as tf
 
-        return tf.strings.to_hash_bucket_fast(_key(text, pair, self.paired), HASH_BUCKETS) < self.threshold
+        return tf.strings.to_hash_bucket_fast(self.key(*row), HASH_BUCKETS) < self.threshold
 
     def train(self, seed: int, shuffle_buffer: int, cycle_length: int = 16) -> Any:
         """Endless: the training part, a fresh seeded order every epoch."""
@@ -194,3 +167,89 @@ class StreamedLabelled:
         if which == "train":
             return ds.filter(lambda *row: ~self._in_validation(*row))
         return ds
+
+
+def _segment_reader(read: Callable[[str, tuple[int, int]], Iterable[tuple]], signature: tuple) -> Any:
+    """segment spec (a string tensor) -> dataset of rows, handed to ``tf.data`` ``CHUNK_ROWS`` at a time."""
+    import numpy as np
+    import tensorflow as tf
+
+    def generate(spec: bytes) -> Any:
+        start, end, path = spec.decode().split(":", 2)
+        columns: list[list[Any]] = [[] for _ in signature]
+
+        def chunk() -> tuple:
+            return tuple(np.array(c, object if dtype == tf.string else dtype.as_numpy_dtype)
+                         for c, dtype in zip(columns, signature))
+
+        for row in read(path, (int(start), int(end))):
+            for column, value in zip(columns, row):
+                column.append(value)
+            if len(columns[0]) >= CHUNK_ROWS:
+                yield chunk()
+                columns = [[] for _ in signature]
+        if columns[0]:
+            yield chunk()
+
+    specs = tuple(tf.TensorSpec([None], dtype) for dtype in signature)
+    return lambda spec: tf.data.Dataset.from_generator(generate, output_signature=specs, args=(spec,)).unbatch()
+
+
+def streamed_labelled(source: LabelledSource, class_names: Sequence[str], validation_split: float) -> StreamedRows:
+    """``(text, pair text or "", label id)`` rows of a labelled file."""
+    import tensorflow as tf
+
+    index = {name: i for i, name in enumerate(class_names)}
+    paired = source.pair_column is not None
+
+    def read(path: str, byte_range: tuple[int, int]) -> Iterator[tuple]:
+        # The scan has raised on (or counted) every bad row already: here they are only left out.
+        for _, text, pair, label in source.rows(BadRows("skip"), byte_range):
+            if label in index:
+                yield text, pair or "", index[label]
+
+    def key(text: Any, pair: Any, label: Any) -> Any:
+        return tf.strings.join([text, pair], separator="\t") if paired else text
+
+    return StreamedRows(source.path, read, (tf.string, tf.string, tf.int32), key, validation_split,
+                        header=text_format(source.path, source.fmt) != "jsonl")
+
+
+@dataclass(frozen=True)
+class PairScan:
+    """What one pass over a ``source<TAB>target`` file learned."""
+
+    train: int
+    validation: int
+    sample: tuple[tuple[str, str], ...]  # training pairs, for the vocabularies
+    first_validation: tuple[tuple[str, str], ...]  # the validation part's first pairs, in file order
+
+
+def scan_pairs(path: str, validation_split: float, sample_lines: int, seed: int, bad: BadRows,
+               keep_validation: int) -> PairScan:
+    """One pass over a pairs file: pairs per part (the validation part by a hash of the source, so a source
+    that occurs twice is on one side), every line checked, a reservoir sample of at most ``sample_lines``
+    training pairs, and the first ``keep_validation`` validation pairs."""
+    reservoir = Reservoir(sample_lines, seed)
+    counts, first = [0, 0], []
+    rows = ((source, target) for _, source, target in text_pairs(path, bad))
+    for pair, validation in split_rows(rows, lambda r: r[0], validation_split):
+        counts[validation] += 1
+        if not validation:
+            reservoir.add(pair)
+        elif len(first) < keep_validation:
+            first.append(pair)
+    if sum(counts) == 0:
+        raise DataError(f"{path!r} has no 'source<TAB>target' lines")
+    return PairScan(counts[0], counts[1], tuple(reservoir.items), tuple(first))
+
+
+def streamed_pairs(path: str, validation_split: float) -> StreamedRows:
+    """``(source, target)`` rows of a pairs file."""
+    import tensorflow as tf
+
+    def read(segment_path: str, byte_range: tuple[int, int]) -> Iterator[tuple]:
+        for _, source, target in text_pairs(segment_path, BadRows("skip"), byte_range):
+            yield source, target
+
+    return StreamedRows(path, read, (tf.string, tf.string), lambda source, target: source, validation_split)

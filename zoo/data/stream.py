@@ -68,7 +68,7 @@ class Reservoir:
         self.size, self.seen, self.items = size, 0, []
         self._rng = random.Random(seed)
 
-    def add(self, item: str) -> None:
+    def add(self, item: Any) -> None:
         self.seen += 1
         if len(self.items) < self.size:
             self.items.append(item)

@@ -246,16 +246,16 @@ def vocabulary_sample(lines: Sequence[str], limit: int, seed: int) -> list[str]:
     return [lines[i] for i in keep]
 
 
-def read_text_pairs(path: str, bad: BadRows | None = None) -> tuple[list[str], list[str], list[int]]:
-    """(sources, targets, line numbers) from a TSV of ``source<TAB>target`` lines (no header).
+def text_pairs(path: str, bad: BadRows | None = None, byte_range: tuple[int, int] | None = None,
+               ) -> Iterator[tuple[int, str, str]]:
+    """``(line number, source, target)`` of each ``source<TAB>target`` line (no header), streamed.
 
     Blank lines are skipped; a line without a tab, or with an empty source or target, is a
     DataError naming the file and line (or skipped and counted under ``bad``'s skip policy). Text after
     a second tab stays part of the target.
     """
     bad = bad or BadRows()
-    sources, targets, numbers = [], [], []
-    for number, line in decoded_lines(path, bad):
+    for number, line in decoded_lines(path, bad, byte_range):
         if not line.strip():
             continue
         if "\t" not in line:
@@ -265,8 +265,15 @@ def read_text_pairs(path: str, bad: BadRows | None = None) -> tuple[list[str], l
         if not source.strip() or not target.strip():
             bad.bad(f"{path}:{number}: empty {'source' if not source.strip() else 'target'} text")
             continue
-        sources.append(source.strip())
-        targets.append(target.strip())
+        yield number, source.strip(), target.strip()
+
+
+def read_text_pairs(path: str, bad: BadRows | None = None) -> tuple[list[str], list[str], list[int]]:
+    """(sources, targets, line numbers) of every pair of a TSV (see :func:`text_pairs`), in memory."""
+    sources, targets, numbers = [], [], []
+    for number, source, target in text_pairs(path, bad):
+        sources.append(source)
+        targets.append(target)
         numbers.append(number)
     if not sources:
         raise DataError(f"{path!r} has no 'source<TAB>target' lines")
