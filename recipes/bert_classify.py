@@ -64,7 +64,9 @@ def prepare_data(cfg: BertClassifyConfig, explicit: frozenset) -> tuple[BertClas
         steps_per_epoch=max(1, math.ceil(splits.counts["train"] / batch)),
         validation=splits.validation_dataset(pre, batch), test=None,
         eval_sample=splits.eval_sample(d.eval_sample_size), calibration=splits.calibration(d.calibration_size),
-        info=info, files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
+        info=info, files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state,
+        sharded_train=(lambda shard, size: splits.train_dataset(pre, size, cfg.train.seed, shard)) if splits.streamed
+        else None)
 
 
 def build_model(cfg: BertClassifyConfig, data: Datasets) -> Any:

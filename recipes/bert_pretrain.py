@@ -219,8 +219,11 @@ def _prepared_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPr
     d, batch = cfg.data, cfg.train.batch_size
     n_train = prepared.examples("train")
     n_val = min(prepared.examples("validation"), d.validation_max_lines)
-    train_ds = prepared.train_dataset(cfg.train.seed, d.shuffle_buffer).batch(batch)
-    train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def sharded_train(shard: Any = None, size: int = batch) -> Any:
+        sequences = prepared.train_dataset(cfg.train.seed, d.shuffle_buffer, shard=shard).batch(size)
+        return sequences.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
     validation = None
     if n_val:
         sequences = prepared.validation_dataset(n_val).batch(batch)
@@ -236,9 +239,10 @@ def _prepared_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPr
     info = {"counts": {"train_sequences": n_train, "validation_sequences": n_val},
             "prepared": os.path.abspath(d.source), "vocab_size": len(pre.vocabulary), "streamed": True,
             "vocabulary_sha256": prepared.vocabulary_sha256, **bad.report()}
-    return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(n_train / batch)), validation=validation,
-                         test=test, info=info, files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"},
-                         state=weights)
+    return cfg, Datasets(train=sharded_train(), steps_per_epoch=max(1, math.ceil(n_train / batch)),
+                         validation=validation, test=test, info=info,
+                         files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=weights,
+                         sharded_train=sharded_train)
 
 
 def prepare_dataset(cfg: BertPretrainConfig, explicit: frozenset, out: str, *, workers: int, shards: int,
@@ -323,22 +327,27 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     masked, fixed_masks = _masking(cfg, pre)
 
     batch = cfg.train.batch_size
+    sharded_train = None
     if streamed:
-        train_ds = stream.train_lines(files, d.validation_split, cfg.train.seed, d.shuffle_buffer).batch(batch)
+        def sharded_train(shard: Any = None, size: int = batch) -> Any:
+            lines = stream.train_lines(files, d.validation_split, cfg.train.seed, d.shuffle_buffer, shard=shard)
+            return lines.batch(size).map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+        train_ds = sharded_train()
         # The scan counted the lines, so the number of batches is known (a filtered stream cannot say it).
         lines = stream.validation_lines(files, d.validation_split, n_val).batch(batch)
         validation = fixed_masks(lines.apply(tf.data.experimental.assert_cardinality(math.ceil(n_val / batch))))
         test = fixed_masks(stream.all_lines(eval_files).batch(batch), cache=False) if n_test else None
     else:
         train_ds = slices(text_array(train_lines), cfg.train.seed, batch_size=batch)
+        train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         validation = fixed_masks(slices(text_array(val_lines)).batch(batch))
         test = fixed_masks(slices(text_array(test_lines)).batch(batch)) if test_lines else None
-    train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     info = {"counts": {"train_lines": n_train, "validation_lines": n_val, "eval_lines": n_test},
             "vocab_size": len(vocab), "streamed": streamed, **bad.report()}
     return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(n_train / batch)),
                          validation=validation, test=test, info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"},
-                         state=weights)
+                         state=weights, sharded_train=sharded_train)
 
 
 def build_model(cfg: BertPretrainConfig, data: Datasets) -> Any:

@@ -125,8 +125,8 @@ class StreamedSplits:
 
         return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def train_dataset(self, pre: Any, batch: int, seed: int) -> Any:
-        return self._batches(self.train_data.train(seed, self.shuffle_buffer), pre, batch)
+    def train_dataset(self, pre: Any, batch: int, seed: int, shard: Any = None) -> Any:
+        return self._batches(self.train_data.train(seed, self.shuffle_buffer, shard=shard), pre, batch)
 
     def validation_dataset(self, pre: Any, batch: int) -> Any:
         return self._batches(self.train_data.part("validation"), pre, batch, self.counts["validation"])

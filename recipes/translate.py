@@ -160,12 +160,12 @@ def _read_pairs(cfg: TranslateConfig, bad: Any) -> tuple[Any, list[str], list[st
 
 
 def _streamed_batches(rows: Any, cfg: TranslateConfig, src_tok: Any, tgt_tok: Any, make_batch: Any,
-                      bucketed: bool) -> Any:
+                      bucketed: bool, batch: int | None = None) -> Any:
     """Batches of streamed ``(source, target)`` rows: tokenized in chunks, truncated (the target's end token
     kept), then grouped by length (training: batches of similar lengths, as the in-memory path's buckets)."""
     import tensorflow as tf
 
-    d, batch = cfg.data, cfg.train.batch_size
+    d, batch = cfg.data, batch or cfg.train.batch_size
     pad_id, end_id = tgt_tok.pad_id, tgt_tok.end_id
 
     def encode(src: Any, tgt: Any) -> Any:
@@ -243,8 +243,12 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
 
     if streamed:
         rows, n_train, n_val = pairs
-        train_ds = _streamed_batches(rows.train(cfg.train.seed, d.shuffle_buffer), cfg, src_tok, tgt_tok, make_batch,
-                                     bucketed=True)
+
+        def sharded_train(shard: Any = None, size: int = batch) -> Any:
+            return _streamed_batches(rows.train(cfg.train.seed, d.shuffle_buffer, shard=shard), cfg, src_tok,
+                                     tgt_tok, make_batch, bucketed=True, batch=size)
+
+        train_ds = sharded_train()
         val_ds = _streamed_batches(rows.part("validation"), cfg, src_tok, tgt_tok, make_batch, bucketed=False).apply(
             tf.data.experimental.assert_cardinality(math.ceil(n_val / batch)))
         steps, counts, truncated = max(1, math.ceil(n_train / batch)), {"train": n_train, "validation": n_val}, None
@@ -272,6 +276,7 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
         val_ds = (tf.data.Dataset.from_tensor_slices((val_src_ids, val_tgt_ids)).batch(batch)
                   .map(make_batch).prefetch(tf.data.AUTOTUNE))
         counts, truncated = {"train": len(sources), "validation": len(val_src)}, {"source": src_cut, "target": tgt_cut}
+        sharded_train = None
     n_sample = min(d.eval_sample_size, len(eval_src))
     files = {RunDir.VOCAB: "\n".join(src_tok.vocabulary) + "\n"}
     if not d.shared_vocabulary:
@@ -281,7 +286,7 @@ def prepare_data(cfg: TranslateConfig, explicit: frozenset) -> tuple[TranslateCo
         train=train_ds, steps_per_epoch=steps, validation=val_ds, test=None,
         eval_sample=(np.asarray(eval_src[:n_sample], dtype=str), np.asarray(eval_tgt[:n_sample], dtype=str)),
         calibration=None, info=info, files=files,
-        state=TranslateState(src_tok, tgt_tok, (val_src, val_tgt), (eval_src, eval_tgt)))
+        state=TranslateState(src_tok, tgt_tok, (val_src, val_tgt), (eval_src, eval_tgt)), sharded_train=sharded_train)
 
 
 def build_model(cfg: TranslateConfig, data: Datasets) -> Any:

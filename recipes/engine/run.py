@@ -44,6 +44,10 @@ class Datasets:
     # The recipe's own typed state (a dataclass of the recipe's), handed from prepare_data to build_model,
     # evaluate and callbacks; not saved.
     state: Any = None
+    # Optional, for streamed data: sharded_train((pipelines, index), per-replica batch) -> one worker's part of
+    # ``train`` (each epoch split between the workers, each record once). Under multi_worker the engine
+    # distributes it with distribute_datasets_from_function instead of letting tf.distribute shard ``train``.
+    sharded_train: Callable[[tuple[int, int], int], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,8 @@ class Runner:
             # Each epoch's order is a function of (seed, epoch): skipping the batches done gives the resumed
             # epochs (or rounds of steps, mid-epoch) the order an uninterrupted run would have seen.
             train_data = data.train.skip(initial_epoch * batches)
+        if train.strategy == "multi_worker" and data.sharded_train is not None:
+            train_data = sharded_input(self.strategy, data.sharded_train, train.batch_size, initial_epoch * batches)
         validation = {}
         if data.validation is not None:
             if train.steps:
@@ -330,6 +336,24 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
         extra_callbacks: Sequence[Any] = (), verbose: int | str = "auto") -> RunResult:
     """Train ``recipe`` with ``cfg`` into ``run_dir`` (resuming if it holds an unfinished run)."""
     return Runner(recipe, cfg, run_dir, explicit=explicit, extra_callbacks=extra_callbacks, verbose=verbose).run()
+
+
+def sharded_input(strategy: Any, sharded_train: Callable[[tuple[int, int], int], Any], global_batch: int,
+                  steps_done: int) -> Any:
+    """The training input of a multi-worker job from ``Datasets.sharded_train``: each worker builds its own
+    part (per-replica batches), resumed after ``steps_done`` steps by skipping the batches its replicas took."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ConfigError(f"train.batch_size={global_batch} is not a multiple of the job's {replicas} replicas; "
+                          f"use {global_batch - global_batch % replicas or replicas}")
+
+    def per_worker(context: Any) -> Any:
+        ds = sharded_train((context.num_input_pipelines, context.input_pipeline_id),
+                           context.get_per_replica_batch_size(global_batch))
+        per_step = replicas // context.num_input_pipelines  # this worker's replicas each take a batch a step
+        return ds.skip(steps_done * per_step) if steps_done else ds
+
+    return strategy.distribute_datasets_from_function(per_worker)
 
 
 def _fit_scope(strategy: str, model: Any) -> Any:

@@ -13,6 +13,7 @@ from zoo.recipes.engine.config import STRATEGIES
 
 log = logging.getLogger(__name__)
 
+_MULTI_WORKER: dict[str, Any] = {}
 _MIRRORED: dict[tuple[str, ...], Any] = {}
 
 
@@ -114,8 +115,11 @@ def build_strategy(name: str = "default", devices: Sequence[str] | None = None, 
             tf_config["task"]["index"]
         except (ValueError, KeyError, TypeError) as exc:
             raise DeviceError(f"TF_CONFIG is not a valid cluster spec ({exc!r}): {raw}") from exc
+        if raw in _MULTI_WORKER:  # one per process and cluster: a second one cannot start once ops have run
+            return _MULTI_WORKER[raw]
         try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
+            _MULTI_WORKER[raw] = tf.distribute.MultiWorkerMirroredStrategy()
+            return _MULTI_WORKER[raw]
         except RuntimeError as exc:
             raise DeviceError(
                 f"cannot start multi_worker here ({exc}): the strategy must be created before TensorFlow runs "

@@ -529,3 +529,63 @@ def test_step_mode_settings_are_checked_before_anything_runs():
     assert float(sched(100)) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ConfigError, match="warmup_steps=100 covers the whole run of 100 steps"):
         build_schedule(OptimizerConfig(), ScheduleConfig(name="linear", warmup_steps=100), 3, 1, total_updates=100)
+
+
+@pytest.mark.slow
+def test_multi_worker_streamed_input_is_sharded_per_worker_and_resumes_by_skipping(tmp_path):
+    """Under multi_worker a streamed corpus is split between the workers (Datasets.sharded_train through
+    distribute_datasets_from_function): per-replica batches, disjoint across the workers, a resumed worker
+    starts at the batch it had reached; a streamed bert_pretrain job trains on it and says how it shards."""
+    import socket
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    lines = [f"line {i} " + " ".join(f"w{(i * 7 + j) % 40}" for j in range(3 + i % 5)) for i in range(400)]
+    for f in range(4):
+        (tmp_path / f"part-{f}.txt").write_text("\n".join(lines[f::4]) + "\n", encoding="utf-8")
+    corpus = str(tmp_path / "part-*.txt")
+    code = textwrap.dedent(f"""
+        import glob, json, logging
+        import tensorflow as tf
+        from zoo.data import stream
+        from zoo.recipes.engine.run import sharded_input, train
+        from zoo.recipes.engine.strategy import build_strategy
+        logging.basicConfig(level=logging.INFO)
+        strategy = build_strategy("multi_worker")
+        files = sorted(glob.glob({corpus!r}))
+        fn = lambda shard, size: stream.train_lines(files, 0.0, 7, 16, shard=shard).batch(size)
+        def batches(done, steps):
+            it = iter(sharded_input(strategy, fn, 8, done))
+            return [[t.decode() for r in strategy.experimental_local_results(next(it)) for t in r.numpy()]
+                    for _ in range(steps)]
+        seen = {{"whole": batches(0, 4), "resumed": batches(2, 2)}}
+        r = train("bert_pretrain", {str(tmp_path / "run")!r}, {{
+            "data.source": {corpus!r}, "data.streaming": True, "model.preset": "bert_tiny", "model.num_layers": 1,
+            "data.sequence_length": 16, "data.vocab_size": 80, "train.batch_size": 8, "train.steps": 4,
+            "train.schedule.warmup_steps": 1, "train.validation_steps": 1, "train.tensorboard": False,
+            "train.strategy": "multi_worker"}}, verbose=0)
+        print(json.dumps({{**seen, "steps": r.metrics["steps_completed"], "replicas": r.metrics["replicas"]}}))
+    """)
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs, logs = [], []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+        logs.append(err)
+    for index, (out, err) in enumerate(zip(outputs, logs)):
+        assert f"input pipeline {index} of 2: its own files of every epoch (4 files, AutoShardPolicy FILE)" in err
+        assert all(len(b) == 4 for b in out["whole"])  # per-replica batches: 8 / 2 workers
+        assert out["resumed"] == out["whole"][2:]  # resumed after step 2: the batches it had not taken
+        assert out["steps"] == 4 and out["replicas"] == 2
+    first, second = ({t for b in out["whole"] for t in b} for out in outputs)
+    assert len(first) == len(second) == 16 and not first & second and first | second <= set(lines)

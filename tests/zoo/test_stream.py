@@ -114,3 +114,26 @@ def test_streamed_pretraining_trains_and_counts_from_the_scan(tmp_path):
         one.write_text("just one line\n")
         train("bert_pretrain", str(tmp_path / "run2"), {"data.source": str(one), "data.streaming": True,
                                                        "data.validation_split": 0.01, "model.preset": "bert_tiny"})
+
+
+@pytest.mark.parametrize("n_files", [4, 1], ids=["FILE", "DATA"])
+def test_workers_share_every_epoch_each_line_exactly_once(tmp_path, n_files, caplog):
+    """shard=(n, i): the n input pipelines (workers) of a multi-worker job split each epoch, disjoint and
+    complete: by files when each gets one (AutoShardPolicy FILE), else every n-th line (DATA)."""
+    import logging
+
+    paths, texts = _corpus(tmp_path, files=n_files, lines=150)
+    train, _ = _split(texts, 0.1)
+    parts = {}
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        for index in range(3):
+            keep = lambda line: ~stream._in_validation(line, stream.validation_threshold(0.1))  # noqa: E731
+            one = stream.shuffled_epochs(paths, "text", 7, 32, shard=(3, index), epochs=1, keep=keep)
+            parts[index] = [t.decode() for t in one.as_numpy_iterator()]
+            endless = stream.train_lines(paths, 0.1, seed=7, shuffle_buffer=32, shard=(3, index))
+            assert [t.decode() for t in endless.take(20).as_numpy_iterator()] == parts[index][:20]
+    policy = "FILE" if n_files >= 3 else "DATA"
+    assert sum(f"AutoShardPolicy {policy}" in r.getMessage() for r in caplog.records) >= 3
+    # One epoch: every line of the training part exactly once over the three workers.
+    assert collections.Counter(t for part in parts.values() for t in part) == collections.Counter(train)
+    assert all(parts.values())

@@ -152,10 +152,10 @@ class StreamedRows:
 
         return tf.strings.to_hash_bucket_fast(self.key(*row), HASH_BUCKETS) < self.threshold
 
-    def train(self, seed: int, shuffle_buffer: int, cycle_length: int = 16) -> Any:
-        """Endless: the training part, a fresh seeded order every epoch."""
+    def train(self, seed: int, shuffle_buffer: int, cycle_length: int = 16, shard: Any = None) -> Any:
+        """Endless: the training part, a fresh seeded order every epoch (``shard``: one worker's part)."""
         return shuffled_epochs(self.segments, self._read, seed, shuffle_buffer, cycle_length,
-                               keep=lambda *row: ~self._in_validation(*row))
+                               keep=lambda *row: ~self._in_validation(*row), shard=shard)
 
     def part(self, which: str) -> Any:
         """One pass in file order over the "validation" part, the "train" part or "all" rows."""

@@ -470,14 +470,15 @@ class Prepared:
         ids = tf.ensure_shape(ids, [self.sequence_length])
         return {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.cast(ids != 0, tf.int32)}
 
-    def train_dataset(self, seed: int, shuffle_buffer: int, cycle_length: int = 4) -> Any:
-        """Endless, seeded: every epoch a fresh file order, records interleaved, shuffled in blocks."""
+    def train_dataset(self, seed: int, shuffle_buffer: int, cycle_length: int = 4, shard: Any = None) -> Any:
+        """Endless, seeded: every epoch a fresh file order, records interleaved, shuffled in blocks (``shard``:
+        one worker's part, see ``stream.shuffled_epochs``)."""
         import tensorflow as tf
 
         from zoo.data.stream import shuffled_epochs
 
-        return shuffled_epochs(self.files("train"), "tfrecord", seed, shuffle_buffer, cycle_length).map(
-            self.parse, num_parallel_calls=tf.data.AUTOTUNE)
+        return shuffled_epochs(self.files("train"), "tfrecord", seed, shuffle_buffer, cycle_length,
+                               shard=shard).map(self.parse, num_parallel_calls=tf.data.AUTOTUNE)
 
     def validation_dataset(self, limit: int | None = None) -> Any:
         import tensorflow as tf

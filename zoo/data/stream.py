@@ -172,18 +172,34 @@ def _in_validation(line: Any, threshold: int) -> Any:
     return tf.strings.to_hash_bucket_fast(line, HASH_BUCKETS) < threshold
 
 
+Shard = tuple  # (number of input pipelines, this one's index): one per worker of a multi-worker job
+
+
+def shard_policy(n_files: int, workers: int) -> str:
+    """How ``shuffled_epochs`` splits an epoch between ``workers``: "FILE" (each reads its own files) when
+    every worker gets one, else "DATA" (each reads every file and keeps every ``workers``-th record)."""
+    return "FILE" if n_files >= workers else "DATA"
+
+
 def shuffled_epochs(files: Sequence[str], kind: Any, seed: int, shuffle_buffer: int, cycle_length: int = 4,
-                    keep: Any = None) -> Any:
+                    keep: Any = None, shard: Shard | None = None, epochs: int | None = None) -> Any:
     """Endless dataset of the records of ``files``, a fresh seeded order every epoch: the files in a
     stateless permutation of ``(seed, epoch)``, interleaved, then shuffled in blocks of ``shuffle_buffer``
     (each block a stateless permutation of ``(seed + epoch, block)``). ``kind``: "text" lines,
     "tfrecord" records, or a function from one file name (a string tensor) to a dataset of its records
-    (a tensor or a tuple of tensors each). ``keep`` optionally filters the records first."""
+    (a tensor or a tuple of tensors each). ``keep`` optionally filters the records first.
+
+    ``shard=(n, i)``: input pipeline ``i`` of ``n`` (a worker) reads its part of every epoch, the parts
+    disjoint and together the whole epoch, each exactly once (:func:`shard_policy`: the files of the
+    epoch's order at ``i, i + n, ...``, or with fewer files than pipelines every ``n``-th record).
+    ``epochs``: that many epochs instead of endless ones."""
     import tensorflow as tf
 
     paths = tf.constant(list(files), tf.string)
     n_files = len(files)
-    cycle = max(1, min(cycle_length, n_files))
+    pipelines, index = shard or (1, 0)
+    by_file = pipelines > 1 and shard_policy(n_files, pipelines) == "FILE"
+    cycle = max(1, min(cycle_length, -(-n_files // pipelines) if by_file else n_files))
     seed_t = tf.constant(seed, tf.int64)
 
     def records(ordered: Any) -> Any:
@@ -204,23 +220,40 @@ def shuffled_epochs(files: Sequence[str], kind: Any, seed: int, shuffle_buffer: 
     def epoch(e: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(tf.range(n_files, dtype=tf.int64),
                                                           seed=tf.stack([seed_t, e]))
+        if by_file:
+            order = order[index::pipelines]
         ds = records(tf.gather(paths, order))
         if keep is not None:
             ds = ds.filter(keep)
+        if pipelines > 1 and not by_file:
+            ds = ds.shard(pipelines, index)
         if shuffle_buffer <= 1:
             return ds
         # Seeds (seed + epoch, block): distinct for every block of every epoch of this run.
         return ds.batch(shuffle_buffer).enumerate().map(lambda i, block: permuted(i, e, block)).unbatch()
 
-    return tf.data.Dataset.counter(dtype=tf.int64).flat_map(epoch)
+    counter = tf.data.Dataset.counter(dtype=tf.int64) if epochs is None else tf.data.Dataset.range(epochs)
+    ds = counter.flat_map(epoch)
+    if pipelines > 1:  # sharded here: tf.distribute must not shard it again
+        import logging
+
+        logging.getLogger("zoo").info(
+            "input pipeline %d of %d: %s", index, pipelines,
+            f"its own files of every epoch ({n_files} files, AutoShardPolicy FILE)" if by_file else
+            f"every {pipelines}th record of every epoch ({n_files} file(s) < {pipelines} pipelines, AutoShardPolicy "
+            "DATA: each reads every file)")
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
+    return ds
 
 
 def train_lines(files: Sequence[str], validation_split: float, seed: int, shuffle_buffer: int,
-                cycle_length: int = 4) -> Any:
+                cycle_length: int = 4, shard: Shard | None = None) -> Any:
     """Endless dataset of the training part's lines, a fresh seeded order every epoch (see the module doc)."""
     threshold = validation_threshold(validation_split)
     return shuffled_epochs(files, "text", seed, shuffle_buffer, cycle_length,
-                           keep=lambda line: ~_in_validation(line, threshold))
+                           keep=lambda line: ~_in_validation(line, threshold), shard=shard)
 
 
 def validation_lines(files: Sequence[str], validation_split: float, limit: int | None = None) -> Any:
