@@ -6,6 +6,8 @@ so that loading a compiled ``.keras`` file needs nothing from the recipes.
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 import keras
@@ -13,6 +15,8 @@ import keras
 from zoo.errors import ConfigError
 from zoo.optimizers import FusedAdam, FusedAdamW, WarmupDecay
 from zoo.recipes.engine.config import HYPERPARAMETERS, OptimizerConfig, ScheduleConfig
+
+log = logging.getLogger(__name__)
 
 
 def build_schedule(opt: OptimizerConfig, sched: ScheduleConfig, steps_per_epoch: int, epochs: int,
@@ -29,6 +33,14 @@ def build_schedule(opt: OptimizerConfig, sched: ScheduleConfig, steps_per_epoch:
     updates_per_epoch = steps_per_epoch / accumulation_steps
     total = total_updates or max(1, int(round(updates_per_epoch * epochs)))
     warmup = sched.warmup_steps or int(round(sched.warmup_epochs * updates_per_epoch))
+    if total_updates and not sched.warmup_steps and warmup >= total:
+        # Step mode on a large dataset: a warm-up in epochs (the recipes' defaults are 0.3-1 epoch) can outlast
+        # the whole run (one epoch of a real corpus is millions of steps). Warm up over a tenth of the run.
+        capped = max(1, total // 10)
+        log.warning("train.schedule.warmup_epochs=%g is %d optimizer steps, at least the run's %d (train.steps): "
+                    "warming up over %d steps (a tenth of the run) instead; set train.schedule.warmup_steps to "
+                    "choose", sched.warmup_epochs, warmup, total, capped)
+        warmup = capped
     if warmup >= total:
         what = f"warmup_steps={sched.warmup_steps}" if sched.warmup_steps else f"warmup_epochs={sched.warmup_epochs}"
         run = f"{total} steps" if total_updates else f"{epochs} epochs"

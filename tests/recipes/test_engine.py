@@ -385,9 +385,9 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert metrics["epochs"][0] == partial["epochs"][0]
 
 
-@pytest.mark.slow
-def test_multi_worker_two_processes_match_one_device(tmp_path):
-    """Two worker processes (MultiWorkerMirroredStrategy over localhost) train like one device."""
+def _two_workers(code):
+    """Run ``code`` as the two workers of a localhost MultiWorkerMirroredStrategy job; each worker's last
+    stdout line (JSON) and its stderr."""
     import socket
 
     def free_port():
@@ -395,6 +395,25 @@ def test_multi_worker_two_processes_match_one_device(tmp_path):
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs, logs = [], []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+        logs.append(err)
+    return outputs, logs
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_match_one_device(tmp_path):
+    """Two worker processes (MultiWorkerMirroredStrategy over localhost) train like one device."""
     common = {**FAST, "model.dropout": 0.0, "train.epochs": 2, "train.optimizer.name": "sgd",
               "train.optimizer.learning_rate": 0.05}
     run_dir = str(tmp_path / "mw")
@@ -404,18 +423,7 @@ def test_multi_worker_two_processes_match_one_device(tmp_path):
         r = train("image_classify", {run_dir!r}, {{**{common!r}, "train.strategy": "multi_worker"}}, verbose=0)
         print(json.dumps({{"replicas": r.metrics["replicas"], "loss": [e["loss"] for e in r.metrics["epochs"]]}}))
     """)
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outputs = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    outputs, _ = _two_workers(code)
     single = train("image_classify", str(tmp_path / "one"), common, verbose=0)
     expected = [e["loss"] for e in single.metrics["epochs"]]
     for out in outputs:
@@ -531,17 +539,26 @@ def test_step_mode_settings_are_checked_before_anything_runs():
         build_schedule(OptimizerConfig(), ScheduleConfig(name="linear", warmup_steps=100), 3, 1, total_updates=100)
 
 
+def test_step_mode_on_a_large_dataset_caps_a_warm_up_given_in_epochs(caplog):
+    """`zoo train bert_pretrain --set train.steps=100000` on a corpus whose one pass is 3 M steps: the recipe's
+    default warm-up of one epoch would outlast the run (and used to refuse it); it warms up over a tenth."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        sched = build_schedule(OptimizerConfig(learning_rate=1.0), ScheduleConfig(name="linear", warmup_epochs=1.0),
+                               steps_per_epoch=3_000_000, epochs=1, total_updates=100_000)
+    assert sched.warmup_steps == 10_000 and sched.total_steps == 100_000
+    assert any("warming up over 10000 steps (a tenth of the run)" in r.getMessage() for r in caplog.records)
+    # A warm-up shorter than the run is kept as given.
+    assert build_schedule(OptimizerConfig(), ScheduleConfig(name="linear", warmup_epochs=1.0), 300, 1,
+                          total_updates=1000).warmup_steps == 300
+
+
 @pytest.mark.slow
 def test_multi_worker_streamed_input_is_sharded_per_worker_and_resumes_by_skipping(tmp_path):
     """Under multi_worker a streamed corpus is split between the workers (Datasets.sharded_train through
     distribute_datasets_from_function): per-replica batches, disjoint across the workers, a resumed worker
     starts at the batch it had reached; a streamed bert_pretrain job trains on it and says how it shards."""
-    import socket
-
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     lines = [f"line {i} " + " ".join(f"w{(i * 7 + j) % 40}" for j in range(3 + i % 5)) for i in range(400)]
     for f in range(4):
@@ -569,19 +586,7 @@ def test_multi_worker_streamed_input_is_sharded_per_worker_and_resumes_by_skippi
             "train.strategy": "multi_worker"}}, verbose=0)
         print(json.dumps({{**seen, "steps": r.metrics["steps_completed"], "replicas": r.metrics["replicas"]}}))
     """)
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outputs, logs = [], []
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
-        logs.append(err)
+    outputs, logs = _two_workers(code)
     for index, (out, err) in enumerate(zip(outputs, logs)):
         assert f"input pipeline {index} of 2: its own files of every epoch (4 files, AutoShardPolicy FILE)" in err
         assert all(len(b) == 4 for b in out["whole"])  # per-replica batches: 8 / 2 workers
