@@ -71,6 +71,11 @@ def test_a_sorted_file_streams_each_row_once_per_epoch_with_labels_mixed(tmp_pat
     assert [y for _, y in ids[:1400]] == [0] * 1400
     windows = [np.mean([y for _, y in first[i:i + 64]]) for i in range(0, n - 64, 64)]
     assert min(windows) > 0.2 and max(windows) < 0.8, (min(windows), max(windows))
+    # Two workers of a multi-worker job: each its own segments of the epoch, together every row once.
+    keep = lambda *row: ~source._in_validation(*row)  # noqa: E731
+    shares = [_decoded(stream.shuffled_epochs(source.segments, source._read, 5, 64, keep=keep, shard=(2, i),
+                                              epochs=1)) for i in range(2)]
+    assert collections.Counter(shares[0] + shares[1]) == expected and shares[0] and shares[1]
     monkeypatch.setattr(labelled, "MIN_SEGMENTS", 1)  # one sequential reader: windows of one label
     single = labelled.streamed_labelled(labelled.LabelledSource(str(path)), names, 0.1)
     assert len(single.segments) == 1
