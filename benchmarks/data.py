@@ -70,7 +70,8 @@ for job in json.loads(sys.argv[1]):
     else:
         data, run_dir, overrides = job["train"]
         clock = Clock()
-        run = train(job.get("recipe", "bert_pretrain"), run_dir, {"data.source": data, **overrides}, extra_callbacks=[clock], verbose=0)
+        run = train(job.get("recipe", "bert_pretrain"), run_dir, {"data.source": data, **overrides},
+                    extra_callbacks=[clock], verbose=0)
         ends = clock.ends
         result = {"first_step_s": ends[0] - start, "steps": len(ends),
                   "steps_per_s": (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else float("nan"),

@@ -32,6 +32,7 @@ from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import RunDir, WordPieceSpec
 from zoo.tasks.masked_lm import MaskedLMInfo
 
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """Plain-text files (globs allowed, comma-separated) and the masking scheme."""

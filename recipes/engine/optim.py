@@ -7,7 +7,6 @@ so that loading a compiled ``.keras`` file needs nothing from the recipes.
 from __future__ import annotations
 
 import logging
-
 from typing import Any
 
 import keras

@@ -192,9 +192,9 @@ def test_streamed_translate_trains_and_its_batches_resume_by_skipping(tmp_path):
     are a pure function of the seed, so skipping the batches done resumes the stream exactly."""
     from tests.conftest import TRANSLATE_FAST
     from tests.datasets import write_number_pairs
+    from zoo.config import apply_overrides
     from zoo.recipes.engine.run import train
     from zoo.recipes.translate import TranslateConfig, prepare_data
-    from zoo.config import apply_overrides
 
     rng = random.Random(0)
     path = write_number_pairs(tmp_path / "pairs.tsv", [rng.randrange(1000) for _ in range(1500)])

@@ -8,9 +8,10 @@ it counts the rows of each part, collects the distinct labels (the class names),
 sample of texts for learning a vocabulary. Then:
 
 * **Segments.** The file is cut at line starts into byte ranges of about ``SEGMENT_BYTES`` (at least
-  ``MIN_SEGMENTS``, at most ``MAX_SEGMENTS``); each epoch reads them in a fresh seeded order, several at once, interleaved. A
-  file sorted by label (every negative review, then every positive one) so still gives batches of
-  mixed labels, which a bounded shuffle buffer over one sequential reader would not.
+  ``MIN_SEGMENTS``, at most ``MAX_SEGMENTS``); each epoch reads them in a fresh seeded order, several
+  at once, interleaved. A file sorted by label (every negative review, then every positive one) so
+  still gives batches of mixed labels, which a bounded shuffle buffer over one sequential reader would
+  not. Under a multi-worker job each worker reads its own segments of every epoch.
 * **Order** as for corpora (``zoo.data.stream.shuffled_epochs``): a pure function of ``(seed, epoch)``,
   then blocks of ``shuffle_buffer`` rows permuted, so a resumed run that skips the batches it has done
   sees what an uninterrupted run would have.

@@ -108,7 +108,6 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
     """One pass over ``files``: counts per part, UTF-8 checked (errors name file and line; under ``bad``'s
     skip policy, a ``zoo.data.text.BadRows``, such lines are counted and left out, as the stream leaves
     them out), a seeded reservoir sample of at most ``sample_lines`` lines of the training part."""
-    import tensorflow as tf
 
     from zoo.data.text import BadRows
 
