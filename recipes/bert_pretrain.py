@@ -163,14 +163,6 @@ def _files_of(spec: str) -> list[str]:
     return corpus_files([p.strip() for p in spec.split(",") if p.strip()])
 
 
-def _streams(d: CorpusConfig, files: list[str]) -> bool:
-    from zoo.data.stream import STREAM_BYTES
-
-    if d.streaming is not None:
-        return d.streaming
-    return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > STREAM_BYTES
-
-
 def _masking(cfg: BertPretrainConfig, pre: Any) -> tuple[Any, Any]:
     """``(masked(batch, seed=None), fixed_masks(batches, cache=True))`` for the run's preprocessor ``pre``:
     dynamic masks for training; fixed (stateless, seeded) masks for evaluation, so losses compare across
@@ -300,18 +292,14 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         return _prepared_data(cfg, explicit)
     files = _files_of(d.source)
     eval_files = _files_of(d.eval_source) if d.eval_source else []
-    streamed = _streams(d, files)
+    streamed = stream.streams(d.streaming, files)
     bad = BadRows(d.on_error)
     # Validation (per-epoch loss, early stopping) is carved from the training corpus; --eval-data, if
     # given, is scored once at the end (test_loss, test_masked_accuracy).
     if streamed:
         scan = stream.scan_corpus(files, d.validation_split, d.vocab_sample_lines, cfg.train.seed, bad=bad)
-        if scan.validation_lines == 0 and d.validation_split > 0:
-            raise DataError(f"no line of {d.source!r} fell in the validation part ({d.validation_split:.0%} by a "
-                            "hash of each line); raise data.validation_split, or use data.streaming=false for a small "
-                            "corpus")
-        if scan.train_lines == 0:
-            raise DataError(f"every line of {d.source!r} fell in the validation part; lower data.validation_split")
+        stream.check_parts(scan.train_lines, scan.validation_lines if d.validation_split > 0 else 1, d.source,
+                           d.validation_split, "line", "line")
         n_train, n_val = scan.train_lines, min(scan.validation_lines, d.validation_max_lines)
         n_test = stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed, bad=bad).train_lines if eval_files else 0
         cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: list(scan.sample))

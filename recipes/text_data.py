@@ -170,14 +170,11 @@ def read_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | None 
     validation) and ``d.eval_source``: in memory (a stratified split) or streamed from the files
     (``d.streaming``; by default above ``STREAM_BYTES``). Labels are numbered by ``class_names`` if given,
     else by the sorted training labels."""
-    import os
-
-    from zoo.data.stream import STREAM_BYTES
+    from zoo.data.stream import streams
 
     if not d.source:
         raise DataError("no training data: pass --data FILE (CSV, TSV or JSONL with text and label columns)")
-    streamed = d.streaming if d.streaming is not None else (
-        os.path.isfile(d.source) and os.path.getsize(d.source) > STREAM_BYTES)
+    streamed = streams(d.streaming, [d.source])
     return (stream_splits if streamed else memory_splits)(d, seed, class_names)
 
 
@@ -211,6 +208,7 @@ def memory_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | Non
 
 def stream_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | None = None) -> StreamedSplits:
     from zoo.data.labelled import LabelledSource, scan_labelled, streamed_labelled
+    from zoo.data.stream import check_parts
     from zoo.data.text import BadRows
 
     bad = BadRows(d.on_error)
@@ -218,11 +216,7 @@ def stream_splits(d: TextDataConfig, seed: int, class_names: Sequence[str] | Non
     scan = scan_labelled(source, d.validation_split, d.vocab_sample_lines, seed, bad, class_names)
     names = list(scan.class_names)
     _check_names(d, names)
-    if scan.validation == 0:
-        raise DataError(f"no row of {d.source!r} fell in the validation part (data.validation_split="
-                        f"{d.validation_split}, by a hash of each text); raise it, or use data.streaming=false")
-    if scan.train == 0:
-        raise DataError(f"every row of {d.source!r} fell in the validation part; lower data.validation_split")
+    check_parts(scan.train, scan.validation, d.source, d.validation_split, "row", "text")
     eval_data, n_eval = None, scan.validation
     if d.eval_source:
         eval_source = LabelledSource(d.eval_source, d.text_column, d.label_column, d.pair_column or None, d.format)

@@ -119,24 +119,16 @@ def _read_pairs(cfg: TranslateConfig, bad: Any) -> tuple[Any, list[str], list[st
     """``(training pairs, val sources, val targets, vocabulary sources, vocabulary targets)``: the training
     pairs are ``(sources, targets)`` lists in memory, or a ``zoo.data.labelled.StreamedRows`` with its counts
     (``data.streaming``); the vocabularies are learned from at most ``data.vocab_sample_lines`` pairs."""
-    import os
-
     from zoo.data.splits import train_eval_split
-    from zoo.data.stream import STREAM_BYTES
+    from zoo.data.stream import check_parts, streams
     from zoo.data.text import read_text_pairs
 
     d, seed = cfg.data, cfg.train.seed
-    streamed = d.streaming if d.streaming is not None else (
-        os.path.isfile(d.source) and os.path.getsize(d.source) > STREAM_BYTES)
-    if streamed:
+    if streams(d.streaming, [d.source]):
         from zoo.data.labelled import scan_pairs, streamed_pairs
 
         scan = scan_pairs(d.source, d.validation_split, d.vocab_sample_lines, seed, bad, d.eval_max_pairs)
-        if scan.validation == 0:
-            raise DataError(f"no pair of {d.source!r} fell in the validation part (data.validation_split="
-                            f"{d.validation_split}, by a hash of each source); raise it, or use data.streaming=false")
-        if scan.train == 0:
-            raise DataError(f"every pair of {d.source!r} fell in the validation part; lower data.validation_split")
+        check_parts(scan.train, scan.validation, d.source, d.validation_split, "pair", "source")
         val_src, val_tgt = ([list(side) for side in zip(*scan.first_validation)])
         vocab_src, vocab_tgt = ([list(side) for side in zip(*scan.sample)])
         return ((streamed_pairs(d.source, d.validation_split), scan.train, scan.validation), val_src, val_tgt,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zoo.data.stream import HASH_BUCKETS, Reservoir, hash_buckets, shuffled_epochs, validation_threshold
+from zoo.data.stream import HASH_BUCKETS, Reservoir, shuffled_epochs, split_rows, validation_threshold
 from zoo.data.text import BadRows, label_names, labelled_rows, text_format, text_pairs
 from zoo.errors import DataError
 
@@ -68,24 +68,6 @@ class LabelledScan:
     validation: int  # rows of the validation part
     class_names: tuple[str, ...]
     sample: tuple[str, ...]  # texts (pair sides included) of the training part, for a vocabulary
-
-
-def split_rows(rows: Iterable[tuple], key: Callable[[tuple], str], validation_split: float,
-               chunk: int = 8192) -> Iterator[tuple[tuple, bool]]:
-    """``(row, in the validation part)`` for each row, the hash computed in chunks (as the graph computes it)."""
-    threshold = validation_threshold(validation_split)
-    batch: list[tuple] = []
-
-    def flush() -> Iterator[tuple[tuple, bool]]:
-        for row, bucket in zip(batch, hash_buckets([key(r) for r in batch])):
-            yield row, bool(bucket < threshold)
-        batch.clear()
-
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= chunk:
-            yield from flush()
-    yield from flush()
 
 
 def scan_labelled(source: LabelledSource, validation_split: float, sample_lines: int, seed: int, bad: BadRows,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,42 @@ class Reservoir:
                 self.items[j] = item
 
 
+def streams(setting: bool | None, files: Sequence[str]) -> bool:
+    """``data.streaming``: as set, or (unset) whether ``files`` hold more than ``STREAM_BYTES`` together."""
+    if setting is not None:
+        return setting
+    return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) > STREAM_BYTES
+
+
+def split_rows(rows: Iterable[Any], key: Callable[[Any], str], validation_split: float,
+               chunk: int = 8192) -> Iterator[tuple[Any, bool]]:
+    """``(row, in the validation part)`` for each row: the FarmHash bucket of ``key(row)`` below
+    ``validation_split`` of the range, computed in chunks, as the input pipeline computes it in-graph."""
+    threshold = validation_threshold(validation_split)
+    batch: list[Any] = []
+
+    def flush() -> Iterator[tuple[Any, bool]]:
+        for row, bucket in zip(batch, hash_buckets([key(r) for r in batch])):
+            yield row, bool(bucket < threshold)
+        batch.clear()
+
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= chunk:
+            yield from flush()
+    yield from flush()
+
+
+def check_parts(train: int, validation: int, source: str, validation_split: float, unit: str, by: str) -> None:
+    """A streamed split needs rows on both sides: one ``DataError`` saying which setting to change."""
+    if validation == 0:
+        raise DataError(f"no {unit} of {source!r} fell in the validation part (data.validation_split="
+                        f"{validation_split}, by a hash of each {by}); raise it, or use data.streaming=false for "
+                        "a small file")
+    if train == 0:
+        raise DataError(f"every {unit} of {source!r} fell in the validation part; lower data.validation_split")
+
+
 def _clean(raw: bytes) -> bytes:
     raw = raw.rstrip(b"\n")
     if raw.endswith(b"\r"):
@@ -113,33 +149,23 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
 
     bad = bad or BadRows()
 
-    threshold = validation_threshold(validation_split)
     reservoir = Reservoir(sample_lines, seed)
-    train = validation = 0
+    counts = [0, 0]
     total = 0
 
-    def flush(batch: list[str]) -> None:
-        nonlocal train, validation
-        for line, bucket in zip(batch, hash_buckets(batch)):
-            if bucket < threshold:
-                validation += 1
-            else:
-                train += 1
-                reservoir.add(line)
+    def lines() -> Iterator[str]:
+        nonlocal total
+        for path in files:
+            if not os.path.isfile(path):
+                raise DataError(f"corpus file {path!r} does not exist")
+            total += os.path.getsize(path)
+            yield from (line for _, line in corpus_lines(path, bad) if line is not None)
 
-    for path in files:
-        if not os.path.isfile(path):
-            raise DataError(f"corpus file {path!r} does not exist")
-        total += os.path.getsize(path)
-        batch: list[str] = []
-        for _, line in corpus_lines(path, bad):
-            if line is None:
-                continue
-            batch.append(line)
-            if len(batch) >= chunk:
-                flush(batch)
-                batch = []
-        flush(batch)
+    for line, in_validation in split_rows(lines(), lambda line: line, validation_split, chunk):
+        counts[in_validation] += 1
+        if not in_validation:
+            reservoir.add(line)
+    train, validation = counts
     if train + validation == 0:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
     return CorpusScan(tuple(files), total, train, validation, tuple(reservoir.items))
