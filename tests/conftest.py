@@ -27,8 +27,8 @@ from zoo.recipes.engine.strategy import split_cpu  # noqa: E402
 
 CPU_DEVICES = split_cpu(2)
 
-# `make test` starts one half of the suite as a background job of a non-interactive shell, which
-# starts it with SIGINT ignored, and an ignored signal stays ignored in every child: the Ctrl-C tests'
+# `make test` starts two parts of the suite as background jobs of a non-interactive shell, which
+# starts them with SIGINT ignored, and an ignored signal stays ignored in every child: the Ctrl-C tests'
 # `zoo` processes would never see their SIGINT. Python's own handler here is reset to the default in
 # each child on exec.
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -89,7 +89,7 @@ def translate_run(number_files, tmp_path_factory):
 
 
 TRANSLATE_FAST = {**FAST, "data.vocab_size": 200, "data.max_source_length": 8, "data.max_target_length": 8,
-                  "train.epochs": 20, "train.batch_size": 16, "model.dropout": 0.0}
+                  "train.epochs": 14, "train.batch_size": 16, "model.dropout": 0.0}
 
 
 @pytest.fixture(scope="session")
