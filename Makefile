@@ -37,7 +37,7 @@ demo: $(STAMP)
 SECOND := tests/layout/test_readme_commands.py tests/benchmarks
 THIRD := tests/recipes/test_bert_qa.py tests/export/test_qa_export.py tests/zoo/test_prepared.py \
 	tests/recipes/test_bert_pretrain.py tests/recipes/test_resume.py tests/zoo/test_model_families.py \
-	tests/zoo/test_labelled_stream.py tests/export/test_serve.py tests/zoo/test_fused.py tests/zoo/test_seq2seq.py
+	tests/zoo/test_labelled_stream.py tests/zoo/test_fused.py tests/zoo/test_seq2seq.py
 PYTEST := TF_NUM_INTRAOP_THREADS=1 $(PY) -m pytest -q --durations=25
 test: $(STAMP)
 	@$(PYTEST) $(SECOND) > .test-second.log 2>&1 & second=$$!; \

@@ -88,6 +88,26 @@ def translate_run(number_files, tmp_path_factory):
                  verbose=0)
 
 
+@pytest.fixture(scope="session")
+def minilm_export(minilm_run, tmp_path_factory):
+    """minilm_run exported once in every text format: (version dir, report), shared by the text-export and
+    serving tests (a MiniLM export and its parity checks cost tens of seconds each time)."""
+    from zoo.export import exporter
+
+    base = str(tmp_path_factory.mktemp("text-exports"))
+    return exporter.export_run(minilm_run.run_dir, base, "sentiment",
+                               "saved_model,tflite,tflite_dynamic,tflite_int8_weights,tflite_int16x8", latency_runs=5)
+
+
+@pytest.fixture(scope="session")
+def translate_export(translate_run, tmp_path_factory):
+    """translate_run exported once as a greedy string-in/string-out SavedModel: (version dir, report)."""
+    from zoo.export import exporter
+
+    base = str(tmp_path_factory.mktemp("mt-exports"))
+    return exporter.export_run(translate_run.run_dir, base, "numbers", "saved_model", latency_runs=3)
+
+
 TRANSLATE_FAST = {**FAST, "data.vocab_size": 200, "data.max_source_length": 8, "data.max_target_length": 8,
                   "train.epochs": 14, "train.batch_size": 16, "model.dropout": 0.0}
 

@@ -34,11 +34,12 @@ num_batch_threads { value: 1 }
 
 
 @pytest.fixture(scope="module")
-def base(digits_run, minilm_run, translate_run, tmp_path_factory):
+def base(digits_run, minilm_export, translate_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     base = str(root / "exports")
-    for run, name in ((digits_run, "digits"), (minilm_run, "sentiment"), (translate_run, "mt")):
-        export_run(run.run_dir, base, name, "saved_model", latency_runs=2)
+    export_run(digits_run.run_dir, base, "digits", "saved_model", latency_runs=2)
+    for (version_dir, _), name in ((minilm_export, "sentiment"), (translate_export, "mt")):
+        shutil.copytree(version_dir, os.path.join(base, name, "1"))  # the session's exports, made once
     write_gate_model(os.path.join(base, "gate", "1"))
     with open(root / "batching.txt", "w") as fh:
         fh.write(BATCHING)

@@ -13,12 +13,8 @@ from zoo.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
-def text_export(minilm_run, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("text-exports"))
-    version_dir, report = exporter.export_run(minilm_run.run_dir, base, "sentiment",
-                                              "saved_model,tflite,tflite_dynamic,tflite_int8_weights,tflite_int16x8",
-                                              latency_runs=5)
-    return version_dir, report
+def text_export(minilm_export):
+    return minilm_export  # exported once per session (conftest), also served by the serving tests
 
 
 @pytest.mark.slow

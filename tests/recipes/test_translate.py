@@ -133,14 +133,15 @@ def test_cli_translate(translate_run, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_saved_model_translates_raw_strings_like_keras(translate_run, tmp_path):
+def test_saved_model_translates_raw_strings_like_keras(translate_run, translate_export, tmp_path):
+    import shutil
+
     import tensorflow as tf
 
     from zoo.export import exporter
     from zoo.translator import Translator
 
-    version_dir, report = exporter.export_run(translate_run.run_dir, str(tmp_path), "numbers", "saved_model",
-                                              latency_runs=3)
+    version_dir, report = translate_export  # exported once per session (conftest), also served elsewhere
     fn = tf.saved_model.load(version_dir).signatures["serving_default"]
     _, kwargs = fn.structured_input_signature
     assert list(kwargs) == ["text"] and kwargs["text"].dtype == tf.string
@@ -153,7 +154,9 @@ def test_saved_model_translates_raw_strings_like_keras(translate_run, tmp_path):
     assert blank == ["", "", exported[0]]
     r = report["formats"]["saved_model"]
     assert r["agreement"] == 1.0 and r["exact_match"] >= 0.9 and report["decode"]["method"] == "greedy"
-    # beam width as an export option; TFLite formats are refused for the decoding loop
+    # beam width as an export option, published next to the greedy version; TFLite formats are refused for
+    # the decoding loop
+    shutil.copytree(version_dir, tmp_path / "numbers" / "1")
     _, beam_report = exporter.export_run(translate_run.run_dir, str(tmp_path), "numbers", "saved_model",
                                          latency_runs=2, decode={"method": "beam", "beam_width": 3})
     assert beam_report["version"] == 2 and beam_report["decode"]["beam_width"] == 3
