@@ -28,7 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs jobs (JSON on argv): {"prepare": [corpus, out, options]} or {"train": [data, run_dir, overrides]}.
 # Each job's peak RSS is ru_maxrss after it: a job's own peak when it runs alone in its process (the full
-# benchmark: one process per job); --quick runs every job in one process (a smoke test of the code).
+# benchmark: one process per job); --quick runs every job in the benchmark's own process (a smoke test of
+# the code).
 CHILD = r"""
 import json, resource, sys, time
 import keras
@@ -146,11 +147,27 @@ def write_squad(path: str, questions: int, seed: int) -> None:
         json.dump({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": paragraphs}]}, fh)
 
 
-def run_jobs(jobs: list[dict]) -> list[dict]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(jobs)], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark job failed: {jobs}\n{proc.stderr[-3000:]}")
-    return [json.loads(line) for line in proc.stdout.strip().splitlines()[-len(jobs):]]
+def run_jobs(jobs: list[dict], here: bool = False) -> list[dict]:
+    """Run ``jobs`` in a fresh process, or in this one (``here``: --quick, where no peak is a figure)."""
+    if here:
+        import contextlib
+        import io
+
+        printed, argv = io.StringIO(), sys.argv
+        sys.argv = ["-c", json.dumps(jobs)]
+        try:
+            with contextlib.redirect_stdout(printed):
+                exec(compile(CHILD, "<data benchmark jobs>", "exec"), {"__name__": "__main__"})
+        finally:
+            sys.argv = argv
+        stdout = printed.getvalue()
+    else:
+        proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(jobs)], cwd=ROOT, capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark job failed: {jobs}\n{proc.stderr[-3000:]}")
+        stdout = proc.stdout
+    return [json.loads(line) for line in stdout.strip().splitlines()[-len(jobs):]]
 
 
 def main() -> int:
@@ -213,7 +230,7 @@ def main() -> int:
         write_squad(squad, args.squad_questions, seed=0)
         jobs.append({"squad": [squad, 384, 128, 64]})  # the recipe's SQuAD defaults
         names.append("squad")
-        results = run_jobs(jobs) if args.quick else [r for job in jobs for r in run_jobs([job])]
+        results = run_jobs(jobs, here=True) if args.quick else [r for job in jobs for r in run_jobs([job])]
         for name, r in zip(names, results):
             if name.startswith("prepare"):
                 size = name.split()[1]
