@@ -12,18 +12,13 @@ from zoo.export import exporter
 from zoo.rundir import RunDir
 
 
-@pytest.fixture(scope="module")
-def text_export(minilm_export):
-    return minilm_export  # exported once per session (conftest), also served by the serving tests
-
-
 @pytest.mark.slow
-def test_saved_model_takes_raw_strings(text_export, minilm_run):
+def test_saved_model_takes_raw_strings(minilm_export, minilm_run):
     import tensorflow as tf
 
     from zoo.tokenizers import BertPreprocessor, load_vocabulary
 
-    version_dir, _ = text_export
+    version_dir, _ = minilm_export
     fn = tf.saved_model.load(version_dir).signatures["serving_default"]
     _, kwargs = fn.structured_input_signature
     assert list(kwargs) == ["text"] and kwargs["text"].dtype == tf.string
@@ -37,10 +32,10 @@ def test_saved_model_takes_raw_strings(text_export, minilm_run):
 
 
 @pytest.mark.slow
-def test_tflite_string_models_agree_with_keras(text_export, minilm_run):
+def test_tflite_string_models_agree_with_keras(minilm_export, minilm_run):
     from zoo.export.tflite import TextTFLiteRunner
 
-    version_dir, report = text_export
+    version_dir, report = minilm_export
     sample = np.load(os.path.join(minilm_run.run_dir, "eval_sample.npz"))
     x = sample["x"]
     run = RunDir.open(minilm_run.run_dir)
