@@ -265,6 +265,11 @@ def run_here(argv: list[str]) -> int:
         code: Any = 0
     except SystemExit as stop:
         code = stop.code
+    except Exception:  # as a fresh process would end: its traceback printed, exit 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     finally:
         sys.argv, sys.path[:] = saved
         if "keras" in sys.modules:  # each script starts from an empty Keras session, as a fresh process does
