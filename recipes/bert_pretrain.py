@@ -217,6 +217,11 @@ def _prepared_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPr
         sequences = prepared.train_dataset(cfg.train.seed, d.shuffle_buffer, shard=shard).batch(size)
         return sequences.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
+    def service_train(size: int, first_pass: int, passes: int) -> Any:
+        sequences = prepared.service_dataset(cfg.train.seed, d.shuffle_buffer, first_pass, passes)
+        # Whole batches only: a trainer's step must not depend on which worker's share ended where.
+        return sequences.batch(size, drop_remainder=True).map(masked, num_parallel_calls=tf.data.AUTOTUNE)
+
     validation = None
     if n_val:
         sequences = prepared.validation_dataset(n_val).batch(batch)
@@ -235,7 +240,7 @@ def _prepared_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPr
     return cfg, Datasets(train=sharded_train(), steps_per_epoch=max(1, math.ceil(n_train / batch)),
                          validation=validation, test=test, info=info,
                          files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=weights,
-                         sharded_train=sharded_train)
+                         sharded_train=sharded_train, service_train=service_train)
 
 
 def prepare_dataset(cfg: BertPretrainConfig, explicit: frozenset, out: str, *, workers: int, shards: int,

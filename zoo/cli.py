@@ -244,7 +244,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from zoo.recipes.engine.launch import launch
 
     command = args.worker_command[1:] if args.worker_command[:1] == ["--"] else args.worker_command
-    return launch(args.workers, command, host=args.host, port_base=args.port_base)
+    return launch(args.workers, command, host=args.host, port_base=args.port_base,
+                  data_service_workers=args.data_service_workers)
 
 
 DATA_USAGE = ("usage: zoo data prepare RECIPE --data ... --out DIR [--set KEY=VALUE ...]\n"
@@ -392,6 +393,9 @@ def _main(argv: list[str]) -> int:
     p_l.add_argument("--workers", type=int, required=True, help="worker processes (worker 0 is the chief)")
     p_l.add_argument("--port-base", dest="port_base", type=int, help="ports P..P+N-1 (default: free ones)")
     p_l.add_argument("--host", default="127.0.0.1", help="address the workers reach each other at")
+    p_l.add_argument("--data-service-workers", dest="data_service_workers", type=int, default=0, metavar="K",
+                     help="also start a tf.data service (a dispatcher and K workers) that runs the job's input "
+                          "pipeline (a prepared dataset); port P+N with --port-base")
     p_l.add_argument("worker_command", metavar="COMMAND", nargs=argparse.REMAINDER,
                      help="after --: the command each worker runs")
 

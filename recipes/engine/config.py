@@ -177,6 +177,9 @@ class TrainConfig:
     jit_compile: bool = False
     seed: int = 42
     steps_per_execution: int = 1
+    # grpc://HOST:PORT of a tf.data service dispatcher (zoo launch --data-service-workers K sets it): the
+    # training pipeline runs on the service's workers, each record of a pass read once (zoo.data.service).
+    data_service: str = ""
     tensorboard: bool = True
     checkpoint_every_epoch: bool = True
     keep_checkpoints: int = 2  # newest epoch checkpoints kept (0: all)
@@ -203,6 +206,10 @@ class TrainConfig:
             raise ConfigError("checkpoint_every_steps and validation_every_steps apply to step mode; set "
                               "train.steps too (or use train.epochs and checkpoint_every_epoch)")
         check_range("batch_size", self.batch_size, 1)
+        if self.data_service:
+            from zoo.data.service import service_address
+
+            service_address(self.data_service)  # a clear error for a malformed address, before anything runs
         check_range("cpu_devices", self.cpu_devices, 0)
         check_range("steps_per_execution", self.steps_per_execution, 1)
         check_range("keep_checkpoints", self.keep_checkpoints, 0)

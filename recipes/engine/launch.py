@@ -9,6 +9,11 @@ command that names no strategy. Worker 0 is the chief: it alone writes the run d
 their resume state under ``<run dir>/.workers/``. Their output is shown line by line, prefixed with the
 worker's index.
 
+``--data-service-workers K`` also starts a tf.data service (a dispatcher and K service workers, one
+process: ``python -m zoo.data.service local``) before the job and stops it after; a ``zoo train``
+command gets ``--set train.data_service=grpc://HOST:PORT``, so its training pipeline runs on the
+service's workers (``zoo.data.service``).
+
 If a worker dies, the others are stopped (a synchronous job cannot go on without it) and the command
 fails with one line; running the same command again resumes every worker from the newest epoch all of
 them saved. Ctrl-C stops every worker the same way.
@@ -50,9 +55,10 @@ def free_ports(count: int, host: str) -> list[int]:
     return ports
 
 
-def worker_command(command: Sequence[str]) -> list[str]:
+def worker_command(command: Sequence[str], data_service: str = "") -> list[str]:
     """The command a worker runs: ``zoo ...`` through this Python (the same environment), and
-    ``--strategy multi_worker`` added to a ``zoo train`` that names none."""
+    ``--strategy multi_worker`` added to a ``zoo train`` that names none (``data_service``: the
+    ``train.data_service`` it reads through, added to a ``zoo train``)."""
     cmd = list(command)
     if not cmd:
         raise ConfigError("zoo launch needs the command to run after --, e.g. "
@@ -68,6 +74,11 @@ def worker_command(command: Sequence[str]) -> list[str]:
             elif strategy != "multi_worker":
                 raise ConfigError(f"zoo launch runs a multi-worker job, but the command asks for --strategy "
                                   f"{strategy}; drop it (zoo launch adds --strategy multi_worker)")
+            if data_service:
+                cmd += ["--set", f"train.data_service={data_service}"]
+    if data_service and cmd[3:4] != ["train"]:
+        raise ConfigError("--data-service-workers feeds the input pipeline of a `zoo train` command; the command "
+                          f"after -- is {' '.join(command)!r}")
     return cmd
 
 
@@ -101,13 +112,52 @@ def _stream(proc: subprocess.Popen, prefix: str, sink: object) -> None:
 
 
 def launch(workers: int, command: Sequence[str], host: str = "127.0.0.1", port_base: int | None = None,
-           grace_seconds: float = 10.0) -> int:
+           grace_seconds: float = 10.0, data_service_workers: int = 0) -> int:
     """Run ``command`` as a ``workers``-process multi-worker job; the exit code is 0 when all succeed."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: a job needs at least 1 worker")
-    cmd = worker_command(command)
-    ports = list(range(port_base, port_base + workers)) if port_base else free_ports(workers, host)
-    addresses = [f"{host}:{p}" for p in ports]
+    if data_service_workers < 0:
+        raise ConfigError(f"--data-service-workers {data_service_workers}: give 0 (no tf.data service) or more")
+    ports = list(range(port_base, port_base + workers + 1)) if port_base else free_ports(workers + 1, host)
+    service_address = f"grpc://{host}:{ports[-1]}" if data_service_workers else ""
+    cmd = worker_command(command, service_address)
+    addresses = [f"{host}:{p}" for p in ports[:workers]]
+    service = None
+    if data_service_workers:
+        service = start_service(data_service_workers, ports[-1], grace_seconds)
+    try:
+        return _run_workers(cmd, addresses, grace_seconds, service)
+    finally:
+        if service is not None:
+            _stop([service], signal.SIGTERM, grace_seconds)
+
+
+def start_service(workers: int, port: int, grace_seconds: float) -> subprocess.Popen:
+    """A tf.data service (dispatcher at ``port`` and ``workers`` workers) in one process, once it serves."""
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.data.service", "local", "--workers", str(workers),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line.rstrip("\n"))
+            if line.startswith("ready: "):
+                print(f"zoo launch: {line[len('ready: '):].strip()}", file=sys.stderr)
+                break
+        else:
+            proc.wait()
+            raise WorkerFailed(f"the tf.data service did not start (exit {proc.returncode}): "
+                               f"{lines[-1] if lines else 'no output'}")
+    except BaseException:
+        _stop([proc], signal.SIGTERM, grace_seconds)
+        raise
+    threading.Thread(target=_stream, args=(proc, "[data service] ", sys.stderr), daemon=True).start()
+    return proc
+
+
+def _run_workers(cmd: list[str], addresses: list[str], grace_seconds: float,
+                 service: subprocess.Popen | None = None) -> int:
+    workers = len(addresses)
     procs: list[subprocess.Popen] = []
     threads = []
     for index, tf_config in enumerate(tf_configs(addresses)):
@@ -131,6 +181,9 @@ def launch(workers: int, command: Sequence[str], host: str = "127.0.0.1", port_b
                 break
             if all(c == 0 for c in codes):
                 break
+            if service is not None and service.poll() is not None:
+                failed = (-1, service.returncode)
+                break
             time.sleep(0.2)
     except KeyboardInterrupt:
         _stop(procs, signal.SIGINT, grace_seconds)
@@ -144,7 +197,8 @@ def launch(workers: int, command: Sequence[str], host: str = "127.0.0.1", port_b
     if failed is not None:
         index, code = failed
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        raise WorkerFailed(f"worker {index} {how}; the other workers were stopped. Run the same command again to "
+        raise WorkerFailed(f"{'the tf.data service' if index < 0 else f'worker {index}'} {how}; the "
+                           f"{'' if index < 0 else 'other '}workers were stopped. Run the same command again to "
                            "resume every worker from the newest epoch they all saved")
     return 0
 

@@ -48,6 +48,10 @@ class Datasets:
     # ``train`` (each epoch split between the workers, each record once). Under multi_worker the engine
     # distributes it with distribute_datasets_from_function instead of letting tf.distribute shard ``train``.
     sharded_train: Callable[[tuple[int, int], int], Any] | None = None
+    # Optional, for train.data_service: service_train(batch, first_pass, passes) -> the training batches of
+    # passes first_pass.. over the data, its source the list of their files (a seeded order per pass), so
+    # the service's dispatcher can hand each file to one worker (processing_mode "distributed_epoch").
+    service_train: Callable[[int, int, int], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,10 @@ class Runner:
         # The run's seed for everything it draws: Python, NumPy, TensorFlow and Keras initializers.
         keras.utils.set_random_seed(train.seed)
         self.cfg, self.data = self.recipe.prepare_data(self.cfg, self.explicit)
+        if train.data_service and self.data.service_train is None:
+            raise ConfigError(f"train.data_service: the {self.recipe.name} recipe cannot read this data through a "
+                              "tf.data service; the service reads prepared datasets (`zoo data prepare bert_pretrain "
+                              "--data ... --out DIR`, then --data DIR)")
         # In a multi-worker job only the chief writes the run dir; the other workers keep their own
         # resume state under .workers/<task> (stable across restarts) and drop it when done.
         self.chief = train.strategy != "multi_worker" or is_chief()
@@ -245,7 +253,10 @@ class Runner:
             # Each epoch's order is a function of (seed, epoch): skipping the batches done gives the resumed
             # epochs (or rounds of steps, mid-epoch) the order an uninterrupted run would have seen.
             train_data = data.train.skip(initial_epoch * batches)
-        if train.strategy == "multi_worker" and data.sharded_train is not None:
+        if train.data_service:
+            train_data = service_input(self.strategy, data, train, self.run_dir, initial_epoch * batches,
+                                       epochs * batches)
+        elif train.strategy == "multi_worker" and data.sharded_train is not None:
             train_data = sharded_input(self.strategy, data.sharded_train, train.batch_size, initial_epoch * batches)
         validation = {}
         if data.validation is not None:
@@ -352,6 +363,36 @@ def sharded_input(strategy: Any, sharded_train: Callable[[tuple[int, int], int],
                            context.get_per_replica_batch_size(global_batch))
         per_step = replicas // context.num_input_pipelines  # this worker's replicas each take a batch a step
         return ds.skip(steps_done * per_step) if steps_done else ds
+
+    return strategy.distribute_datasets_from_function(per_worker)
+
+
+def service_input(strategy: Any, data: Datasets, train: Any, run_dir: str, steps_done: int, steps: int) -> Any:
+    """The training input read through the tf.data service at ``train.data_service``: the passes over the
+    data from the one ``steps_done`` lies in, enough of them for the run's remaining ``steps - steps_done``
+    batches (plus one, as the workers' shares of the last pass are not known ahead), as one service job the
+    run's trainers share. Under multi_worker each trainer reads per-replica batches from it."""
+    from zoo.data.service import distribute, job_name, service_address
+
+    address = service_address(train.data_service)
+    per_pass = max(1, data.steps_per_epoch)
+    first = steps_done // per_pass
+    passes = -(-steps // per_pass) - first + 1
+    job = job_name(run_dir, steps_done)
+    log.info("input: tf.data service %s, job %s, passes %d-%d (each file of a pass read by one service worker)%s",
+             address, job, first, first + passes - 1,
+             f"; resumed after {steps_done} steps: pass {first} restarts from its beginning (the service's order is "
+             "not deterministic, so its exact position cannot be skipped to)" if steps_done else "")
+    if train.strategy != "multi_worker":
+        return distribute(data.service_train(train.batch_size, first, passes), address, job)
+    replicas = strategy.num_replicas_in_sync
+    if train.batch_size % replicas:
+        raise ConfigError(f"train.batch_size={train.batch_size} is not a multiple of the job's {replicas} replicas; "
+                          f"use {train.batch_size - train.batch_size % replicas or replicas}")
+
+    def per_worker(context: Any) -> Any:
+        batch = context.get_per_replica_batch_size(train.batch_size)
+        return distribute(data.service_train(batch, first, passes), address, job)
 
     return strategy.distribute_datasets_from_function(per_worker)
 

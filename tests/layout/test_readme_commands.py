@@ -49,7 +49,8 @@ def readme_commands() -> list[str]:
     """The command lines in the README's code blocks (`zoo ...` and `python -m zoo...`), comments dropped."""
     out = []
     for line in open(os.path.join(ROOT, "README.md"), encoding="utf-8"):
-        m = re.match(r"^ {4}(?:\$ )?((?:zoo|python -m zoo[\w.]*) .*?)\s*(?:#.*)?$", line.rstrip("\n"))
+        # a code block at the top level (4 spaces) or inside a list item (6)
+        m = re.match(r"^ {4}(?:  )?(?:\$ )?((?:zoo|python -m zoo[\w.]*) .*?)\s*(?:#.*)?$", line.rstrip("\n"))
         if m:
             out.append(re.sub(r"\s+", " ", m.group(1)))
     return out
@@ -466,6 +467,35 @@ def test_launch_block(work):
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5] and metrics["epochs_completed"] == 5
     resumed = zoo_pkg.load(run.model_path, compile=False).get_weights()
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(reference, resumed))  # as if never killed
+
+    # A tf.data service (a dispatcher and two workers in one more process) runs the job's input pipeline.
+    if not (work / "data" / "wiki" / "manifest.json").exists():  # test_bert_block prepares it; alone, do it here
+        from tests.cli import run_cli
+
+        code, _, err = run_cli(["data", "prepare", "bert_pretrain", "--data", "corpus/*.txt", "--out", "data/wiki",
+                                "--set", "data.sequence_length=32", "--set", "data.validation_split=0.2"], work)
+        assert code == 0, err
+    out = zoo("zoo launch --workers 2 --data-service-workers 2 -- zoo train bert_pretrain --data data/wiki "
+              "--set train.steps=100000",
+              ["launch", "--workers", "2", "--data-service-workers", "2", "--", "zoo", "train", "bert_pretrain",
+               "--data", "data/wiki", "--set", "train.steps=4", "--set", "train.checkpoint_every_steps=2", "--set",
+               "model.preset=bert_tiny", "--set", "train.batch_size=8", "--set", "train.schedule.warmup_steps=1",
+               "--set", "train.tensorboard=false", "--run-dir", "runs/service"], work)
+    assert re.search(r"zoo launch: tf.data service at grpc://127.0.0.1:\d+ with 2 worker\(s\)", out), out[-3000:]
+    # Both trainers read one job of the service.
+    jobs = re.findall(r"\[worker (\d)\] INFO input: tf.data service grpc://127.0.0.1:\d+, job (\S+),", out)
+    assert sorted(w for w, _ in jobs) == ["0", "1"] and len({j for _, j in jobs}) == 1, out[-3000:]
+    service_run = _metrics(work / "runs" / "service")
+    assert service_run["steps_completed"] == 4 and service_run["replicas"] == 2
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid).startswith(
+        f"{sys.executable} -m zoo.data.service local")]  # the launcher stopped the service it started
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 @pytest.mark.slow

@@ -32,6 +32,27 @@ def test_worker_command_runs_zoo_here_with_the_multi_worker_strategy():
         worker_command([])
 
 
+def test_data_service_address_reaches_the_train_command_and_names_its_job():
+    from zoo.data.service import job_name, pass_files, service_address
+
+    cmd = worker_command(["zoo", "train", "bert_pretrain", "--data", "data/wiki"], "grpc://127.0.0.1:5050")
+    assert cmd[-4:] == ["--strategy", "multi_worker", "--set", "train.data_service=grpc://127.0.0.1:5050"]
+    with pytest.raises(ConfigError, match="feeds the input pipeline of a `zoo train` command"):
+        worker_command(["zoo", "export", "runs/x"], "grpc://127.0.0.1:5050")
+    assert service_address("localhost:5050") == service_address("grpc://localhost:5050") == "grpc://localhost:5050"
+    for bad in ("localhost", "grpc://:5050", "host:port"):
+        with pytest.raises(ConfigError, match="not a tf.data service address"):
+            service_address(bad)
+    # The trainers of one run share a job; a resumed run (another first step) or another run gets its own.
+    assert job_name("runs/a", 0) == job_name(os.path.abspath("runs/a"), 0)
+    assert len({job_name("runs/a", 0), job_name("runs/a", 200), job_name("runs/b", 0)}) == 3
+    # Each pass is every file once, in its own seeded order; the same passes give the same order.
+    files = [f"f{i}" for i in range(5)]
+    order = pass_files(files, 42, 3, 2)
+    assert sorted(order[:5]) == sorted(order[5:]) == files and order[:5] != order[5:]
+    assert pass_files(files, 42, 4, 1) == order[5:]
+
+
 def test_every_worker_gets_the_cluster_and_its_own_index():
     configs = [json.loads(c) for c in tf_configs(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"])]
     assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
@@ -84,7 +105,9 @@ def test_tfjob_manifest_runs_a_shipped_experiment_multi_worker():
 
 def test_launcher_mistakes_are_one_line():
     for args, message in ((["--workers", "0", "--", "zoo", "train", "image_classify"], "at least 1 worker"),
-                          (["--workers", "2"], "needs the command to run after --")):
+                          (["--workers", "2"], "needs the command to run after --"),
+                          (["--workers", "1", "--data-service-workers", "-1", "--", "zoo", "train", "x"],
+                           "give 0 (no tf.data service) or more")):
         out = subprocess.run([sys.executable, "-m", "zoo.cli", "launch", *args], capture_output=True, text=True,
                              timeout=120)
         lines = out.stderr.strip().splitlines()

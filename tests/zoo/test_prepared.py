@@ -196,3 +196,62 @@ def test_a_killed_prepare_leaves_nothing_readable_and_parallel_workers_write_the
     one = json.loads((tmp_path / "one" / "manifest.json").read_text())
     assert two["examples"] == one["examples"] and two["tokens"] == one["tokens"] > 100_000
     assert sorted(_records(tmp_path / "prepared", two)) == sorted(_records(tmp_path / "one", one))
+
+
+@pytest.mark.slow
+def test_a_data_service_gives_each_record_of_a_pass_to_one_trainer_and_a_run_trains_through_it(tmp_path, caplog):
+    """train.data_service: a dispatcher and two service workers (in this process, on loopback) split every
+    pass over a prepared dataset file by file; two trainers reading one job get disjoint parts that together
+    hold every training record exactly once per pass. A bert_pretrain run then trains through the service,
+    and data the service cannot read (raw text) or a malformed address is one clear error."""
+    import collections
+    import logging
+
+    import tensorflow as tf
+
+    from zoo.data import service
+    from zoo.data.prepared import open_prepared
+    from zoo.errors import ConfigError
+    from zoo.recipes.engine.run import train
+
+    _corpus(tmp_path, files=3, docs=20)
+    code, _, err = run_cli(["data", "prepare", "bert_pretrain", "--data", "part-*.txt", "--out", "prepared", "--set",
+                            "data.sequence_length=32", "--set", "data.vocab_size=200", "--set",
+                            "data.validation_split=0.1", "--shards", "4", "--quiet"], tmp_path)
+    assert code == 0, err
+    prepared = open_prepared(str(tmp_path / "prepared"), "bert_pretrain")
+    assert len(prepared.files("train")) == 4
+    train_ids = [i for i, _, part in _records(tmp_path / "prepared", prepared.manifest) if part == "train"]
+    dispatcher = service.start_dispatcher(0)
+    workers = [service.start_worker(dispatcher.target, 0, None) for _ in range(2)]
+    # The records' ids instead of their tokens: the same service pipeline with its parse step swapped.
+    object.__setattr__(prepared, "parse", lambda r: tf.io.parse_single_example(
+        r, {"id": tf.io.FixedLenFeature([], tf.int64)})["id"])
+    readers = {i: iter(service.distribute(prepared.service_dataset(7, 16, first_pass=0, passes=2).batch(3),
+                                          dispatcher.target, "exactly-once")) for i in range(2)}
+    got: list[list[int]] = [[], []]
+    while readers:
+        for i, reader in list(readers.items()):  # the two trainers take batches in turn
+            batch = next(reader, None)
+            if batch is None:
+                del readers[i]
+            else:
+                got[i].extend(batch.numpy().tolist())
+    assert got[0] and got[1], got  # both trainers read from the job
+    counts = collections.Counter(got[0] + got[1])
+    assert sorted(counts) == sorted(train_ids) and set(counts.values()) == {2}  # once per pass, two passes
+
+    settings = {"data.source": str(tmp_path / "prepared"), "train.steps": 4, "train.checkpoint_every_steps": 2,
+                "train.batch_size": 8, "train.tensorboard": False, "train.schedule.warmup_steps": 1,
+                "model.preset": "bert_tiny", "train.data_service": dispatcher.target}
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        result = train("bert_pretrain", str(tmp_path / "run"), settings, verbose=0)
+    assert result.metrics["steps_completed"] == 4 and np.isfinite(result.metrics["epochs"][-1]["loss"])
+    assert f"input: tf.data service {dispatcher.target}, job zoo-" in caplog.text and "passes 0-" in caplog.text
+    with pytest.raises(ConfigError, match="cannot read this data through a tf.data service; the service reads "
+                                          "prepared datasets"):
+        train("bert_pretrain", str(tmp_path / "raw"), {**settings, "data.source": str(tmp_path / "part-*.txt")})
+    assert not (tmp_path / "raw").exists()
+    with pytest.raises(ConfigError, match="not a tf.data service address; give the dispatcher as grpc://HOST:PORT"):
+        train("bert_pretrain", str(tmp_path / "bad"), {**settings, "train.data_service": "localhost"})
+    del workers

@@ -480,6 +480,23 @@ class Prepared:
         return shuffled_epochs(self.files("train"), "tfrecord", seed, shuffle_buffer, cycle_length,
                                shard=shard).map(self.parse, num_parallel_calls=tf.data.AUTOTUNE)
 
+    def service_dataset(self, seed: int, shuffle_buffer: int, first_pass: int, passes: int,
+                        cycle_length: int = 4) -> Any:
+        """The training records of passes ``first_pass..`` for a tf.data service (``zoo.data.service``): its
+        source is the passes' files, each pass in its seeded order, which the dispatcher hands out one at a
+        time; each service worker interleaves the files it gets and shuffles their records in a buffer."""
+        import tensorflow as tf
+
+        from zoo.data.service import pass_files
+
+        files = self.files("train")
+        ds = tf.data.Dataset.from_tensor_slices(pass_files(files, seed, first_pass, passes))
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(cycle_length, len(files))),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        if shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer, seed=seed)
+        return ds.map(self.parse, num_parallel_calls=tf.data.AUTOTUNE)
+
     def validation_dataset(self, limit: int | None = None) -> Any:
         import tensorflow as tf
 
