@@ -14,6 +14,7 @@ fine-tunes the result.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConf
 from zoo.recipes.engine.run import Datasets, Recipe
 from zoo.rundir import RunDir, WordPieceSpec
 from zoo.tasks.masked_lm import MaskedLMInfo
+
+log = logging.getLogger("zoo")
 
 
 @dataclass(frozen=True)
@@ -301,12 +304,22 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     bad = BadRows(d.on_error)
     # Validation (per-epoch loss, early stopping) is carved from the training corpus; --eval-data, if
     # given, is scored once at the end (test_loss, test_masked_accuracy).
+    check = None  # the scan checked every line; a sampled corpus is checked as the pipeline reads it
     if streamed:
-        scan = stream.scan_corpus(files, d.validation_split, d.vocab_sample_lines, cfg.train.seed, bad=bad)
+        # Step mode needs no line counts: a large corpus is sampled, not scanned, so training starts at once.
+        survey = stream.sample_corpus if cfg.train.steps else stream.scan_corpus
+        scan = survey(files, d.validation_split, d.vocab_sample_lines, cfg.train.seed, bad=bad)
         stream.check_parts(scan.train_lines, scan.validation_lines if d.validation_split > 0 else 1, d.source,
                            d.validation_split, "line", "line")
         n_train, n_val = scan.train_lines, min(scan.validation_lines, d.validation_max_lines)
-        n_test = stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed, bad=bad).train_lines if eval_files else 0
+        if not scan.counted:
+            check = d.on_error
+            log.info("step mode: %s (%.0f MB) sampled for the vocabulary, not scanned; about %d training lines; "
+                     "lines that are not UTF-8 are %s as training reaches them", d.source, scan.bytes / 2**20,
+                     n_train, "an error" if check == "raise" else "left out (not counted)")
+            n_test = None  # not counted either
+        else:
+            n_test = stream.scan_corpus(eval_files, 0.0, 0, cfg.train.seed, bad=bad).train_lines if eval_files else 0
         cfg, pre, weights = resolve_backbone(cfg, explicit, lambda: list(scan.sample))
     else:
         lines = read_text_corpus(files, bad)
@@ -324,14 +337,17 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     sharded_train = None
     if streamed:
         def sharded_train(shard: Any = None, size: int = batch) -> Any:
-            lines = stream.train_lines(files, d.validation_split, cfg.train.seed, d.shuffle_buffer, shard=shard)
+            lines = stream.train_lines(files, d.validation_split, cfg.train.seed, d.shuffle_buffer, shard=shard,
+                                       check=check)
             return lines.batch(size).map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
         train_ds = sharded_train()
-        # The scan counted the lines, so the number of batches is known (a filtered stream cannot say it).
-        lines = stream.validation_lines(files, d.validation_split, n_val).batch(batch)
-        validation = fixed_masks(lines.apply(tf.data.experimental.assert_cardinality(math.ceil(n_val / batch))))
-        test = fixed_masks(stream.all_lines(eval_files).batch(batch), cache=False) if n_test else None
+        lines = stream.validation_lines(files, d.validation_split, n_val, check=check).batch(batch)
+        if scan.counted:  # the number of batches is known (a filtered stream cannot say it)
+            lines = lines.apply(tf.data.experimental.assert_cardinality(math.ceil(n_val / batch)))
+        validation = fixed_masks(lines)
+        test = (fixed_masks(stream.all_lines(eval_files, check).batch(batch), cache=False)
+                if eval_files and n_test != 0 else None)
     else:
         train_ds = slices(text_array(train_lines), cfg.train.seed, batch_size=batch)
         train_ds = train_ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -339,6 +355,11 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
         test = fixed_masks(slices(text_array(test_lines)).batch(batch)) if test_lines else None
     info = {"counts": {"train_lines": n_train, "validation_lines": n_val, "eval_lines": n_test},
             "vocab_size": len(vocab), "streamed": streamed, **bad.report()}
+    if check is not None:  # estimates from the sample: nothing counted the corpus
+        info["counts"] = {"estimated_train_lines": n_train, "estimated_validation_lines": scan.validation_lines,
+                          "eval_lines": None}
+        info["sampled"] = {"bytes_read": min(scan.bytes, stream.SAMPLE_BYTES), "corpus_bytes": scan.bytes}
+        info["skipped_rows"] = None if check == "skip" else 0  # left out as met, not counted
     return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(n_train / batch)),
                          validation=validation, test=test, info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"},
                          state=weights, sharded_train=sharded_train)

@@ -22,7 +22,7 @@ from typing import Any
 
 from zoo.atomic import write_json_atomic
 from zoo.config import apply_overrides, flatten, load_config_file, to_dict, write_config
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, DataError, ZooError
 from zoo.recipes.engine.config import TrainConfig
 from zoo.rundir import RunDir, RunInfo
 
@@ -97,6 +97,28 @@ def default_run_dir(recipe: str) -> str:
     return os.path.join("runs", f"{recipe}-{stamp}")
 
 
+@contextlib.contextmanager
+def _bad_lines_as_data_errors() -> Any:
+    """A streamed corpus's line that is not UTF-8, met by the input pipeline mid-run (step mode reads a large
+    corpus without a scan first): one DataError naming file and line instead of TensorFlow's op error."""
+    import tensorflow as tf
+
+    from zoo.data.stream import bad_line_error
+
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as exc:
+        message = bad_line_error(exc)
+        if message is None:
+            raise
+        raise DataError(message) from exc
+
+
+# Settings a run may be resumed with changed: they decide what happens to a bad row met later, not the model or
+# the order of the data already trained on (a run stopped at a bad line resumes with data.on_error=skip).
+RESUMABLE_CHANGES = frozenset({"data.on_error"})
+
+
 def _check_resumable(out: RunDir, cfg: Any) -> None:
     """Refuse to mix runs: a run dir is resumed only with the config it was started with."""
     if out.is_finished:
@@ -108,11 +130,10 @@ def _check_resumable(out: RunDir, cfg: Any) -> None:
         old = flatten(load_config_file(out.config_path))
         new = flatten(json.loads(json.dumps(to_dict(cfg))))  # tuples as lists, as YAML reads them back
         if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ConfigError(
-                f"run dir {out.path!r} was started with a different config (fields differ: {', '.join(diff)}); "
-                "resume it with the same settings or pick a new --run-dir"
-            )
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+            if diff:
+                raise ConfigError(f"run dir {out.path!r} was started with a different config (fields differ: "
+                                  f"{', '.join(diff)}); resume it with the same settings or pick a new --run-dir")
 
 
 def _write_run_files(out: RunDir, cfg: Any, info: RunInfo, data: Datasets) -> None:
@@ -154,8 +175,9 @@ class Runner:
             self.prepare()
             self.build()
             self.plan_resume()
-            self.fit()
-            self.evaluate()
+            with _bad_lines_as_data_errors():
+                self.fit()
+                self.evaluate()
         return self.finalize()
 
     def prepare(self) -> None:

@@ -440,7 +440,7 @@ def test_launch_block(work):
     assert not os.path.exists(RunDir(str(work / "runs" / "mw")).workers_root)  # the non-chief cleaned up
 
     # Kill and resume, against an uninterrupted two-worker run of the same length (same reduction order).
-    longer = [*settings, "--epochs", "5"]
+    longer = [*settings, "--epochs", "3"]
     subprocess.run([*ZOO, "launch", "--workers", "2", "--", "zoo", "train", "image_classify", "--run-dir",
                     "runs/mw-ref", *longer], cwd=str(work), capture_output=True, text=True, timeout=600, check=True)
     reference = zoo_pkg.load(RunDir(str(work / "runs" / "mw-ref")).model_path, compile=False).get_weights()
@@ -464,7 +464,7 @@ def test_launch_block(work):
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = _metrics(work / "runs" / "mw-kill")
     assert len(metrics["resumes"]) == 1 and metrics["resumes"][0]["epoch"] >= 2  # saved epochs were kept
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5] and metrics["epochs_completed"] == 5
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["epochs_completed"] == 3
     resumed = zoo_pkg.load(run.model_path, compile=False).get_weights()
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(reference, resumed))  # as if never killed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import random
 
 import numpy as np
@@ -114,6 +115,82 @@ def test_streamed_pretraining_trains_and_counts_from_the_scan(tmp_path):
         one.write_text("just one line\n")
         train("bert_pretrain", str(tmp_path / "run2"), {"data.source": str(one), "data.streaming": True,
                                                        "data.validation_split": 0.01, "model.preset": "bert_tiny"})
+
+
+def test_a_large_corpus_is_sampled_not_scanned_from_whole_lines_of_every_part(tmp_path):
+    """sample_corpus (step mode): a corpus over the sample size is read only in seeded byte ranges spread over
+    its files; the sample holds whole lines of the training part only, from every file; the counts are
+    estimates near the truth; a corpus within the size is scanned exactly as before."""
+    paths, texts = _corpus(tmp_path, files=3, lines=2000)
+    train, val = _split(texts, 0.1)
+    total = sum(os.path.getsize(p) for p in paths)
+    scan = stream.sample_corpus(paths, 0.1, 10_000, seed=3, sample_bytes=total // 8, blocks=6)
+    assert not scan.counted and scan.bytes == total
+    assert scan.sample and set(scan.sample) <= set(train)  # whole lines (never a cut one), training part only
+    assert len(scan.sample) < len(train) / 4  # an eighth of the bytes read, not the whole corpus
+    assert {line.split()[1] for line in scan.sample} == {"0", "1", "2"}  # every file has a part in it
+    assert abs(scan.train_lines - len(train)) < 0.2 * len(train) and scan.validation_lines > 0
+    assert stream.sample_corpus(paths, 0.1, 10_000, seed=3, sample_bytes=total // 8, blocks=6) == scan  # seeded
+    assert stream.sample_corpus(paths, 0.1, 100, seed=3, sample_bytes=total) == stream.scan_corpus(paths, 0.1, 100, 3)
+    # A sampled line that is not UTF-8 names its file and byte offset (the line number is unknown unread).
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("".join(f"caf\xe9 number {i}\n" for i in range(3000)).encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.txt: the line at byte \d+: not valid UTF-8 .*data.on_error=skip"):
+        stream.sample_corpus([str(bad)], 0.1, 100, seed=3, sample_bytes=8192)
+
+
+def test_the_pipeline_names_the_file_and_line_of_a_bad_line_it_meets(tmp_path):
+    """check="raise": the stream stops at a line that is not UTF-8 with an error bad_line_error turns into
+    file:line; "skip" leaves it out; the lines before it come out as without a check."""
+    import tensorflow as tf
+
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(b"good one\n\nna\xefve\nalso good\n")
+    got = []
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        for line in stream.all_lines([str(path)], check="raise").as_numpy_iterator():
+            got.append(line.decode())
+    assert got == ["good one"]
+    assert stream.bad_line_error(caught.value) == (
+        f"{path}:3: not valid UTF-8; re-encode the file as UTF-8, or run the same command with --set "
+        "data.on_error=skip to leave such lines out (an unfinished run resumes from its newest checkpoint)")
+    assert [t.decode() for t in stream.all_lines([str(path)], check="skip").as_numpy_iterator()] == [
+        "good one", "also good"]
+    assert stream.bad_line_error(ValueError("something else")) is None
+
+
+@pytest.mark.slow
+def test_step_mode_starts_without_a_scan_stops_at_a_bad_line_and_resumes_skipping_it(tmp_path, monkeypatch):
+    """A streamed corpus over stream.SAMPLE_BYTES in step mode: no pass before training (the vocabulary from
+    the sample), a line that is not UTF-8 deep in a file stops the run mid-way with file:line, and the same
+    command with data.on_error=skip resumes from the newest step checkpoint and finishes."""
+    import json
+
+    from zoo.recipes.engine.run import train
+    from zoo.rundir import RunDir
+
+    paths, _ = _corpus(tmp_path, files=2, lines=300)
+    with open(paths[1], "ab") as fh:  # after ~600 good lines, ~70 steps: met after the first checkpoint
+        fh.write(b"na\xefve line\n" + b"".join(f"tail line {i} w1 w2\n".encode() for i in range(50)))
+    monkeypatch.setattr(stream, "SAMPLE_BYTES", 4096)  # one range of 4 KB, which misses the bad line
+    scans = []
+    monkeypatch.setattr(stream, "scan_corpus", lambda *a, **k: scans.append(a) or pytest.fail("a full scan"))
+    settings = {"data.source": str(tmp_path / "part-*.txt"), "data.streaming": True, "data.shuffle_buffer": 16,
+                "data.vocab_size": 120, "model.preset": "bert_tiny", "data.sequence_length": 16,
+                "train.steps": 120, "train.checkpoint_every_steps": 40, "train.batch_size": 8,
+                "train.schedule.warmup_steps": 2, "train.validation_steps": 2, "train.tensorboard": False,
+                "data.validation_split": 0.1}
+    run = RunDir(str(tmp_path / "run"))
+    with pytest.raises(DataError, match=r"part-1.txt:\d+: not valid UTF-8; .*--set data.on_error=skip"):
+        train("bert_pretrain", run.path, settings, verbose=0)
+    assert run.backup_states() and not run.is_finished  # stopped mid-run, after a step checkpoint
+    with open(os.path.join(run.path, "run.json")) as fh:
+        data = json.load(fh)["data"]
+    assert data["sampled"] == {"bytes_read": 4096, "corpus_bytes": sum(os.path.getsize(p) for p in paths)}
+    assert set(data["counts"]) == {"estimated_train_lines", "estimated_validation_lines", "eval_lines"}
+    result = train("bert_pretrain", run.path, {**settings, "data.on_error": "skip"}, verbose=0)
+    assert result.metrics["steps_completed"] == 120 and len(result.metrics["resumes"]) == 1
+    assert result.metrics["resumes"][0]["epoch"] >= 1 and not scans
 
 
 @pytest.mark.parametrize("n_files", [4, 1], ids=["FILE", "DATA"])

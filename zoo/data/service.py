@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="comma-separated ports of the workers (default: free ones)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from zoo.cli import filtered_stderr
+    from zoo.console import filtered_stderr
 
     with filtered_stderr():
         return _serve(args)

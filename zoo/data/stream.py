@@ -15,6 +15,11 @@ check that every line is UTF-8 (an error names file and line), draw the vocabula
   sees what an uninterrupted run would have, as the in-memory path (``zoo.data.order``) does.
 * **Vocabulary sample**: a seeded reservoir sample of at most ``sample_lines`` lines (Algorithm R), drawn
   in the same pass.
+* **Step mode, no pass first** (:func:`sample_corpus`): a run that counts optimizer steps needs no line
+  counts, so a corpus over ``SAMPLE_BYTES`` is not scanned before training: the vocabulary's sample
+  comes from ``SAMPLE_BLOCKS`` seeded byte ranges spread over the files (``SAMPLE_BYTES`` read in all),
+  and lines that are not UTF-8 are caught by the input pipeline as it reaches them (``check``: an error
+  naming file and line, :func:`bad_line_error`, or left out under ``data.on_error=skip``).
 
 Line handling matches ``zoo.data.text.read_text_corpus``: ``\\n`` and a trailing ``\\r`` end a line, a
 UTF-8 byte-order mark at the start of a line is dropped, lines of ASCII whitespace only are skipped.
@@ -31,19 +36,24 @@ from typing import Any
 from zoo.errors import DataError
 
 STREAM_BYTES = 64 * 2**20  # data.streaming unset (null): recipes stream data files larger than this
+SAMPLE_BYTES = 64 * 2**20  # step mode: a corpus larger than this is sampled (this much read), not scanned
+SAMPLE_BLOCKS = 256
+BAD_LINE = "zoo: a line that is not UTF-8"  # the input pipeline's assertion (check="raise"), see bad_line_error
 HASH_BUCKETS = 1 << 30
 _BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
 class CorpusScan:
-    """What one pass over a corpus learned: its files, line counts per part, the vocabulary sample."""
+    """What one pass over a corpus learned: its files, line counts per part, the vocabulary sample.
+    From :func:`sample_corpus` (no pass), the counts are estimates from the sample (``counted`` False)."""
 
     files: tuple[str, ...]
     bytes: int
     train_lines: int
     validation_lines: int
     sample: tuple[str, ...]
+    counted: bool = True
 
 
 def validation_threshold(validation_split: float) -> int:
@@ -171,24 +181,118 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
     return CorpusScan(tuple(files), total, train, validation, tuple(reservoir.items))
 
 
-def _lines(files: Any, cycle_length: int) -> Any:
-    """Cleaned, non-blank lines of ``files`` (a string tensor or dataset of paths), interleaved."""
+def sample_corpus(files: Sequence[str], validation_split: float, sample_lines: int, seed: int, bad: Any = None,
+                  sample_bytes: int | None = None, blocks: int | None = None) -> CorpusScan:
+    """What a step-mode run needs before its first step, without a pass over a large corpus: up to
+    ``sample_bytes`` the corpus is scanned (:func:`scan_corpus`, exact counts); beyond, ``blocks`` seeded
+    byte ranges of ``sample_bytes / blocks`` each, one in each of ``blocks`` equal slices of the corpus,
+    give the vocabulary's sample (their whole lines of the training part, a reservoir of ``sample_lines``)
+    and estimates of the line counts (``counted`` False). A sampled line that is not UTF-8 is an error
+    naming the file and its byte offset (or, under ``bad``'s skip policy, left out)."""
+    from zoo.data.text import BadRows
+
+    bad = bad or BadRows()
+    sample_bytes = sample_bytes or SAMPLE_BYTES
+    blocks = max(1, min(blocks or SAMPLE_BLOCKS, sample_bytes // 4096))  # ranges of whole lines: 4 KB at least
+    sizes = []
+    for path in files:
+        if not os.path.isfile(path):
+            raise DataError(f"corpus file {path!r} does not exist")
+        sizes.append(os.path.getsize(path))
+    total = sum(sizes)
+    if total <= sample_bytes:
+        return scan_corpus(files, validation_split, sample_lines, seed, bad=bad)
+    rng = random.Random(seed)
+    block = max(1, sample_bytes // blocks)
+    starts, at = [], 0
+    for size in sizes:
+        starts.append(at)
+        at += size
+
+    def read(offset: int) -> Iterator[str]:
+        """The whole lines inside ``block`` bytes from ``offset`` of the concatenated corpus."""
+        index = max(i for i, start in enumerate(starts) if start <= offset)
+        path, local = files[index], offset - starts[index]
+        with open(path, "rb") as fh:
+            fh.seek(max(0, local - 1))
+            data = fh.read(block + (1 if local else 0))
+        pieces = data.split(b"\n")
+        # A piece is a whole line when a newline (or the file's start) precedes it and one (or the end) follows.
+        first = 0 if local == 0 else 1
+        last = len(pieces) if local - (1 if local else 0) + len(data) >= sizes[index] else len(pieces) - 1
+        position = max(0, local - 1)
+        for k, raw in enumerate(pieces):
+            if first <= k < last:
+                line = _clean(raw)
+                if line.strip():
+                    try:
+                        yield line.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        bad.bad(f"{path}: the line at byte {position}: not valid UTF-8 ({exc.reason}); re-encode "
+                                "the file as UTF-8, or set data.on_error=skip to leave such lines out", exc)
+            position += len(raw) + 1
+
+    slice_bytes = total / blocks
+    offsets = sorted({int(i * slice_bytes + rng.random() * max(0.0, slice_bytes - block)) for i in range(blocks)})
+    reservoir = Reservoir(sample_lines, seed)
+    counts = [0, 0]
+    for line, in_validation in split_rows((line for o in offsets for line in read(o)), lambda line: line,
+                                          validation_split):
+        counts[in_validation] += 1
+        if not in_validation:
+            reservoir.add(line)
+    read_bytes = len(offsets) * block
+    scale = total / max(1, read_bytes)
+    return CorpusScan(tuple(files), total, round(counts[0] * scale), round(counts[1] * scale),
+                      tuple(reservoir.items), counted=False)
+
+
+def bad_line_error(exc: BaseException) -> str | None:
+    """The ``DataError`` message for the input pipeline's assertion on a line that is not UTF-8 (``check=
+    "raise"``): file and line number, and what to do; None for any other error."""
+    import re
+
+    m = re.search(r"assertion failed: \[" + re.escape(BAD_LINE) + r"\] \[(.*?)\] \[(\d+)\]", str(exc))
+    if not m:
+        return None
+    return (f"{m.group(1)}:{m.group(2)}: not valid UTF-8; re-encode the file as UTF-8, or run the same command with "
+            "--set data.on_error=skip to leave such lines out (an unfinished run resumes from its newest checkpoint)")
+
+
+def _lines(files: Any, cycle_length: int, check: str | None = None) -> Any:
+    """Cleaned, non-blank lines of ``files`` (a string tensor or dataset of paths), interleaved. Lines that
+    are not UTF-8 are left out (a scan refused or counted them before), or with ``check`` "raise" stop the
+    pipeline with an assertion naming file and line (:func:`bad_line_error`), "skip" leaves them out."""
     import tensorflow as tf
 
     ds = files if isinstance(files, tf.data.Dataset) else tf.data.Dataset.from_tensor_slices(files)
     parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True} if cycle_length > 1 else {}
-    ds = ds.interleave(tf.data.TextLineDataset, cycle_length=cycle_length, block_length=1, **parallel)
+    if check == "raise":  # each line with its file and number, for the error
+        def numbered(path: Any) -> Any:
+            return tf.data.TextLineDataset(path).enumerate(start=1).map(lambda n, line: (line, path, n))
 
-    def clean(line: Any) -> Any:
+        ds = ds.interleave(numbered, cycle_length=cycle_length, block_length=1, **parallel)
+    else:
+        ds = ds.interleave(tf.data.TextLineDataset, cycle_length=cycle_length, block_length=1, **parallel)
+
+    def clean(line: Any, *where: Any) -> Any:
         line = tf.strings.regex_replace(line, "\r$", "")
-        return tf.strings.regex_replace(line, "^\ufeff", "")  # the pattern is UTF-8: bytes EF BB BF
+        line = tf.strings.regex_replace(line, "^\ufeff", "")  # the pattern is UTF-8: bytes EF BB BF
+        return (line, *where) if where else line
+
+    def valid(line: Any) -> Any:  # a line is UTF-8 exactly when replacing its invalid bytes changes nothing
+        return tf.equal(tf.strings.unicode_transcode(line, "UTF-8", "UTF-8", errors="replace"), line)
 
     ds = ds.map(clean, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
-    # Lines that are not UTF-8 were refused by the scan, or counted there to be skipped here: a line is
-    # valid exactly when replacing its invalid bytes changes nothing.
-    return ds.filter(lambda line: tf.equal(
-        tf.strings.unicode_transcode(line, "UTF-8", "UTF-8", errors="replace"), line))
+    ds = ds.filter(lambda line, *_: tf.strings.length(tf.strings.strip(line)) > 0)
+    if check != "raise":
+        return ds.filter(valid)
+
+    def checked(line: Any, path: Any, number: Any) -> Any:
+        with tf.control_dependencies([tf.debugging.Assert(valid(line), [BAD_LINE, path, number])]):
+            return tf.identity(line)
+
+    return ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _in_validation(line: Any, threshold: int) -> Any:
@@ -207,7 +311,8 @@ def shard_policy(n_files: int, workers: int) -> str:
 
 
 def shuffled_epochs(files: Sequence[str], kind: Any, seed: int, shuffle_buffer: int, cycle_length: int = 4,
-                    keep: Any = None, shard: Shard | None = None, epochs: int | None = None) -> Any:
+                    keep: Any = None, shard: Shard | None = None, epochs: int | None = None,
+                    check: str | None = None) -> Any:
     """Endless dataset of the records of ``files``, a fresh seeded order every epoch: the files in a
     stateless permutation of ``(seed, epoch)``, interleaved, then shuffled in blocks of ``shuffle_buffer``
     (each block a stateless permutation of ``(seed + epoch, block)``). ``kind``: "text" lines,
@@ -217,7 +322,8 @@ def shuffled_epochs(files: Sequence[str], kind: Any, seed: int, shuffle_buffer: 
     ``shard=(n, i)``: input pipeline ``i`` of ``n`` (a worker) reads its part of every epoch, the parts
     disjoint and together the whole epoch, each exactly once (:func:`shard_policy`: the files of the
     epoch's order at ``i, i + n, ...``, or with fewer files than pipelines every ``n``-th record).
-    ``epochs``: that many epochs instead of endless ones."""
+    ``epochs``: that many epochs instead of endless ones. ``check``: text lines that are not UTF-8 stop
+    the pipeline ("raise") or are left out (see :func:`_lines`)."""
     import tensorflow as tf
 
     paths = tf.constant(list(files), tf.string)
@@ -229,7 +335,7 @@ def shuffled_epochs(files: Sequence[str], kind: Any, seed: int, shuffle_buffer: 
 
     def records(ordered: Any) -> Any:
         if kind == "text":
-            return _lines(ordered, cycle)
+            return _lines(ordered, cycle, check)
         opener = tf.data.TFRecordDataset if kind == "tfrecord" else kind
         parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True} if cycle > 1 else {}
         return tf.data.Dataset.from_tensor_slices(ordered).interleave(opener, cycle_length=cycle, block_length=1,
@@ -274,24 +380,25 @@ def shuffled_epochs(files: Sequence[str], kind: Any, seed: int, shuffle_buffer: 
 
 
 def train_lines(files: Sequence[str], validation_split: float, seed: int, shuffle_buffer: int,
-                cycle_length: int = 4, shard: Shard | None = None) -> Any:
+                cycle_length: int = 4, shard: Shard | None = None, check: str | None = None) -> Any:
     """Endless dataset of the training part's lines, a fresh seeded order every epoch (see the module doc)."""
     threshold = validation_threshold(validation_split)
     return shuffled_epochs(files, "text", seed, shuffle_buffer, cycle_length,
-                           keep=lambda line: ~_in_validation(line, threshold), shard=shard)
+                           keep=lambda line: ~_in_validation(line, threshold), shard=shard, check=check)
 
 
-def validation_lines(files: Sequence[str], validation_split: float, limit: int | None = None) -> Any:
+def validation_lines(files: Sequence[str], validation_split: float, limit: int | None = None,
+                     check: str | None = None) -> Any:
     """The validation part's lines in file order (at most ``limit``)."""
     import tensorflow as tf
 
     threshold = validation_threshold(validation_split)
-    ds = _lines(tf.constant(list(files), tf.string), 1).filter(lambda line: _in_validation(line, threshold))
+    ds = _lines(tf.constant(list(files), tf.string), 1, check).filter(lambda line: _in_validation(line, threshold))
     return ds.take(limit) if limit else ds
 
 
-def all_lines(files: Sequence[str]) -> Any:
+def all_lines(files: Sequence[str], check: str | None = None) -> Any:
     """Every non-blank line of ``files``, in file order (an evaluation corpus)."""
     import tensorflow as tf
 
-    return _lines(tf.constant(list(files), tf.string), 1)
+    return _lines(tf.constant(list(files), tf.string), 1, check)
