@@ -63,7 +63,7 @@ def bench_training(steps: int, quick: bool) -> list[dict]:
     return rows
 
 
-def bench_pipeline(steps: int, augment: bool) -> dict:
+def bench_pipeline(steps: int, augment: bool, rounds: int = 12) -> dict:
     """The image_classify recipe's own tf.data training stream against the same batches cached in memory,
     on the recipe's model: the step-time ratio says what the input pipeline costs the training step."""
     import keras
@@ -88,7 +88,7 @@ def bench_pipeline(steps: int, augment: bool) -> dict:
     # Alternating rounds (a shared VM drifts): the ratio is the median of per-round ratios. Steps are
     # a few ms here, so many rounds of ``steps`` steps cost seconds and steady the median.
     times, per_round = paired_step_seconds({"cached": (model, cached), "pipeline": (model, data.train)},
-                                           steps, rounds=12)
+                                           steps, rounds=rounds)
     return {"augment": augment, "batch": cfg.train.batch_size, "pipeline_ms": times["pipeline"] * 1e3,
             "cached_ms": times["cached"] * 1e3, "pipeline_vs_cached": paired_ratio(per_round, "pipeline", "cached")}
 
@@ -120,7 +120,8 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     steps = 5 if args.quick else args.steps
     training = bench_training(steps, args.quick)
-    pipeline = [bench_pipeline(steps if args.quick else 50, augment) for augment in (False, True)]
+    pipeline = [bench_pipeline(steps, augment, rounds=2) if args.quick else bench_pipeline(50, augment)
+                for augment in (False, True)]
     with tempfile.TemporaryDirectory() as tmp:
         export = bench_export(tmp, 1, 20) if args.quick else bench_export(tmp, 20)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "training": training,

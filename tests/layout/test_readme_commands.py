@@ -437,6 +437,8 @@ def test_launch_block(work):
     one = zoo_pkg.load(RunDir(str(work / "runs" / "one")).model_path, compile=False).get_weights()
     two = zoo_pkg.load(RunDir(str(work / "runs" / "mw")).model_path, compile=False).get_weights()
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(one, two))
+    assert [e["loss"] for e in _metrics(work / "runs" / "mw")["epochs"]] == pytest.approx(
+        [e["loss"] for e in _metrics(work / "runs" / "one")["epochs"]], abs=1e-5)  # every epoch, not just the end
     assert not os.path.exists(RunDir(str(work / "runs" / "mw")).workers_root)  # the non-chief cleaned up
 
     # Kill and resume, against an uninterrupted two-worker run of the same length (same reduction order).

@@ -411,30 +411,6 @@ def _two_workers(code):
     return outputs, logs
 
 
-@pytest.mark.slow
-def test_multi_worker_two_processes_match_one_device(tmp_path):
-    """Two worker processes (MultiWorkerMirroredStrategy over localhost) train like one device."""
-    common = {**FAST, "model.dropout": 0.0, "train.epochs": 2, "train.optimizer.name": "sgd",
-              "train.optimizer.learning_rate": 0.05}
-    run_dir = str(tmp_path / "mw")
-    code = textwrap.dedent(f"""
-        import json
-        from zoo.recipes.engine.run import train
-        r = train("image_classify", {run_dir!r}, {{**{common!r}, "train.strategy": "multi_worker"}}, verbose=0)
-        print(json.dumps({{"replicas": r.metrics["replicas"], "loss": [e["loss"] for e in r.metrics["epochs"]]}}))
-    """)
-    outputs, _ = _two_workers(code)
-    single = train("image_classify", str(tmp_path / "one"), common, verbose=0)
-    expected = [e["loss"] for e in single.metrics["epochs"]]
-    for out in outputs:
-        assert out["replicas"] == 2
-        assert out["loss"] == pytest.approx(expected, abs=1e-5)
-    chief_model = zoo.load(os.path.join(run_dir, "model.keras"))
-    for wa, wb in zip(single.model.weights, chief_model.weights):
-        np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), atol=1e-5)
-    assert not os.path.exists(os.path.join(run_dir, ".workers"))  # the non-chief cleaned up
-
-
 def test_xla_over_mirrored_cpus_is_refused_before_anything_is_written(tmp_path):
     """TensorFlow's XLA cluster cannot reach replica variables on other logical CPUs; say so up front."""
     with pytest.raises(zoo.errors.DeviceError, match="XLA .* cannot compile a step mirrored over 2 CPU devices"):
