@@ -143,7 +143,10 @@ def prepare_data(cfg: DistillConfig, explicit: frozenset) -> tuple[DistillConfig
         test=None, eval_sample=(x_sample, y_sample), calibration=splits.calibration(d.calibration_size),
         info={"class_names": names, "pair": splits.pair, "teacher": os.path.abspath(cfg.teacher),
               "counts": splits.counts, "streamed": splits.streamed, **splits.bad_rows},
-        files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state)
+        files={RunDir.VOCAB: "\n".join(pre.vocabulary) + "\n"}, state=state,
+        # Under multi_worker each worker streams its own part of every epoch, its teacher run on that part.
+        sharded_train=(lambda shard, size: splits.train_dataset(pre, size, cfg.train.seed, shard).map(add_teacher))
+        if splits.streamed else None)
 
 
 def build_model(cfg: DistillConfig, data: Datasets) -> Any:

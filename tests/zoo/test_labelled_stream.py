@@ -160,6 +160,21 @@ def test_bert_classify_and_distill_train_on_the_stream_and_resume_mid_pass(tmp_p
     final = student.metrics["final"]
     assert final["teacher_eval_accuracy"] == pytest.approx(whole.metrics["final"]["eval_accuracy"])
     assert final["eval_accuracy"] >= 0.7, final
+    # Under multi_worker each worker streams its own part, the teacher's logits computed on that part.
+    from zoo.recipes import get_recipe
+    from zoo.recipes.engine.run import resolve_config
+
+    recipe = get_recipe("distill")
+    distill_cfg, explicit = resolve_config(recipe.config_class, {
+        **FAST, "teacher": str(tmp_path / "whole"), "data.source": train_path, "data.streaming": True})
+    _, data = recipe.prepare_data(distill_cfg, explicit)
+    parts = [list(data.sharded_train((2, i), 4).take(3).as_numpy_iterator()) for i in range(2)]
+    for part in parts:
+        for x, y in part:
+            assert y.shape == (4, 3)  # the label, then the teacher's two logits
+            np.testing.assert_allclose(y[:, 1:], np.asarray(data.state.teacher(x, training=False)), atol=1e-5)
+    rows = [{tuple(r) for x, _ in part for r in x["token_ids"].tolist()} for part in parts]
+    assert rows[0] != rows[1]  # two parts (that they are disjoint and complete: test_workers_share_every_epoch...)
 
 
 def test_pairs_scan_split_by_source_and_bad_lines(tmp_path):
