@@ -113,3 +113,22 @@ def test_launcher_mistakes_are_one_line():
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
             out.stderr
+
+
+def test_data_service_manifest_points_the_workers_at_the_dispatcher_service():
+    service, dispatcher, workers = yaml.safe_load_all(open(os.path.join(DEPLOY, "data_service.yaml")))
+    assert (service["kind"], dispatcher["kind"], workers["kind"]) == ("Service", "Deployment", "Deployment")
+    port = service["spec"]["ports"][0]["port"]
+    d_container = dispatcher["spec"]["template"]["spec"]["containers"][0]
+    assert service["spec"]["selector"] == dispatcher["spec"]["template"]["metadata"]["labels"]
+    assert d_container["command"][:4] == ["python", "-m", "zoo.data.service", "dispatcher"]
+    assert int(d_container["command"][d_container["command"].index("--port") + 1]) == port
+    assert dispatcher["spec"]["replicas"] == 1
+    script = workers["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert f"python -m zoo.data.service worker --dispatcher {service['metadata']['name']}:{port}" in script
+    assert "$POD_IP" in script  # trainers reach each worker at its own pod address
+    comment = open(os.path.join(DEPLOY, "data_service.yaml")).read()
+    assert f"--set train.data_service=grpc://{service['metadata']['name']}:{port}" in comment
+    out = subprocess.run([sys.executable, "-m", "zoo.data.service", "local", "--workers", "0", "--port", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --workers 0: the service needs at least 1 worker"

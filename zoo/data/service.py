@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_l.add_argument("--worker-ports", dest="worker_ports", default="",
                      help="comma-separated ports of the workers (default: free ones)")
     args = parser.parse_args(argv)
+    if args.role == "local" and args.workers < 1:
+        print(f"error: --workers {args.workers}: the service needs at least 1 worker", file=sys.stderr)
+        return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from zoo.console import filtered_stderr
 
@@ -136,9 +139,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ready: tf.data service worker at {args.address or _host()}:{args.port}, dispatcher "
               f"{args.dispatcher}", flush=True)
     else:
-        if args.workers < 1:
-            print(f"error: --workers {args.workers}: the service needs at least 1 worker", file=sys.stderr)
-            return 2
         ports = [int(p) for p in args.worker_ports.split(",") if p] or [0] * args.workers
         servers.append(start_dispatcher(args.port))
         for port in ports:
