@@ -27,6 +27,7 @@ UTF-8 byte-order mark at the start of a line is dropped, lines of ASCII whitespa
 
 from __future__ import annotations
 
+import bisect
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -209,13 +210,17 @@ def sample_corpus(files: Sequence[str], validation_split: float, sample_lines: i
         starts.append(at)
         at += size
 
+    read_bytes = 0
+
     def read(offset: int) -> Iterator[str]:
         """The whole lines inside ``block`` bytes from ``offset`` of the concatenated corpus."""
-        index = max(i for i, start in enumerate(starts) if start <= offset)
+        nonlocal read_bytes
+        index = bisect.bisect_right(starts, offset) - 1
         path, local = files[index], offset - starts[index]
         with open(path, "rb") as fh:
             fh.seek(max(0, local - 1))
             data = fh.read(block + (1 if local else 0))
+        read_bytes += len(data)  # less than a block where a file ends: the estimates scale by what was read
         pieces = data.split(b"\n")
         # A piece is a whole line when a newline (or the file's start) precedes it and one (or the end) follows.
         first = 0 if local == 0 else 1
@@ -241,7 +246,6 @@ def sample_corpus(files: Sequence[str], validation_split: float, sample_lines: i
         counts[in_validation] += 1
         if not in_validation:
             reservoir.add(line)
-    read_bytes = len(offsets) * block
     scale = total / max(1, read_bytes)
     return CorpusScan(tuple(files), total, round(counts[0] * scale), round(counts[1] * scale),
                       tuple(reservoir.items), counted=False)
