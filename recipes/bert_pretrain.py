@@ -358,7 +358,7 @@ def prepare_data(cfg: BertPretrainConfig, explicit: frozenset) -> tuple[BertPret
     if check is not None:  # estimates from the sample: nothing counted the corpus
         info["counts"] = {"estimated_train_lines": n_train, "estimated_validation_lines": scan.validation_lines,
                           "eval_lines": None}
-        info["sampled"] = {"bytes_read": min(scan.bytes, stream.SAMPLE_BYTES), "corpus_bytes": scan.bytes}
+        info["sampled"] = {"bytes_read": scan.bytes_read, "corpus_bytes": scan.bytes}
         info["skipped_rows"] = None if check == "skip" else 0  # left out as met, not counted
     return cfg, Datasets(train=train_ds, steps_per_epoch=max(1, math.ceil(n_train / batch)),
                          validation=validation, test=test, info=info, files={RunDir.VOCAB: "\n".join(vocab) + "\n"},

@@ -371,14 +371,20 @@ def run(recipe: Recipe, cfg: Any, run_dir: str, *, explicit: frozenset = frozens
     return Runner(recipe, cfg, run_dir, explicit=explicit, extra_callbacks=extra_callbacks, verbose=verbose).run()
 
 
-def sharded_input(strategy: Any, sharded_train: Callable[[tuple[int, int], int], Any], global_batch: int,
-                  steps_done: int) -> Any:
-    """The training input of a multi-worker job from ``Datasets.sharded_train``: each worker builds its own
-    part (per-replica batches), resumed after ``steps_done`` steps by skipping the batches its replicas took."""
+def _check_divisible(strategy: Any, global_batch: int) -> int:
+    """The job's replicas, once the global batch is known to split evenly between them (one error line if not)."""
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
         raise ConfigError(f"train.batch_size={global_batch} is not a multiple of the job's {replicas} replicas; "
                           f"use {global_batch - global_batch % replicas or replicas}")
+    return replicas
+
+
+def sharded_input(strategy: Any, sharded_train: Callable[[tuple[int, int], int], Any], global_batch: int,
+                  steps_done: int) -> Any:
+    """The training input of a multi-worker job from ``Datasets.sharded_train``: each worker builds its own
+    part (per-replica batches), resumed after ``steps_done`` steps by skipping the batches its replicas took."""
+    replicas = _check_divisible(strategy, global_batch)
 
     def per_worker(context: Any) -> Any:
         ds = sharded_train((context.num_input_pipelines, context.input_pipeline_id),
@@ -407,10 +413,7 @@ def service_input(strategy: Any, data: Datasets, train: Any, run_dir: str, steps
              "not deterministic, so its exact position cannot be skipped to)" if steps_done else "")
     if train.strategy != "multi_worker":
         return distribute(data.service_train(train.batch_size, first, passes), address, job)
-    replicas = strategy.num_replicas_in_sync
-    if train.batch_size % replicas:
-        raise ConfigError(f"train.batch_size={train.batch_size} is not a multiple of the job's {replicas} replicas; "
-                          f"use {train.batch_size - train.batch_size % replicas or replicas}")
+    _check_divisible(strategy, train.batch_size)
 
     def per_worker(context: Any) -> Any:
         batch = context.get_per_replica_batch_size(train.batch_size)

@@ -55,6 +55,7 @@ class CorpusScan:
     validation_lines: int
     sample: tuple[str, ...]
     counted: bool = True
+    bytes_read: int = 0  # of the corpus: all of it when counted, the sampled ranges otherwise
 
 
 def validation_threshold(validation_split: float) -> int:
@@ -179,7 +180,7 @@ def scan_corpus(files: Sequence[str], validation_split: float, sample_lines: int
     train, validation = counts
     if train + validation == 0:
         raise DataError(f"the corpus {', '.join(files)} has no non-empty lines")
-    return CorpusScan(tuple(files), total, train, validation, tuple(reservoir.items))
+    return CorpusScan(tuple(files), total, train, validation, tuple(reservoir.items), bytes_read=total)
 
 
 def sample_corpus(files: Sequence[str], validation_split: float, sample_lines: int, seed: int, bad: Any = None,
@@ -220,7 +221,7 @@ def sample_corpus(files: Sequence[str], validation_split: float, sample_lines: i
         with open(path, "rb") as fh:
             fh.seek(max(0, local - 1))
             data = fh.read(block + (1 if local else 0))
-        read_bytes += len(data)  # less than a block where a file ends: the estimates scale by what was read
+        read_bytes += len(data) - (1 if local else 0)  # the range itself: less than a block where a file ends
         pieces = data.split(b"\n")
         # A piece is a whole line when a newline (or the file's start) precedes it and one (or the end) follows.
         first = 0 if local == 0 else 1
@@ -248,7 +249,7 @@ def sample_corpus(files: Sequence[str], validation_split: float, sample_lines: i
             reservoir.add(line)
     scale = total / max(1, read_bytes)
     return CorpusScan(tuple(files), total, round(counts[0] * scale), round(counts[1] * scale),
-                      tuple(reservoir.items), counted=False)
+                      tuple(reservoir.items), counted=False, bytes_read=read_bytes)
 
 
 def bad_line_error(exc: BaseException) -> str | None:
