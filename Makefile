@@ -27,18 +27,19 @@ demo: $(STAMP)
 # Three pytest processes side by side on the two cores: one alone leaves a core idle whenever the other
 # waits (on a child `zoo` process, a server, a file), and two left 15% of the machine idle (measured from
 # /proc/stat, 2026-12-07). Files that share a session fixture stay in one process, so each trained run is
-# built once: SECOND is the README commands and the benchmark smoke test; THIRD the question-answering
-# run's tests and fixture-free ones; everything else (the digits, MiniLM and translation runs' tests) is
-# the first. TensorFlow runs one intra-op thread per process here (children inherit it): three processes
-# with two threads each on two cores spent 21% longer contending than with one each (three MiniLM
-# fine-tunings side by side: 109 s against 86 s, 2026-12-07). Each part's output follows; any part
-# failing fails the target. Each lists its 25 slowest steps and any test over 5 s (alone; 7.5 s with three
-# parts on two cores, ZOO_TEST_PARTS) not marked slow.
+# built once: SECOND is the README commands, the benchmark smoke test and (for balance) the fused kernels'
+# tests; THIRD the question-answering run's tests (the README's QA block among them: its commands make
+# that run and its export) and fixture-free ones; everything else (the digits, MiniLM and translation
+# runs' tests) is the first. TensorFlow runs one intra-op thread per process here (children inherit it):
+# three processes with two threads each on two cores spent 21% longer contending than with one each
+# (three MiniLM fine-tunings side by side: 109 s against 86 s, 2026-12-07). Each part's output follows;
+# any part failing fails the target. Each lists its 25 slowest steps and any test over 5 s (alone; 7.5 s
+# with three parts on two cores, ZOO_TEST_PARTS) not marked slow.
 # (pytest-xdist's loadgroup would do this, but 3.8 cannot group tests under pytest 9.2.)
-SECOND := tests/layout/test_readme_commands.py tests/benchmarks
-THIRD := tests/recipes/test_bert_qa.py tests/export/test_qa_export.py tests/zoo/test_prepared.py \
-	tests/recipes/test_bert_pretrain.py tests/recipes/test_resume.py tests/zoo/test_model_families.py \
-	tests/zoo/test_labelled_stream.py tests/zoo/test_fused.py tests/zoo/test_seq2seq.py
+SECOND := tests/layout/test_readme_commands.py tests/benchmarks tests/zoo/test_fused.py
+THIRD := tests/recipes/test_bert_qa.py tests/export/test_qa_export.py tests/layout/test_readme_qa.py \
+	tests/zoo/test_prepared.py tests/recipes/test_bert_pretrain.py tests/recipes/test_resume.py \
+	tests/zoo/test_model_families.py tests/zoo/test_labelled_stream.py tests/zoo/test_seq2seq.py
 PYTEST := TF_NUM_INTRAOP_THREADS=1 ZOO_TEST_PARTS=3 $(PY) -m pytest -q --durations=25
 test: $(STAMP)
 	@$(PYTEST) $(SECOND) > .test-second.log 2>&1 & second=$$!; \

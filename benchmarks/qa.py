@@ -81,11 +81,11 @@ def main() -> int:
         backbone, _ = import_hf_bert(minilm, sequence_length=length)
     qa = Answerer(BertQuestionAnswerer(backbone), load_vocabulary(os.path.join(minilm, "vocab.txt")), True, length,
                   stride, max_query_length=64, max_answer_length=30)
-    work = tempfile.mkdtemp(prefix="zoo-qa-bench-")
     specs = [tf.TensorSpec([None], tf.string, name=n) for n in ("question", "context")]
-    sm.save_serving_module(qa.model, qa.answer_graph, specs, work)
-    fn = tf.saved_model.load(work).signatures["serving_default"]
-    content = tfl.convert_saved_model(work, "tflite", custom_ops=True)
+    with tempfile.TemporaryDirectory(prefix="zoo-qa-bench-") as work:  # the SavedModel is loaded and converted here
+        sm.save_serving_module(qa.model, qa.answer_graph, specs, work)
+        fn = tf.saved_model.load(work).signatures["serving_default"]
+        content = tfl.convert_saved_model(work, "tflite", custom_ops=True)
     threads = os.cpu_count() or 1
     runner = tfl.TextTFLiteRunner(content, num_threads=threads)  # every core, as TensorFlow uses
 

@@ -138,8 +138,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="digits only, 1 s per point")
     parser.add_argument("--out", default="bench-out/serve.json")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="zoo-serve-bench-") as work:  # exports and logs: gone afterwards
+        return bench(args, work)
+
+
+def bench(args, work: str) -> int:
     seconds = 1.0 if args.quick else args.seconds
-    work = tempfile.mkdtemp(prefix="zoo-serve-bench-")
     base = os.path.join(work, "exports")
     samples = make_exports(base, work, with_bert=not args.quick)
     models = ["digits"] if args.quick else ["digits", "bert"]

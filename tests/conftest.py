@@ -7,6 +7,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import functools  # noqa: E402
+import json  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
 
@@ -112,19 +114,59 @@ TRANSLATE_FAST = {**FAST, "data.vocab_size": 200, "data.max_source_length": 8, "
                   "train.epochs": 14, "train.batch_size": 16, "model.dropout": 0.0}
 
 
+class QARun:
+    """The session's question answering run: where it is and what the command printed; its metrics and
+    its model are read from the run dir when asked for."""
+
+    def __init__(self, root, run_dir: str, output: str) -> None:
+        self.root, self.run_dir, self.output = root, run_dir, output
+
+    @functools.cached_property
+    def metrics(self) -> dict:
+        with open(os.path.join(self.run_dir, "metrics.json")) as fh:
+            return json.load(fh)
+
+    @functools.cached_property
+    def model(self):
+        import zoo
+
+        return zoo.load(os.path.join(self.run_dir, "model.keras"), compile=False)
+
+
+QA_TRAIN = "zoo train bert_qa --data train.json --eval-data dev.json --init hf:path/to/hf_bert_dir"
+QA_EXPORT = "zoo export runs/<run> --to exports --name qa --formats saved_model,tflite,tflite_int8_weights"
+
+
 @pytest.fixture(scope="session")
 def qa_run(tmp_path_factory):
     """MiniLM fine-tuned for question answering on templated paragraphs about invented people and places
-    (shared by the recipe and export tests); its eval set has names and cities never seen in training."""
-    from zoo.recipes.engine.run import train
+    (shared by the recipe, export and README tests); its eval set has names and cities never seen in
+    training. Made by the README's own command (``QA_TRAIN``), through the CLI's ``main`` in this process,
+    in a folder laid out as the README has it (train.json, dev.json, runs/qa)."""
+    from tests.layout.readme import zoo_here
 
     root = tmp_path_factory.mktemp("qa")
-    train_path = write_people(root / "train.json", 160, PEOPLE, CITIES, 0)
-    dev_path = write_people(root / "dev.json", 15, HELD_PEOPLE, HELD_CITIES, 1)
-    return train("bert_qa", str(root / "run"), {
-        **FAST, "data.source": train_path, "data.eval_source": dev_path, "init": f"hf:{MINILM}",
-        "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8, "train.batch_size": 16,
-        "train.epochs": 3, "train.optimizer.learning_rate": 2e-4}, verbose=0)
+    write_people(root / "train.json", 160, PEOPLE, CITIES, 0)
+    write_people(root / "dev.json", 15, HELD_PEOPLE, HELD_CITIES, 1)
+    settings = {**FAST, "data.sequence_length": 64, "data.doc_stride": 32, "data.max_answer_length": 8,
+                "train.batch_size": 16, "train.optimizer.learning_rate": 2e-4}
+    out = zoo_here(QA_TRAIN, ["train", "bert_qa", "--data", "train.json", "--eval-data", "dev.json", "--init",
+                              f"hf:{MINILM}", "--epochs", "3", "--run-dir", "runs/qa", "--quiet",
+                              *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]], root)
+    return QARun(root, str(root / "runs" / "qa"), out)
+
+
+@pytest.fixture(scope="session")
+def qa_export(qa_run):
+    """qa_run exported by the README's command (``QA_EXPORT``) in a fresh `zoo` process, as a user
+    exports it: (version dir, its report.json, what the command printed)."""
+    from tests.layout.readme import zoo
+
+    out = zoo(QA_EXPORT, ["export", "runs/qa", "--to", "exports", "--name", "qa", "--formats",
+                          "saved_model,tflite,tflite_int8_weights"], qa_run.root)
+    version_dir = str(qa_run.root / "exports" / "qa" / "1")
+    with open(os.path.join(version_dir, "report.json")) as fh:
+        return version_dir, json.load(fh), out
 
 
 # Marker honesty: a test whose own run (fixtures excluded) takes over 5 s without the slow marker is listed

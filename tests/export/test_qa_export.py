@@ -52,11 +52,11 @@ def test_string_quantizing_formats_are_refused_with_the_reason(qa_run, tmp_path)
     assert not (tmp_path / "exports").exists()  # refused before anything was written
 
 
-def test_saved_model_and_tflite_answer_raw_strings_as_keras_does(qa_run, tmp_path):
+def test_saved_model_and_tflite_answer_raw_strings_as_keras_does(qa_run, qa_export):
+    """On the version the README's `zoo export ... --name qa` command published (a fresh process)."""
     from zoo.answerer import Answerer
 
-    version_dir, report = export_run(qa_run.run_dir, str(tmp_path / "exports"), "qa",
-                                     "saved_model,tflite,tflite_int8_weights", latency_runs=2)
+    version_dir, report, _ = qa_export
     formats = report["formats"]
     for fmt in ("saved_model", "tflite"):
         assert formats[fmt]["agreement"] == 1.0, fmt  # every eval answer and offset identical
