@@ -149,6 +149,14 @@ def _regular(value: Any, name: str, dtype: Any) -> np.ndarray:
     return arr
 
 
+def _lossless(raw: np.ndarray, want: Any) -> bool:
+    info = np.finfo(want)
+    if raw.dtype.kind in "iu":
+        return bool(np.abs(raw.astype(np.float64)).max() <= 2.0 ** (info.nmant + 1) - 1)
+    finite = raw[np.isfinite(raw)]
+    return not finite.size or bool(np.abs(finite).max() <= info.max)
+
+
 def json_to_array(value: Any, info: TensorInfo) -> np.ndarray:
     """A JSON value (number, string, ``{"b64"}``, nested lists) as the dtype ``info`` expects."""
     want = _np_dtype(info)
@@ -170,6 +178,10 @@ def json_to_array(value: Any, info: TensorInfo) -> np.ndarray:
         limits = np.iinfo(want)
         if raw.min() < limits.min or raw.max() > limits.max:
             raise InvalidArgument(f"input '{name}': a value is out of the range of {info.dtype}")
+    if raw.size and np.dtype(want).kind == "f" and raw.dtype.kind in "iuf" and not _lossless(raw, want):
+        # TF Serving's IsLosslessDecimal: a finite number beyond the type's range, or an integer beyond what
+        # its mantissa holds exactly, is refused rather than turned into inf or a neighbouring value.
+        raise InvalidArgument(f"input '{name}': cannot convert a value to {info.dtype} without loss of precision")
     if raw.size and np.dtype(want).kind == "b" and raw.dtype.kind != "b":
         raise InvalidArgument(f"input '{name}' expects true/false")
     return raw.astype(want) if raw.size else np.zeros(raw.shape, dtype=want)

@@ -137,6 +137,10 @@ def test_status_metadata_and_labels(tmp_path):
      "has shape [1, 2]; the signature expects [-1, 3]"),
     ("POST", "/v1/models/dbl:predict", {"instances": [["a", "b", "c"]]}, 400, "expects float32 numbers"),
     ("POST", "/v1/models/dbl:predict", {"instances": [[1, 2, 3], [1, 2]]}, 400, "same shape"),
+    # As TF Serving: a number float32 cannot hold (beyond its range, or an integer past 2**24) is refused.
+    ("POST", "/v1/models/dbl:predict", {"instances": [[1e39, 2, 3]]}, 400,
+     "cannot convert a value to float32 without loss of precision"),
+    ("POST", "/v1/models/dbl:predict", {"instances": [[2**24 + 1, 2, 3]]}, 400, "without loss of precision"),
     ("POST", "/v1/models/dbl:predict", {"signature_name": "nope", "instances": [[1, 2, 3]]}, 404,
      'signature name: "nope" not found'),
     ("POST", "/v1/models/dbl:predict", {"signature_name": "pairs", "instances": [{"text": {"b64": "!!"}, "count": 1}]},
