@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.data.squad import Answer, QAExample, best_answers, build_features
+from zoo.data.squad import Answer, QAExample, best_answers, build_features, window_grid
 from zoo.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -91,38 +91,11 @@ class Answerer:
         # normalizer (dense gathers; see fast_bert_parts).
         normalized, to_input = self.normalizer.normalize_with_offsets(context)
         c_ids, c_begin, c_end = self.wordpiece.tokenize_with_offsets(normalized)
-        q_splits, c_splits = tf.cast(q_ids.row_splits, tf.int32), tf.cast(c_ids.row_splits, tf.int32)
-        q_start, c_start = q_splits[:-1], c_splits[:-1]
-        q_len = tf.minimum(q_splits[1:] - q_start, self.max_query_length)
-        c_len = c_splits[1:] - c_start
-        budget = tf.maximum(L - q_len - 3, 1)
-        step = tf.minimum(self.doc_stride, budget)
-        n_windows = 1 + tf.maximum(0, (c_len - budget + step - 1) // step)       # window_starts' count
-        batch = tf.shape(c_len)[0]
-        W = tf.reduce_max(n_windows)
-        grid = tf.range(W)[tf.newaxis, :] + tf.zeros_like(c_len)[:, tf.newaxis]   # [B, W]: window index
-        valid = tf.reshape(grid < n_windows[:, tf.newaxis], [-1])                  # [N = B * W]
-        example = tf.reshape(tf.range(batch)[:, tf.newaxis] + tf.zeros_like(grid), [-1])
-        w_start = tf.reshape(grid * step[:, tf.newaxis], [-1])
-        w_len = tf.maximum(tf.minimum(tf.gather(budget, example), tf.gather(c_len, example) - w_start), 0)
-        wq = tf.gather(q_len, example)
-        pos = tf.range(L)[tf.newaxis, :]
-        offset = (wq + 2)[:, tf.newaxis]                                            # first context position
-        end = offset + w_len[:, tf.newaxis]                                         # its [SEP]
-        q_flat = tf.concat([tf.cast(q_ids.flat_values, tf.int32), [self.pad_id]], 0)
-        c_flat = tf.concat([tf.cast(c_ids.flat_values, tf.int32), [self.pad_id]], 0)
-        q_at = tf.gather(q_start, example)[:, tf.newaxis] + pos - 1
-        c_at = (tf.gather(c_start, example) + w_start)[:, tf.newaxis] + pos - offset
-        in_q = (pos >= 1) & (pos < offset - 1)
-        in_c = (pos >= offset) & (pos < end)
-        ids = tf.fill(tf.shape(c_at), self.pad_id)
-        ids = tf.where(in_q, tf.gather(q_flat, tf.clip_by_value(q_at, 0, tf.size(q_flat) - 1)), ids)
-        ids = tf.where(in_c, tf.gather(c_flat, tf.clip_by_value(c_at, 0, tf.size(c_flat) - 1)), ids)
-        ids = tf.where((pos == offset - 1) | (pos == end), self.sep_id, ids)
-        ids = tf.where(pos == 0, self.cls_id, ids)
-        # tf.where, not a cast of the booleans: TFLite's converter has no bool zeros_like.
-        segments = tf.where((pos >= offset) & (pos <= end), 1, 0)
-        mask = tf.where(pos <= end, 1, 0)
+        g = window_grid(q_ids, c_ids, sequence_length=L, doc_stride=self.doc_stride,
+                        max_query_length=self.max_query_length, cls_id=self.cls_id, sep_id=self.sep_id,
+                        pad_id=self.pad_id)
+        ids, segments, mask, valid, in_c = g.ids, g.segments, g.mask, g.valid, g.in_c
+        batch, W, w_start, offset, c_start = g.batch, g.windows, g.w_start, g.offset, g.c_start
         out = self.model({"token_ids": ids, "segment_ids": segments, "padding_mask": mask}, training=False)
         s_log, e_log = tf.cast(out["start_logits"], tf.float32), tf.cast(out["end_logits"], tf.float32)
         # Exhaustive span search per window, as best_answers.
@@ -142,7 +115,7 @@ class Answerer:
         best = tf.gather(tf.reshape(w_best, [-1]), first)
         token_a = tf.gather(w_start, first) + best // L - tf.gather(offset[:, 0], first)   # context token index
         token_b = tf.gather(w_start, first) + best % L - tf.gather(offset[:, 0], first)
-        last = tf.maximum(tf.size(c_flat) - 2, 0)
+        last = tf.maximum(tf.size(c_ids.flat_values) - 1, 0)
         begin_norm = tf.gather(tf.concat([tf.cast(c_begin.flat_values, tf.int32), [0]], 0),
                                tf.clip_by_value(c_start + token_a, 0, last))
         end_norm = tf.gather(tf.concat([tf.cast(c_end.flat_values, tf.int32), [0]], 0),

@@ -126,6 +126,41 @@ def test_windows_cover_the_context_and_outside_answers_point_at_cls(minilm_token
     assert g.truncated_questions == 1 and g.segment_ids[0, :10].tolist() == [0] * 10
 
 
+def test_training_windows_in_the_graph_equal_build_features(minilm_tokenizer):
+    """The training pipeline builds its rows in tf.data (training_windows); they must be build_features'
+    rows exactly: long contexts over several windows (answers inside one window, across a boundary, at the
+    very end), accents and CJK (byte vs character offsets), an unanswerable question, a cut question."""
+    import tensorflow as tf
+
+    from zoo.data.squad import answer_bytes, training_windows, window_counts
+
+    vocab, tokenizer = minilm_tokenizer
+    ids = {t: i for i, t in enumerate(vocab)}
+    words = " ".join(f"word{i}" for i in range(70))
+    accents = "Zoë Brontë was born in Münster in 1901; 東京 Åsa was born in Málaga in 1899. " * 3
+    examples = []
+    for k, (context, answer) in enumerate([(words, "word45"), (words, "word21 word22"), (words, "word69"),
+                                           (accents, "Málaga"), (accents, "1901"), ("short one", "one")]):
+        examples.append(QAExample(f"q{k}", "which one?", context, (answer,), (context.index(answer),)))
+    examples.append(QAExample("none", "where?", accents, (), ()))
+    examples.append(QAExample("long", " ".join(["why"] * 20), words, ("word3",), (words.index("word3"),)))
+    shape = {"sequence_length": 48, "doc_stride": 16, "max_query_length": 8}
+    special = {"cls_id": ids["[CLS]"], "sep_id": ids["[SEP]"], "pad_id": ids["[PAD]"]}
+    want = build_features(examples, tokenizer, **shape, **special)
+    spans = np.array([answer_bytes(e) for e in examples], np.int32)
+    x, y = training_windows(tf.constant([e.question for e in examples]), tf.constant([e.context for e in examples]),
+                            tf.constant(spans[:, 0]), tf.constant(spans[:, 1]), tokenizer, **shape, **special)
+    assert x["token_ids"].numpy().tolist() == want.token_ids.tolist()
+    assert x["segment_ids"].numpy().tolist() == want.segment_ids.tolist()
+    assert x["padding_mask"].numpy().tolist() == want.padding_mask.tolist()
+    assert y["start_logits"].numpy().tolist() == want.start_positions.tolist()
+    assert y["end_logits"].numpy().tolist() == want.end_positions.tolist()
+    assert len(want) > 2 * len(examples) and (want.start_positions > 0).sum() >= 6  # many windows, labels in them
+    n, cut = window_counts(tf.constant([e.question for e in examples]), tf.constant([e.context for e in examples]),
+                           tokenizer, **shape)
+    assert int(tf.reduce_sum(n)) == len(want) and cut.numpy().tolist() == [False] * 7 + [True]
+
+
 def test_best_answer_is_chosen_across_windows():
     ex = [QAExample("q", "?", "alpha beta gamma delta", ("gamma",), (11,))]
     spans = np.full((2, 6, 2), -1, np.int32)

@@ -231,6 +231,131 @@ def build_features(examples: Sequence[QAExample], tokenizer: Any, *, sequence_le
                       np.asarray(rows["example"], np.int32), np.stack(rows["spans"]), truncated)
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowGrid:
+    """:func:`window_grid`'s result: ``N = batch * windows`` rows, example-major."""
+
+    ids: Any        # [N, L] int32: [CLS] question [SEP] context window [SEP] padding
+    segments: Any   # [N, L] int32
+    mask: Any       # [N, L] int32
+    valid: Any      # [N] bool: a real window (grid cells past an example's own windows are not)
+    in_c: Any       # [N, L] bool: the positions holding context tokens
+    example: Any    # [N] int32: the row's example in the batch
+    w_start: Any    # [N] int32: the window's first context token
+    w_len: Any      # [N] int32: context tokens in the window
+    offset: Any     # [N, 1] int32: the position of the window's first context token
+    c_start: Any    # [B] int32: each example's first token in the flat context ids
+    q_truncated: Any  # [B] bool: the question was cut to max_query_length
+    batch: Any      # B
+    windows: Any    # W: the most windows any example of the batch needs
+
+
+def window_grid(q_ids: Any, c_ids: Any, *, sequence_length: int, doc_stride: int, max_query_length: int,
+                cls_id: int, sep_id: int, pad_id: int) -> WindowGrid:
+    """The windows of :func:`build_features`, in TensorFlow ops, for a batch of ragged question and context
+    token ids (``[B, None]``): the same rows in the same order once the invalid ones are dropped. Written
+    with dense ops (no ragged helpers) so that the serving graph that uses it converts to TFLite."""
+    import tensorflow as tf
+
+    L = sequence_length
+    q_splits, c_splits = tf.cast(q_ids.row_splits, tf.int32), tf.cast(c_ids.row_splits, tf.int32)
+    q_start, c_start = q_splits[:-1], c_splits[:-1]
+    q_full = q_splits[1:] - q_start
+    q_len = tf.minimum(q_full, max_query_length)
+    c_len = c_splits[1:] - c_start
+    n_windows, budget, step = _windows(q_len, c_len, L, doc_stride)
+    batch = tf.shape(c_len)[0]
+    W = tf.reduce_max(n_windows)
+    grid = tf.range(W)[tf.newaxis, :] + tf.zeros_like(c_len)[:, tf.newaxis]   # [B, W]: window index
+    valid = tf.reshape(grid < n_windows[:, tf.newaxis], [-1])                  # [N = B * W]
+    example = tf.reshape(tf.range(batch)[:, tf.newaxis] + tf.zeros_like(grid), [-1])
+    w_start = tf.reshape(grid * step[:, tf.newaxis], [-1])
+    w_len = tf.maximum(tf.minimum(tf.gather(budget, example), tf.gather(c_len, example) - w_start), 0)
+    wq = tf.gather(q_len, example)
+    pos = tf.range(L)[tf.newaxis, :]
+    offset = (wq + 2)[:, tf.newaxis]                                            # first context position
+    end = offset + w_len[:, tf.newaxis]                                         # its [SEP]
+    q_flat = tf.concat([tf.cast(q_ids.flat_values, tf.int32), [pad_id]], 0)
+    c_flat = tf.concat([tf.cast(c_ids.flat_values, tf.int32), [pad_id]], 0)
+    q_at = tf.gather(q_start, example)[:, tf.newaxis] + pos - 1
+    c_at = (tf.gather(c_start, example) + w_start)[:, tf.newaxis] + pos - offset
+    in_q = (pos >= 1) & (pos < offset - 1)
+    in_c = (pos >= offset) & (pos < end)
+    ids = tf.fill(tf.shape(c_at), pad_id)
+    ids = tf.where(in_q, tf.gather(q_flat, tf.clip_by_value(q_at, 0, tf.size(q_flat) - 1)), ids)
+    ids = tf.where(in_c, tf.gather(c_flat, tf.clip_by_value(c_at, 0, tf.size(c_flat) - 1)), ids)
+    ids = tf.where((pos == offset - 1) | (pos == end), sep_id, ids)
+    ids = tf.where(pos == 0, cls_id, ids)
+    # tf.where, not a cast of the booleans: TFLite's converter has no bool zeros_like.
+    segments = tf.where((pos >= offset) & (pos <= end), 1, 0)
+    mask = tf.where(pos <= end, 1, 0)
+    return WindowGrid(ids, segments, mask, valid, in_c, example, w_start, w_len, offset, c_start,
+                      q_full > max_query_length, batch, W)
+
+
+def answer_bytes(example: QAExample) -> tuple[int, int]:
+    """The first answer's byte offsets in the UTF-8 context, (-1, -1) for an unanswerable question: what
+    :func:`training_windows` compares with the tokenizer's byte offsets (``build_features`` compares
+    character offsets; both give the same tokens)."""
+    if example.impossible:
+        return -1, -1
+    s = example.answer_starts[0]
+    e = s + len(example.answers[0])
+    return len(example.context[:s].encode("utf-8")), len(example.context[:e].encode("utf-8"))
+
+
+def training_windows(questions: Any, contexts: Any, answer_begin: Any, answer_end: Any, tokenizer: Any, *,
+                     sequence_length: int, doc_stride: int, max_query_length: int, cls_id: int, sep_id: int,
+                     pad_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training rows :func:`build_features` makes, in TensorFlow ops, for a batch of examples
+    (``[B]`` strings, ``[B]`` int32 answer byte offsets from :func:`answer_bytes`): ``(inputs, labels)``
+    with one row per window, in build_features' order. What the training pipeline runs in tf.data, so no
+    feature array of the whole dataset is ever held."""
+    import tensorflow as tf
+
+    q_ids = tokenizer.tokenize(questions)
+    c_ids, c_begin, c_end = tokenizer.tokenize_with_offsets(contexts)
+    g = window_grid(q_ids, c_ids, sequence_length=sequence_length, doc_stride=doc_stride,
+                    max_query_length=max_query_length, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id)
+    # The answer's first and last context token (as build_features: every token overlapping it).
+    row = tf.cast(c_ids.value_rowids(), tf.int32)
+    token = tf.range(tf.size(row, out_type=tf.int32)) - tf.gather(g.c_start, row)
+    begin, end = tf.gather(answer_begin, row), tf.gather(answer_end, row)
+    inside = (tf.cast(c_end.flat_values, tf.int32) > begin) & (tf.cast(c_begin.flat_values, tf.int32) < end) & (
+        begin >= 0)
+    big = tf.int32.max
+    first = tf.math.unsorted_segment_min(tf.where(inside, token, big), row, g.batch)
+    last = tf.math.unsorted_segment_max(tf.where(inside, token, -1), row, g.batch)
+    a0, a1 = tf.gather(first, g.example), tf.gather(last, g.example)
+    labelled = (a1 >= 0) & (a0 >= g.w_start) & (a1 < g.w_start + g.w_len)
+    offset = g.offset[:, 0]
+    start = tf.where(labelled, a0 - g.w_start + offset, 0)
+    stop = tf.where(labelled, a1 - g.w_start + offset, 0)
+    keep = lambda t: tf.boolean_mask(t, g.valid)  # noqa: E731
+    return ({"token_ids": keep(g.ids), "segment_ids": keep(g.segments), "padding_mask": keep(g.mask)},
+            {"start_logits": keep(start), "end_logits": keep(stop)})
+
+
+def window_counts(questions: Any, contexts: Any, tokenizer: Any, *, sequence_length: int, doc_stride: int,
+                  max_query_length: int) -> tuple[Any, Any]:
+    """Windows per example and whether its question is cut, in TensorFlow ops (the counting pass)."""
+    import tensorflow as tf
+
+    q_len = tf.cast(tokenizer.tokenize(questions).row_lengths(), tf.int32)
+    c_len = tf.cast(tokenizer.tokenize(contexts).row_lengths(), tf.int32)
+    n_windows, _, _ = _windows(tf.minimum(q_len, max_query_length), c_len, sequence_length, doc_stride)
+    return n_windows, q_len > max_query_length
+
+
+def _windows(q_len: Any, c_len: Any, sequence_length: int, doc_stride: int) -> tuple[Any, Any, Any]:
+    """(windows, context tokens per window, tokens between window starts) per example: window_starts' count."""
+    import tensorflow as tf
+
+    budget = tf.maximum(sequence_length - q_len - 3, 1)
+    step = tf.minimum(doc_stride, budget)
+    return 1 + tf.maximum(0, (c_len - budget + step - 1) // step), budget, step
+
+
 # -- answers back from logits
 
 
