@@ -24,7 +24,7 @@ import numpy as np
 
 from zoo import registry
 from zoo.config import check_range
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, DataError
 from zoo.recipes.bert_setup import bert_model_config, build_backbone, resolve_backbone
 from zoo.recipes.engine.cli import main_for
 from zoo.recipes.engine.config import OptimizerConfig, ScheduleConfig, TrainConfig
@@ -106,7 +106,7 @@ def _train_batches(cfg: BertQAConfig, preprocessor: Any, examples: Sequence[Any]
     seeded permutation of the questions (``zoo.data.order``: a resumed run sees the same batches), taken
     EXAMPLES_PER_CHUNK at a time, their windows built in the graph in that order. A question's windows stay
     together, as in BERT's own SQuAD input (features written in example order, then a shuffle buffer of
-    100); at 384 tokens a SQuAD question has 1.03 windows on average. Only the questions, the distinct
+    100); at 384 tokens most SQuAD questions fit one window. Only the questions, the distinct
     contexts and the answer offsets are held; no feature array of the dataset (at SQuAD's 88k questions
     and 384 tokens those took 2 GB). Returns (endless dataset, windows per pass), the count from one
     tokenizing pass that builds no windows."""
@@ -169,6 +169,9 @@ def prepare_data(cfg: BertQAConfig, explicit: frozenset) -> tuple[BertQAConfig, 
     if not d.source:
         raise ConfigError("bert_qa needs training data: --data train.json (SQuAD JSON or JSON Lines)")
     train_examples, val_examples = _split(read_squad(d.source), d.validation_split, cfg.train.seed)
+    if not train_examples:
+        raise DataError(f"{d.source}: no training questions are left after holding out data.validation_split="
+                        f"{d.validation_split:g} of its contexts; lower it or pass --eval-data")
     eval_examples = read_squad(d.eval_source) if d.eval_source else val_examples
     if not val_examples:
         val_examples = eval_examples

@@ -49,6 +49,19 @@ def test_bad_files_name_the_file_and_the_question(tmp_path, content, message):
         read_squad(str(path))
 
 
+def test_a_split_that_leaves_no_training_question_is_an_error(tmp_path):
+    from zoo.recipes.bert_qa import BertQAConfig, QADataConfig, prepare_data
+
+    doc = squad_doc([{"context": f"{name} was born in {city}.", "qas": [
+        {"id": name, "question": f"Where was {name} born?",
+         "answers": [{"text": city, "answer_start": len(name) + 13}]}]} for name, city in (("Ada", "London"),
+                                                                                          ("Bo", "Paris"))])
+    (tmp_path / "two.json").write_text(json.dumps(doc))
+    cfg = BertQAConfig(data=QADataConfig(source=str(tmp_path / "two.json"), validation_split=0.9))
+    with pytest.raises(DataError, match=r"no training questions are left after holding out data.validation_split=0.9"):
+        prepare_data(cfg, frozenset())
+
+
 @pytest.fixture(scope="module")
 def minilm_tokenizer():
     from zoo.tokenizers import fast_bert_tokenizer, load_vocabulary
