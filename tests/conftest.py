@@ -123,14 +123,17 @@ class QARun:
 
     @functools.cached_property
     def metrics(self) -> dict:
-        with open(os.path.join(self.run_dir, "metrics.json")) as fh:
+        from zoo.rundir import RunDir
+
+        with open(RunDir(self.run_dir).metrics_path) as fh:
             return json.load(fh)
 
     @functools.cached_property
     def model(self):
         import zoo
+        from zoo.rundir import RunDir
 
-        return zoo.load(os.path.join(self.run_dir, "model.keras"), compile=False)
+        return zoo.load(RunDir(self.run_dir).model_path, compile=False)
 
 
 QA_TRAIN = "zoo train bert_qa --data train.json --eval-data dev.json --init hf:path/to/hf_bert_dir"

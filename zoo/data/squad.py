@@ -245,7 +245,6 @@ class WindowGrid:
     w_len: Any      # [N] int32: context tokens in the window
     offset: Any     # [N, 1] int32: the position of the window's first context token
     c_start: Any    # [B] int32: each example's first token in the flat context ids
-    q_truncated: Any  # [B] bool: the question was cut to max_query_length
     batch: Any      # B
     windows: Any    # W: the most windows any example of the batch needs
 
@@ -260,8 +259,7 @@ def window_grid(q_ids: Any, c_ids: Any, *, sequence_length: int, doc_stride: int
     L = sequence_length
     q_splits, c_splits = tf.cast(q_ids.row_splits, tf.int32), tf.cast(c_ids.row_splits, tf.int32)
     q_start, c_start = q_splits[:-1], c_splits[:-1]
-    q_full = q_splits[1:] - q_start
-    q_len = tf.minimum(q_full, max_query_length)
+    q_len = tf.minimum(q_splits[1:] - q_start, max_query_length)
     c_len = c_splits[1:] - c_start
     n_windows, budget, step = _windows(q_len, c_len, L, doc_stride)
     batch = tf.shape(c_len)[0]
@@ -289,8 +287,7 @@ def window_grid(q_ids: Any, c_ids: Any, *, sequence_length: int, doc_stride: int
     # tf.where, not a cast of the booleans: TFLite's converter has no bool zeros_like.
     segments = tf.where((pos >= offset) & (pos <= end), 1, 0)
     mask = tf.where(pos <= end, 1, 0)
-    return WindowGrid(ids, segments, mask, valid, in_c, example, w_start, w_len, offset, c_start,
-                      q_full > max_query_length, batch, W)
+    return WindowGrid(ids, segments, mask, valid, in_c, example, w_start, w_len, offset, c_start, batch, W)
 
 
 def answer_bytes(example: QAExample) -> tuple[int, int]:
